@@ -1,0 +1,28 @@
+"""Where shipped files and user files live."""
+
+from pathlib import Path
+
+import platformdirs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESOURCES_DIR = REPO_ROOT / "resources"
+SPEAKER_ENCODER_ONNX = RESOURCES_DIR / "speaker_encoder.onnx"
+
+APP_NAME = "tldr-voice"
+
+
+def user_data_dir() -> Path:
+    """Saved voices and downloaded or trained models (created on first use)."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False, ensure_exists=True))
+
+
+def user_config_dir() -> Path:
+    """Settings (created on first use)."""
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False, ensure_exists=True))
+
+DEFAULT_MODEL_DIR = RESOURCES_DIR / "default_model"
+
+
+def default_model_installed() -> bool:
+    """True once a trained default model (with its manifest) ships in resources/."""
+    return (DEFAULT_MODEL_DIR / "manifest.json").is_file()
