@@ -17,7 +17,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then extras="gpu"; fi
 if [ "$mode" = "test" ]; then
   # gcc and headers: pyworld and webrtcvad (resemblyzer's) build from source.
   apt_packages+=(espeak-ng flite sox xvfb xauth libasound2-plugins alsa-utils gcc python3-dev)
-  extras="$extras,test,corpus,export"
+  extras="$extras,test,corpus,export,eval"
 elif [ "$mode" != "app" ]; then
   echo "usage: bash packaging/setup.sh [app|test]" >&2; exit 2
 fi
