@@ -61,7 +61,7 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
     from tldr_core.corpus.build import build_corpus
 
     build_corpus(args.out_dir, hours=args.hours, seed=args.seed, shippable_only=args.shippable_only,
-                 jobs=args.jobs)
+                 jobs=args.jobs, engines=tuple(args.engines) if args.engines else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shippable-only", action="store_true",
                    help="keep only voices whose licence allows shipping weights trained on them")
     p.add_argument("--jobs", type=int, default=0, help="parallel workers (0: one per core)")
+    p.add_argument("--engines", nargs="+", metavar="ENGINE",
+                   help="use only these engines (espeak-ng flite festival rhvoice pico kokoro); default: all installed")
     p.set_defaults(run=cmd_corpus_build)
     return parser
 
