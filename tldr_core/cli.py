@@ -64,6 +64,41 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
                  jobs=args.jobs, engines=tuple(args.engines) if args.engines else None)
 
 
+def cmd_train_codec(args: argparse.Namespace) -> None:
+    from tldr_core.codec.train import TrainConfig, train_codec
+
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads,
+                      jobs=args.jobs, validate_every=args.validate_every)
+    history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume)
+    if history:
+        print(f"step {history[-1]['step']}: validation loss {history[-1]['val_total']:.4f}; "
+              f"checkpoint in {args.out}")
+
+
+def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
+    from tldr_core import audio
+    from tldr_core.codec.runtime import CodecRuntime
+
+    codec = CodecRuntime(args.model)
+    samples = audio.to_model_rate(*audio.read_audio(args.input))
+    result = codec.roundtrip(samples, stream_tokens=args.stream)
+    audio.write_wav(args.out, result.audio, audio.SAMPLE_RATE)
+    seconds = len(samples) / audio.SAMPLE_RATE
+    print(f"tokens: {len(result.tokens)} ({len(result.tokens) / seconds:.1f}/s, vocabulary {codec.vocab_size})")
+    print(f"duration: {seconds:.2f} s")
+    print(f"RTF: encode {result.encode_seconds / seconds:.4f}, decode+vocoder {result.decode_seconds / seconds:.4f}"
+          f"{f' (streamed {args.stream} tokens at a time)' if args.stream else ''}")
+    print(f"wrote {args.out}")
+
+
+def cmd_codec_export(args: argparse.Namespace) -> None:
+    from tldr_core.codec.export import export_codec
+
+    meta = export_codec(args.checkpoint, args.out_dir)
+    print(f"wrote tokenizer.onnx, decoder.onnx and codec.json to {args.out_dir} "
+          f"(vocabulary {meta['vocab_size']}, look-ahead {meta['lookahead']} tokens)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tldr-voice", description="TLDR Voice: voice cloning text-to-speech.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", metavar="ENGINE",
                    help="use only these engines (espeak-ng flite festival rhvoice pico kokoro); default: all installed")
     p.set_defaults(run=cmd_corpus_build)
+
+    train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
+                                                                                  required=True)
+    p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
+    p.add_argument("corpus_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--validate-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch threads and cache workers (keep <= idle cores)")
+    p.add_argument("--jobs", type=int, default=2, help="processes analysing the corpus (feature cache)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.set_defaults(run=cmd_train_codec)
+
+    codec_cmds = commands.add_parser("codec", help="speech codec tools").add_subparsers(dest="codec_command",
+                                                                                       required=True)
+    p = codec_cmds.add_parser("roundtrip", help="encode a clip to tokens and decode it back")
+    p.add_argument("input", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, help="exported codec folder or training checkpoint .pt "
+                   "(default: the shipped codec)")
+    p.add_argument("--stream", type=int, default=0, metavar="K",
+                   help="decode K tokens at a time through the streaming path (0: offline)")
+    p.set_defaults(run=cmd_codec_roundtrip)
+    p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(run=cmd_codec_export)
     return parser
 
 

@@ -1,0 +1,178 @@
+"""Codec network: FSQ codes, exact streaming decode, a tiny real training run, resume, CLI round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tldr_core.audio import read_audio, to_model_rate, write_wav
+from tldr_core.cli import main
+from tldr_core.codec.model import FSQ, Codec, CodecConfig, TokenDecoderStream
+from tldr_core.codec.train import TrainConfig, load_codec, train_codec
+from tldr_core.errors import CorpusError, ModelError
+
+STREAM_TOLERANCE = 1e-5  # float32 rounding of convolutions over windows of different lengths
+TINY = dict(channels=32, frame_channels=16, encoder_blocks=1, decoder_blocks=2, frame_blocks=1)
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Could you repair my mirror before Tuesday?",
+             "Tara checked the strange guitar near the airport.", "A ticket, an envelope and a clock.",
+             "Please call Stella and ask her to bring these things.", "We also need a small plastic snake."]
+
+
+@given(st.lists(st.floats(-30, 30), min_size=5, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_fsq_codes_are_in_range_and_round_trip(values):
+    fsq = FSQ((8, 8, 5, 5, 5))
+    q = fsq.quantise(torch.tensor([values]))
+    index = fsq.to_index(q)
+    assert 0 <= int(index) < 8000
+    assert torch.equal(fsq.from_index(index), q)
+    assert float(q.abs().max()) <= 1.0
+
+
+def test_fsq_uses_every_code():
+    fsq = FSQ((8, 8, 5, 5, 5))
+    every = torch.arange(8000)
+    assert torch.equal(fsq.to_index(fsq.from_index(every)), every)
+
+
+def test_fsq_passes_gradients_straight_through():
+    z = torch.randn(4, 5, requires_grad=True)
+    FSQ((8, 8, 5, 5, 5)).quantise(z).sum().backward()
+    assert z.grad is not None and float(z.grad.abs().min()) > 0
+
+
+def _decode_stream(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor, k: int):
+    stream = TokenDecoderStream.for_codec(codec, emb, stats)
+    parts = [stream.push(tokens[i:i + k].numpy()) for i in range(0, len(tokens), k)]
+    return torch.from_numpy(np.concatenate(parts + [stream.finish()]))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def test_streaming_decoder_equals_offline(k):
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig()).eval()
+    tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
+    with torch.no_grad():
+        offline = codec.decode(codec.fsq.from_index(tokens)[None], emb[None], stats[None])[0]
+    streamed = _decode_stream(codec, tokens, emb, stats, k)
+    assert streamed.shape == offline.shape == (70 * 4, codec.cfg.feature_dim)
+    continuous = [i for i in range(offline.shape[1]) if i != 1]  # voicing is thresholded to 0/1
+    assert float((streamed - offline)[:, continuous].abs().max()) < STREAM_TOLERANCE
+
+
+def test_the_streaming_decoder_check_can_fail(monkeypatch):
+    """With too little past context the same comparison fails: the context window is really needed."""
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig()).eval()
+    tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
+    with torch.no_grad():
+        offline = codec.decode(codec.fsq.from_index(tokens)[None], emb[None], stats[None])[0]
+    monkeypatch.setattr(Codec, "context_tokens", property(lambda self: 3))
+    streamed = _decode_stream(codec, tokens, emb, stats, 4)
+    assert float((streamed - offline).abs().max()) > 100 * STREAM_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """Six espeak-ng sentences in two voices, laid out like a built corpus (4 train, 1 validation, 1 test)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for i, text in enumerate(SENTENCES):
+        voice = ["en-us", "en+f3"][i % 2]
+        raw = root / f"raw{i}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True)
+        path = f"audio/u{i}.wav"
+        write_wav(root / path, to_model_rate(*read_audio(raw)), 16000)
+        split = ["train"] * 4 + ["validation", "test"]
+        rows.append({"id": f"u{i}", "path": path, "speaker": voice, "source_human": f"espeak:{voice}",
+                     "split": split[i], "text": text, "normalized_text": text.lower()})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
+    from tldr_core.codec.train import load_split, validate
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(steps=150, batch=4, segment_tokens=16, lr=3e-3, warmup=5, validate_every=75, threads=1)
+    history = train_codec(tiny_corpus, out, cfg, codec_cfg=CodecConfig(**TINY))
+    assert [h["step"] for h in history] == [75, 150]
+    assert (out / "checkpoint.pt").is_file() and len(list((out / "cache").glob("*.npz"))) == 6
+    torch.manual_seed(cfg.seed)  # the same initial weights, measured the same way
+    untrained = Codec(load_codec(out / "checkpoint.pt").cfg)
+    before = validate(untrained, load_split(tiny_corpus, out / "cache", "validation"))["total"]
+    assert history[-1]["val_total"] < 0.8 * before
+
+    with pytest.raises(CorpusError, match="--resume"):
+        train_codec(tiny_corpus, out, cfg)
+    resumed = train_codec(tiny_corpus, out, TrainConfig(**{**cfg.__dict__, "steps": 225}), resume=True)
+    assert [h["step"] for h in resumed] == [75, 150, 225]
+
+
+def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "codec", str(tiny_corpus), "--out", str(out), "--steps", "4", "--batch", "2",
+                 "--validate-every", "2", "--threads", "1"]) == 0
+    wav = tiny_corpus / "audio" / "u5.wav"
+    for extra in ([], ["--stream", "4"]):
+        assert main(["codec", "roundtrip", str(wav), "--out", str(tmp_path / "rt.wav"),
+                     "--model", str(out / "checkpoint.pt"), *extra]) == 0
+        printed = capsys.readouterr().out
+        assert "tokens:" in printed and "RTF" in printed and "duration" in printed
+        rebuilt, rate = read_audio(tmp_path / "rt.wav")
+        assert rate == 16000 and len(rebuilt) == len(read_audio(wav)[0])
+
+
+def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="train one"):
+        load_codec(tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="damaged"):
+        load_codec(tmp_path / "bad.pt")
+
+
+def test_roundtrip_streamed_equals_offline(tiny_corpus, tmp_path):
+    from tldr_core.codec.runtime import CodecRuntime
+
+    out = tmp_path / "run"
+    train_codec(tiny_corpus, out, TrainConfig(steps=2, batch=2, validate_every=2, threads=1),
+                codec_cfg=CodecConfig(**TINY))
+    runtime = CodecRuntime(out / "checkpoint.pt")
+    samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
+    offline = runtime.roundtrip(samples)
+    for k in (2, 4, 8):
+        streamed = runtime.roundtrip(samples, stream_tokens=k)
+        assert np.array_equal(streamed.tokens, offline.tokens)
+        assert np.max(np.abs(streamed.audio - offline.audio)) < 1e-4
+
+
+def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
+    from tldr_core.codec.export import export_codec
+    from tldr_core.codec.runtime import CodecRuntime
+
+    out = tmp_path / "run"
+    train_codec(tiny_corpus, out, TrainConfig(steps=2, batch=2, validate_every=2, threads=1),
+                codec_cfg=CodecConfig(**TINY))
+    meta = export_codec(out / "checkpoint.pt", tmp_path / "onnx")
+    assert meta["vocab_size"] == 8000 and meta["lookahead"] == 2
+    samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
+    torch_rt, onnx_rt = CodecRuntime(out / "checkpoint.pt"), CodecRuntime(tmp_path / "onnx")
+    a, b = torch_rt.roundtrip(samples), onnx_rt.roundtrip(samples, stream_tokens=4)
+    assert np.array_equal(a.tokens, b.tokens)
+    assert np.max(np.abs(a.audio - b.audio)) < 1e-3
+
+
+def test_a_folder_without_a_codec_is_a_clear_error(tmp_path):
+    from tldr_core.codec.runtime import CodecRuntime
+
+    with pytest.raises(ModelError, match="codec.json is missing"):
+        CodecRuntime(tmp_path)

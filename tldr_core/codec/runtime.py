@@ -1,0 +1,157 @@
+"""The codec as the app uses it: audio -> tokens, tokens (+ a voice) -> audio, offline or streamed.
+
+A `Voice` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
+the reference statistics measured on the clip; it is computed once per reference clip. `TokenStream`
+turns tokens pushed k at a time into audio chunks: the decoder waits for `lookahead` tokens (80 ms),
+the vocoder for one frame (10 ms), and the concatenated chunks equal the offline `decode` output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tldr_core import paths
+from tldr_core.codec.features import analyze
+from tldr_core.codec.model import TokenDecoderStream, reference_stats
+from tldr_core.codec.vocoder import StreamingVocoder, synthesize
+from tldr_core.errors import ModelError
+from tldr_core.onnx_session import open_session
+
+DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json
+
+
+@dataclass
+class Voice:
+    """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics."""
+
+    embedding: np.ndarray
+    stats: np.ndarray
+
+
+@dataclass
+class Roundtrip:
+    tokens: np.ndarray
+    audio: np.ndarray
+    encode_seconds: float
+    decode_seconds: float
+
+
+class _TorchBackend:
+    """A training checkpoint (.pt), run with torch: for evaluating checkpoints before export."""
+
+    def __init__(self, path: Path):
+        from tldr_core.codec.train import load_codec
+
+        self.model = load_codec(path)
+        cfg = self.model.cfg
+        self.lookahead, self.context = cfg.lookahead, self.model.context_tokens
+        self.frames_per_token = cfg.frames_per_token
+        self.vocab_size = cfg.vocab_size
+
+    @torch.no_grad()
+    def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
+
+    @torch.no_grad()
+    def decode(self, tokens: np.ndarray, embedding: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        q = self.model.fsq.from_index(torch.from_numpy(np.asarray(tokens, dtype=np.int64)))[None]
+        return self.model.decode(q, torch.from_numpy(embedding)[None], torch.from_numpy(stats)[None])[0].numpy()
+
+
+class _OnnxBackend:
+    """The exported codec (a folder from `export_codec`), run with onnxruntime on one CPU thread."""
+
+    def __init__(self, folder: Path):
+        meta_path = folder / "codec.json"
+        if not meta_path.is_file():
+            raise ModelError(f"'{folder}' holds no codec (codec.json is missing): train one with "
+                             f"`tldr-voice train codec` and export it, or reinstall TLDR Voice.")
+        meta = json.loads(meta_path.read_text())
+        restore = "Reinstall TLDR Voice, or export a trained codec with `tldr-voice codec export`."
+        self.tokenizer, self.notices = open_session(folder / "tokenizer.onnx", "cpu", "codec tokenizer", restore)
+        self.decoder, _ = open_session(folder / "decoder.onnx", "cpu", "codec decoder", restore)
+        self.lookahead, self.context = meta["lookahead"], meta["context_tokens"]
+        self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
+
+    def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
+                                         "stats": stats[None].astype(np.float32)})[0][0]
+
+    def decode(self, tokens: np.ndarray, embedding: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return self.decoder.run(None, {"tokens": np.asarray(tokens, dtype=np.int64)[None],
+                                       "embedding": embedding[None].astype(np.float32),
+                                       "stats": stats[None].astype(np.float32)})[0][0]
+
+
+class TokenStream:
+    """Push token ids k at a time, get audio; `finish` returns the tail. Output = offline `decode`."""
+
+    def __init__(self, runtime: "CodecRuntime", voice: Voice):
+        b = runtime.backend
+        self.decoder = TokenDecoderStream(lambda t: b.decode(t, voice.embedding, voice.stats), b.lookahead,
+                                          b.context, b.frames_per_token)
+        self.vocoder = StreamingVocoder()
+
+    def push(self, tokens: np.ndarray) -> np.ndarray:
+        return self.vocoder.push(self.decoder.push(tokens))
+
+    def finish(self) -> np.ndarray:
+        return np.concatenate([self.vocoder.push(self.decoder.finish()), self.vocoder.flush()])
+
+
+class CodecRuntime:
+    """A codec loaded once: an exported folder (onnxruntime) or a training checkpoint .pt (torch)."""
+
+    def __init__(self, model_path: Path | None = None, threads: int = 1):
+        from tldr_core.speaker import SpeakerEncoder
+
+        path = Path(model_path) if model_path else DEFAULT_CODEC
+        if path.suffix == ".pt":
+            torch.set_num_threads(threads)
+            self.backend = _TorchBackend(path)
+        else:
+            self.backend = _OnnxBackend(path)
+        self.speaker = SpeakerEncoder(device="cpu")
+        self.vocab_size = self.backend.vocab_size
+
+    def _frames(self, samples: np.ndarray) -> np.ndarray:
+        frames = analyze(samples)
+        pad = -len(frames) % self.backend.frames_per_token  # whole tokens: repeat the last frame
+        return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+
+    def voice(self, samples: np.ndarray) -> Voice:
+        """The decoder's view of a reference clip (16 kHz mono)."""
+        return Voice(self.speaker.embed(samples), reference_stats(analyze(samples)))
+
+    def encode(self, samples: np.ndarray) -> tuple[np.ndarray, Voice]:
+        """16 kHz mono audio -> (token ids at 25/s, its voice)."""
+        frames = self._frames(samples)
+        voice = Voice(self.speaker.embed(samples), reference_stats(frames))
+        return self.backend.tokens(frames, voice.stats), voice
+
+    def decode(self, tokens: np.ndarray, voice: Voice) -> np.ndarray:
+        """Token ids -> audio in the given voice (offline: all tokens at once)."""
+        return synthesize(self.backend.decode(tokens, voice.embedding, voice.stats))
+
+    def stream(self, voice: Voice) -> TokenStream:
+        return TokenStream(self, voice)
+
+    def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0) -> Roundtrip:
+        """Encode and decode a clip in its own voice; `stream_tokens` > 0 decodes that many at a time."""
+        start = time.perf_counter()
+        tokens, voice = self.encode(samples)
+        encoded = time.perf_counter()
+        if stream_tokens > 0:
+            stream = self.stream(voice)
+            chunks = [stream.push(tokens[i:i + stream_tokens]) for i in range(0, len(tokens), stream_tokens)]
+            audio = np.concatenate(chunks + [stream.finish()])
+        else:
+            audio = self.decode(tokens, voice)
+        done = time.perf_counter()
+        return Roundtrip(tokens, audio[:len(samples)], encoded - start, done - encoded)

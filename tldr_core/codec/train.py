@@ -1,0 +1,214 @@
+"""`tldr-voice train codec`: feature cache, training loop, validation, checkpoints, resume.
+
+The WORLD analysis is the slow part (about 0.04 CPU-s per audio-s), so every utterance is analysed once
+into OUT/cache/<id>.npz (frames padded to whole tokens + its SpeakerEncoder embedding), in parallel and
+skipping what exists: an interrupted cache build resumes where it stopped. Training then runs from memory
+on random crops. Checkpoints are written atomically (temp file + rename) and hold the optimiser and step,
+so `--resume` continues the same run; batches are drawn from a generator seeded by (seed, step), so a
+resumed run sees the same batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tldr_core.codec.evaluate import read_split
+from tldr_core.codec.features import analyze
+from tldr_core.codec.model import Codec, CodecConfig, fit_scales, reference_stats
+from tldr_core.errors import CorpusError, ModelError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """The recipe; stored in every checkpoint next to the model's CodecConfig."""
+
+    steps: int = 3000
+    batch: int = 16
+    segment_tokens: int = 50      # 2 s crops
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    validate_every: int = 200
+    seed: int = 0
+    jobs: int = 2                 # processes analysing the corpus into the feature cache
+    threads: int = 1             # torch threads; more than the idle cores makes each step many times slower
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+@lru_cache(maxsize=1)
+def _speaker_encoder():
+    """One SpeakerEncoder per worker process (loading it costs more than embedding a clip)."""
+    from tldr_core.speaker import SpeakerEncoder
+
+    return SpeakerEncoder(device="cpu")
+
+
+def _cache_one(job: tuple[str, str, str]) -> str:
+    """Analyse one utterance into an .npz (run in a worker process, one thread each)."""
+    torch.set_num_threads(1)
+    from tldr_core.audio import read_audio, to_model_rate
+
+    utterance_id, wav, out = job
+    samples = to_model_rate(*read_audio(wav))
+    frames = analyze(samples)
+    pad = -len(frames) % CodecConfig.frames_per_token  # whole tokens: repeat the last frame
+    frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    embedding = _speaker_encoder().embed(samples)
+    tmp = f"{out}.tmp.npz"
+    np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
+    os.replace(tmp, out)
+    return utterance_id
+
+
+def build_cache(corpus: Path, cache: Path, splits: tuple[str, ...] = ("train", "validation", "test"),
+                jobs: int = 2) -> None:
+    """Analyse every utterance of the splits not yet in the cache, in `jobs` processes."""
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = [r for split in splits for r in read_split(corpus, split)]
+    todo = [(r["id"], str(corpus / r["path"]), str(cache / f"{r['id']}.npz")) for r in rows
+            if not (cache / f"{r['id']}.npz").exists()]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for _ in tqdm(pool.map(_cache_one, todo, chunksize=4), total=len(todo), desc="analysing corpus",
+                      unit="clip"):
+            pass
+
+
+def load_split(corpus: Path, cache: Path, split: str) -> list[dict]:
+    """[{frames, embedding, stats, n_samples, id}] of a split, from the cache."""
+    items = []
+    for row in read_split(corpus, split):
+        with np.load(cache / f"{row['id']}.npz") as z:
+            frames = z["frames"]
+            items.append({"id": row["id"], "frames": frames, "embedding": z["embedding"],
+                          "stats": reference_stats(frames), "n_samples": int(z["n_samples"])})
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+def sample_batch(items: list[dict], batch: int, segment_tokens: int, frames_per_token: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    """Random token-aligned crops (shorter clips are edge-padded) with their whole-clip voice."""
+    length = segment_tokens * frames_per_token
+    frames, embeddings, stats = [], [], []
+    for i in rng.integers(0, len(items), size=batch):
+        f = items[i]["frames"]
+        n_tokens = len(f) // frames_per_token
+        start = int(rng.integers(0, max(1, n_tokens - segment_tokens + 1))) * frames_per_token
+        crop = f[start:start + length]
+        frames.append(np.pad(crop, ((0, length - len(crop)), (0, 0)), mode="edge"))
+        embeddings.append(items[i]["embedding"])
+        stats.append(items[i]["stats"])
+    return tuple(torch.from_numpy(np.stack(a)) for a in (frames, embeddings, stats))
+
+
+@torch.no_grad()
+def validate(model: Codec, items: list[dict]) -> dict[str, float]:
+    """Mean losses over whole validation clips (one at a time: no padding to skew them)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    for item in items:
+        parts = model.loss(*(torch.from_numpy(item[k])[None] for k in ("frames", "embedding", "stats")))
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    model.train()
+    return {k: v / len(items) for k, v in sums.items()}
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_codec(path: Path) -> Codec:
+    """A trained Codec from a checkpoint, in eval mode; a clear error for a missing or foreign file."""
+    if not Path(path).is_file():
+        raise ModelError(f"No codec checkpoint at '{path}': train one with `tldr-voice train codec`.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = Codec(CodecConfig.from_dict(state["codec_config"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as error:
+        raise ModelError(f"'{path}' is not a TLDR Voice codec checkpoint or is damaged ({error}).") from None
+    return model.eval()
+
+
+def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
+                codec_cfg: CodecConfig | None = None) -> list[dict]:
+    """Train (or resume) a codec on the corpus's train split; returns the validation history."""
+    corpus, out = Path(corpus), Path(out)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise CorpusError(f"'{out}' already holds a codec checkpoint: pass --resume to continue it, or choose "
+                          f"another --out folder.")
+    build_cache(corpus, out / "cache", jobs=cfg.jobs)
+    train, valid = load_split(corpus, out / "cache", "train"), load_split(corpus, out / "cache", "validation")
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True) if resume and checkpoint.exists() else None
+    if state is not None:
+        codec_cfg = CodecConfig.from_dict(state["codec_config"])
+    else:
+        codec_cfg = codec_cfg or CodecConfig()
+        codec_cfg.scale = fit_scales([item["frames"] for item in train])
+    torch.manual_seed(cfg.seed)
+    model = Codec(codec_cfg)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step, history = state["step"], state["history"]
+
+    def lr_at(s: int) -> float:  # linear warm-up, cosine decay to 5 %
+        if s < cfg.warmup:
+            return cfg.lr * (s + 1) / cfg.warmup
+        progress = min(1.0, (s - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def save() -> None:
+        _save(checkpoint, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                           "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg)})
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="training codec", unit="step")
+    started = time.time()
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step])
+        batch = sample_batch(train, cfg.batch, cfg.segment_tokens, codec_cfg.frames_per_token, rng)
+        for group in optimiser.param_groups:
+            group["lr"] = lr_at(step)
+        parts = model.loss(*batch)
+        optimiser.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts['total'].item():.3f}")
+        if step % cfg.validate_every == 0 or step == cfg.steps:
+            scores = validate(model, valid)
+            history.append({"step": step, "train": parts["total"].item(), "seconds": time.time() - started,
+                            **{f"val_{k}": v for k, v in scores.items()}})
+            bar.write(json.dumps(history[-1]))
+            save()
+    bar.close()
+    return history
