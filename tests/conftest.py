@@ -1,5 +1,28 @@
 """Shared test setup: Qt draws offscreen (CI has no display) and user folders go to a temporary place."""
 
 import os
+import shutil
+import subprocess
+
+import pytest
+
+from alsa_tap import alsa_tap, no_sound_card  # noqa: F401 (fixtures: a virtual sound card, or none)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(platformdirs_isolated):
+    """Every test gets empty user data and config folders under its tmp_path (never the real home)."""
+    return platformdirs_isolated
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory):
+    """A few seconds of clear synthetic speech (espeak-ng, 22.05 kHz WAV): a voice sample anyone can make."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Hello, this is my voice. I am reading a few sentences "
+                    "so that the app can learn how I sound."], check=True)
+    return path

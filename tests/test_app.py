@@ -1,7 +1,41 @@
-"""The main window opens without a display and tells the truth about what it can do."""
+"""The main window: voices, playback through a real OutputStream, export, settings and shortcuts.
+
+Sound goes to the virtual ALSA device of tests/alsa_tap.py, so what the window plays is checked sample by
+sample. Dialogs are thin; the window's methods they call are what these tests drive.
+"""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import QApplication
 
 from app.main_window import NO_MODEL_MESSAGE, MainWindow
+from app.settings_dialog import SettingsDialog
 from tldr_core import paths, text
+from tldr_core.settings import Settings, load_settings, save_settings, settings_path
+from tldr_core.voices import VoiceLibrary
+
+
+@pytest.fixture
+def window(qtbot):
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    yield window
+    window.close()
+
+
+def import_voice(qtbot, window, path, name):
+    window.import_voice(path, name)
+    qtbot.waitUntil(lambda: not window._voice_jobs.busy, timeout=20000)
+
+
+def played_sound(tap) -> np.ndarray:
+    """What reached the device, without the silence the device adds (see tests/test_app_audio.py)."""
+    played = tap.played()
+    return played[played != 0]
 
 
 def test_window_opens_and_counts_characters(qtbot):
@@ -25,3 +59,132 @@ def test_speak_is_disabled_with_a_reason_when_no_model_is_installed(qtbot, monke
     qtbot.addWidget(window)
     assert not window.speak_button.isEnabled()
     assert window.status.text() == NO_MODEL_MESSAGE
+    assert window.speak_button.toolTip() == NO_MODEL_MESSAGE
+
+
+def test_an_imported_voice_appears_in_the_picker_and_survives_a_restart(qtbot, window, speech_wav):
+    assert window.voice_picker.currentData() is None and not window.play_voice_button.isEnabled()
+    import_voice(qtbot, window, speech_wav, "Anna")
+    assert window.voice_picker.currentText() == "Anna"
+    assert "'Anna' is saved" in window.status.text() and not window.status_is_error
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.voice_picker.currentText() == "Anna"  # the last voice picked is picked again
+
+
+def test_a_bad_file_gives_a_message_not_a_traceback(qtbot, window, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    import_voice(qtbot, window, bad, "Bad")
+    assert window.status_is_error and "could not be read as audio" in window.status.text()
+    assert window.import_button.isEnabled()
+
+
+def test_rename_and_delete_from_the_window(qtbot, window, speech_wav):
+    import_voice(qtbot, window, speech_wav, "Anna")
+    window.rename_voice("Bert")
+    assert window.voice_picker.currentText() == "Bert" and [v.name for v in VoiceLibrary().list()] == ["Bert"]
+    window.rename_voice("   ")
+    assert window.status_is_error and "needs a name" in window.status.text()
+    window.delete_voice()
+    assert VoiceLibrary().list() == [] and window.current_voice() is None
+    assert not window.delete_button.isEnabled()
+
+
+def test_a_damaged_voice_is_reported_in_the_status_line(qtbot, speech_wav):
+    voice = VoiceLibrary().create_from_file("Anna", speech_wav)
+    (voice.folder / "embedding.npy").unlink()
+    window = MainWindow()
+    qtbot.addWidget(window)
+    assert "damaged" in window.status.text() and window.current_voice() is None
+
+
+def test_the_voice_sample_plays_through_the_device_and_exports(qtbot, window, alsa_tap, speech_wav, tmp_path):
+    import_voice(qtbot, window, speech_wav, "Anna")
+    clip = window.current_voice().clip()
+    with qtbot.waitSignal(window.player.finished, timeout=10000):
+        window.play_voice_sample()
+    qtbot.waitUntil(lambda: window.export_button.isEnabled(), timeout=5000)
+    window.player.stop()
+    np.testing.assert_allclose(played_sound(alsa_tap), clip[clip != 0], atol=1e-6)
+
+    for name in ("sample.wav", "sample.flac"):
+        written = window.export_audio(tmp_path / name)
+        audio, rate = sf.read(written, dtype="float32")
+        assert written.name == name and rate == 16000 and len(audio) == len(clip)
+        np.testing.assert_allclose(audio, clip, atol=1.5 / 32768)  # 16-bit PCM
+    assert window.export_audio(tmp_path / "no-extension").name == "no-extension.wav"
+
+
+def test_without_speakers_playing_says_why_and_export_still_works(qtbot, window, no_sound_card, speech_wav,
+                                                                   tmp_path):
+    import_voice(qtbot, window, speech_wav, "Anna")
+    window.play_voice_sample()
+    qtbot.waitUntil(lambda: window.export_button.isEnabled(), timeout=5000)
+    assert window.status_is_error and "No audio output device" in window.status.text()
+    assert sf.info(window.export_audio(tmp_path / "out.flac")).format == "FLAC"
+
+
+def test_esc_stops_an_endless_sound_and_its_producer(qtbot, window, alsa_tap):
+    def endless():  # a producer that never ends by itself, like a model that is not told to stop
+        while True:
+            yield np.full(320, 0.25, np.float32)
+
+    window.play_chunks(endless(), "Playing…")
+    qtbot.waitUntil(lambda: window.player.played_samples > 16000, timeout=5000)
+    assert window.stop_button.isEnabled()
+    window.activateWindow()
+    qtbot.keyClick(window.editor, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: not window._sound_jobs.busy and not window.player.is_playing, timeout=2000)
+    assert not window.stop_button.isEnabled()
+    assert len(window.last_audio) >= window.player.played_samples  # what was made is kept for Export
+
+
+def test_shortcuts_speak_and_stop(window):
+    assert [s.key() for s in window.speak_shortcuts] == [QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")]
+    assert window.stop_shortcut.key() == QKeySequence("Esc")
+    assert "Esc" in window.stop_button.toolTip()
+
+
+def test_ctrl_enter_without_a_model_says_why(qtbot, window):
+    window.activateWindow()
+    qtbot.keyClick(window.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert window.status.text() == NO_MODEL_MESSAGE and window.status_is_error
+
+
+def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
+    def choose_and_save():
+        dialog = QApplication.activeModalWidget()
+        assert isinstance(dialog, SettingsDialog)
+        dialog.patch_size.setCurrentIndex(dialog.patch_size.findData(8))
+        dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("speculative"))
+        dialog.device.setCurrentIndex(dialog.device.findData("cpu"))
+        dialog.temperature.setValue(0.7)
+        dialog.fixed_seed.setChecked(True)
+        dialog.seed.setValue(99)
+        dialog.accept()
+
+    QTimer.singleShot(0, choose_and_save)
+    window.settings_button.click()
+    expected = Settings(patch_size=8, decoding_mode="speculative", device="cpu", temperature=0.7, seed=99)
+    assert load_settings() == (expected, []) and window.settings == expected
+    assert window.library.device == "cpu" and window.status.text() == "Settings saved."
+    assert window.engine.text() == "patch size 8 · speculative · cpu"
+
+
+def test_the_settings_dialog_lists_audio_devices_and_keeps_an_unplugged_one(qtbot, alsa_tap):
+    dialog = SettingsDialog(Settings(output_device="USB Headset"))
+    qtbot.addWidget(dialog)
+    outputs = [dialog.output_device.itemText(i) for i in range(dialog.output_device.count())]
+    assert outputs[0] == "System default" and "default" in outputs and "USB Headset (not connected)" in outputs
+    assert dialog.settings().output_device == "USB Headset"
+    assert dialog.settings().input_device is None
+
+
+def test_a_corrupt_settings_file_is_survived_with_a_notice(qtbot):
+    save_settings(Settings(patch_size=2))
+    settings_path().write_text("{{{", encoding="utf-8")
+    window = MainWindow()
+    qtbot.addWidget(window)
+    assert window.settings == Settings() and window.status_is_error
+    assert "could not be read" in window.status.text()

@@ -23,3 +23,7 @@ class ModelError(TldrError):
 
 class CorpusError(TldrError):
     """The training corpus cannot be built or read (missing voices, damaged files)."""
+
+
+class VoiceError(TldrError):
+    """A saved voice cannot be named, found or changed as asked."""

@@ -1,0 +1,86 @@
+"""The settings panel: every field of tldr_core.settings.Settings, with audio devices from sounddevice."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
+                               QHBoxLayout, QSpinBox, QWidget)
+
+from app.audio_io import device_names
+from tldr_core.settings import DECODING_MODES, DEVICES, MAX_SEED, PATCH_SIZES, TEMPERATURE_RANGE, Settings
+
+PATCH_LABELS = {"baseline": "Token by token (baseline)", 2: "2 tokens per step", 4: "4 tokens per step (default)",
+                6: "6 tokens per step", 8: "8 tokens per step"}
+MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Baseline (one token per step)",
+               "speculative": "Speculative decoding"}
+DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
+SYSTEM_DEFAULT = "System default"
+
+
+def _combo(items: dict, current) -> QComboBox:
+    """A combo box over items (value -> label) with `current` selected."""
+    combo = QComboBox()
+    for value, label in items.items():
+        combo.addItem(label, value)
+    combo.setCurrentIndex(max(0, combo.findData(current)))
+    return combo
+
+
+def _device_combo(kind: str, current: str | None) -> QComboBox:
+    """The devices present now, plus the saved one if it is unplugged (so saving does not lose it)."""
+    items: dict[str | None, str] = {None: SYSTEM_DEFAULT, **{name: name for name in device_names(kind)}}
+    if current is not None and current not in items:
+        items[current] = f"{current} (not connected)"
+    return _combo(items, current)
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self._base = settings
+        self.patch_size = _combo({p: PATCH_LABELS[p] for p in PATCH_SIZES}, settings.patch_size)
+        self.patch_size.setToolTip("Speech tokens the model writes per step: larger patches speak sooner and "
+                                   "faster, token by token is the slow reference.")
+        self.decoding_mode = _combo({m: MODE_LABELS[m] for m in DECODING_MODES}, settings.decoding_mode)
+        self.device = _combo({d: DEVICE_LABELS[d] for d in DEVICES}, settings.device)
+        self.device.setToolTip("Where the speech model runs. Automatic picks the GPU when one is usable.")
+        self.input_device = _device_combo("input", settings.input_device)
+        self.output_device = _device_combo("output", settings.output_device)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(*TEMPERATURE_RANGE)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(settings.temperature)
+        self.temperature.setToolTip("Lower: steadier, flatter speech. Higher: livelier, less predictable.")
+        self.fixed_seed = QCheckBox("Fixed")
+        self.fixed_seed.setToolTip("With a fixed seed the same text and voice give the same speech every time.")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, MAX_SEED)
+        self.seed.setValue(settings.seed or 0)
+        self.fixed_seed.toggled.connect(self.seed.setEnabled)
+        self.fixed_seed.setChecked(settings.seed is not None)
+        self.seed.setEnabled(settings.seed is not None)
+
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.fixed_seed)
+        seed_row.addWidget(self.seed, 1)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form = QFormLayout(self)
+        form.addRow("Patch size:", self.patch_size)
+        form.addRow("Decoding:", self.decoding_mode)
+        form.addRow("Compute device:", self.device)
+        form.addRow("Microphone:", self.input_device)
+        form.addRow("Speakers:", self.output_device)
+        form.addRow("Temperature:", self.temperature)
+        form.addRow("Seed:", seed_row)
+        form.addRow(buttons)
+
+    def settings(self) -> Settings:
+        """The settings as the dialog shows them (fields it does not show are kept)."""
+        return Settings(patch_size=self.patch_size.currentData(), decoding_mode=self.decoding_mode.currentData(),
+                        device=self.device.currentData(), input_device=self.input_device.currentData(),
+                        output_device=self.output_device.currentData(),
+                        temperature=round(self.temperature.value(), 2),
+                        seed=self.seed.value() if self.fixed_seed.isChecked() else None,
+                        last_voice=self._base.last_voice)

@@ -1,0 +1,122 @@
+"""The user's settings: one JSON file in the platformdirs config folder.
+
+A settings file is written by hand as often as by the app, so reading it never fails: keys it does not know
+are ignored (a newer version may have written them), a value that is not allowed falls back to its default,
+and an unreadable file gives all defaults; each of these leaves a notice saying what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tldr_core import paths
+
+SETTINGS_FILE = "settings.json"
+
+PATCH_SIZES: tuple[str | int, ...] = ("baseline", 2, 4, 6, 8)  # "baseline": one speech token per step
+DECODING_MODES = ("tldr", "baseline", "speculative")
+DEVICES = ("auto", "cuda", "cpu")
+TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise
+MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
+
+
+@dataclass
+class Settings:
+    patch_size: str | int = 4  # speech tokens per decoding step; 4 is TLDR's speed/quality sweet spot
+    decoding_mode: str = "tldr"
+    device: str = "auto"  # where the model runs: CUDA when available, else the CPU
+    input_device: str | None = None  # sounddevice device name; None: the system default
+    output_device: str | None = None
+    temperature: float = 1.0
+    seed: int | None = None  # None: a new random seed every time
+    last_voice: str | None = None  # id of the voice picked last (see tldr_core.voices)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a patch size
+
+
+def _optional_text(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() != "")
+
+
+# For each setting: a test of a value and the words that say what is allowed.
+_RULES: dict[str, tuple[Any, str]] = {
+    "patch_size": (lambda v: v in PATCH_SIZES and (v == "baseline" or _is_int(v)), "baseline, 2, 4, 6 or 8"),
+    "decoding_mode": (lambda v: v in DECODING_MODES, ", ".join(DECODING_MODES)),
+    "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
+    "input_device": (_optional_text, "a device name or null"),
+    "output_device": (_optional_text, "a device name or null"),
+    "temperature": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+                    and TEMPERATURE_RANGE[0] <= v <= TEMPERATURE_RANGE[1],
+                    f"a number from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]}"),
+    "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), f"null or a whole number 0-{MAX_SEED}"),
+    "last_voice": (_optional_text, "a voice id or null"),
+}
+
+
+def invalid_fields(settings: Settings) -> list[str]:
+    """Names of the settings whose value is not allowed (empty when all are fine)."""
+    return [name for name, (ok, _) in _RULES.items() if not ok(getattr(settings, name))]
+
+
+def settings_path() -> Path:
+    return paths.user_config_dir() / SETTINGS_FILE
+
+
+def load_settings(path: Path | None = None) -> tuple[Settings, list[str]]:
+    """(settings, notices): never raises; whatever cannot be used is replaced by its default and noticed."""
+    path = path or settings_path()
+    defaults = Settings()
+    if not path.exists():
+        return defaults, []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("it holds no settings object")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return defaults, [f"The settings file {path} could not be read ({error}), so the default settings are "
+                          f"used; saving the settings replaces it."]
+    values, notices = {}, []
+    for field in fields(Settings):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        ok, allowed = _RULES[field.name]
+        if ok(value):
+            values[field.name] = value
+        else:
+            default = getattr(defaults, field.name)
+            notices.append(f"The setting {field.name} = {value!r} in {path.name} is not allowed (it must be "
+                           f"{allowed}), so the default {default!r} is used.")
+    return Settings(**values), notices
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> None:
+    """Write the settings atomically (temp file + rename), so a crash never leaves half a file."""
+    bad = invalid_fields(settings)
+    if bad:
+        raise ValueError(f"invalid settings: {', '.join(bad)}")
+    path = path or settings_path()
+    write_json_atomically(path, asdict(settings))
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """JSON to a temp file beside path, flushed to disk, then renamed over it: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,192 @@
+"""The voice library: the voices a person has recorded or imported, kept under the user data folder.
+
+Each voice is a folder voices/<id>/ holding the prepared clip (clip.wav, 16 kHz), its speaker embedding
+(embedding.npy) and voice.json (name, creation time, speech seconds, source, prompt tokens). The folder is
+named by a random id, never by the voice's name, so a name can be any Unicode text and cannot point
+anywhere else on disk. A voice is built in a hidden temporary folder and renamed into place, so a crash
+leaves either a complete voice or none; a folder damaged anyway (by hand, by a disk fault) is skipped with a
+notice instead of breaking the list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tldr_core import paths
+from tldr_core.audio import SAMPLE_RATE, VoiceSample, load_voice_sample, prepare_voice_sample, write_wav
+from tldr_core.errors import VoiceError
+from tldr_core.settings import write_json_atomically
+from tldr_core.speaker import EMBEDDING_DIM, SpeakerEncoder
+
+FORMAT_VERSION = 1
+CLIP_FILE, EMBEDDING_FILE, META_FILE = "clip.wav", "embedding.npy", "voice.json"
+MAX_NAME_CHARS = 80
+STALE_TEMP_SECONDS = 24 * 3600  # a hidden folder this old belongs to a crashed save, not a running one
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    name: str
+    created: str  # ISO 8601, UTC
+    speech_seconds: float
+    source: str | None  # the imported file, or None for a recording
+    prompt_tokens: list[int] | None  # the clip in speech-codec tokens; None until the codec exists
+    folder: Path
+
+    @property
+    def clip_path(self) -> Path:
+        return self.folder / CLIP_FILE
+
+    def clip(self) -> np.ndarray:
+        """The prepared clip: mono float32 at SAMPLE_RATE."""
+        samples, _ = sf.read(self.clip_path, dtype="float32")
+        return samples
+
+    def embedding(self) -> np.ndarray:
+        return np.load(self.folder / EMBEDDING_FILE)
+
+
+def _clean_name(name: str) -> str:
+    """The name as stored: NFC (so the same letters typed two ways match) without outer spaces."""
+    return unicodedata.normalize("NFC", name).strip()
+
+
+class VoiceLibrary:
+    """Create, list, rename and delete saved voices. Listing is cheap; creating runs the speaker encoder."""
+
+    def __init__(self, root: Path | None = None, device: str = "auto"):
+        self.root = root or paths.user_data_dir() / "voices"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.device = device
+        self.notices: list[str] = []  # what the last list() had to skip
+        self._encoder: SpeakerEncoder | None = None
+        for leftover in self.root.glob(".*"):  # remains of saves and deletions cut short by a crash
+            if leftover.is_dir() and time.time() - leftover.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------------- reading
+
+    def list(self) -> list[Voice]:
+        """All complete voices, sorted by name; damaged folders are skipped and described in self.notices."""
+        voices, self.notices = [], []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            try:
+                voices.append(self._read(folder))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                self.notices.append(f"The saved voice in {folder} is damaged ({error}) and was skipped; delete "
+                                    f"that folder or import the voice again.")
+        return sorted(voices, key=lambda v: (v.name.casefold(), v.created))
+
+    def get(self, voice_id: str) -> Voice:
+        folder = self.root / voice_id
+        if not voice_id or voice_id.startswith(".") or folder.parent != self.root or not folder.is_dir():
+            raise VoiceError("That voice no longer exists (it was deleted or its folder moved).")
+        try:
+            return self._read(folder)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise VoiceError(f"The saved voice in {folder} is damaged ({error}); delete it and import the voice "
+                             f"again.") from None
+
+    def _read(self, folder: Path) -> Voice:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unknown format {meta.get('format')!r}")
+        name = meta["name"]
+        if not isinstance(name, str) or not _clean_name(name):
+            raise ValueError("it has no name")
+        info = sf.info(folder / CLIP_FILE)
+        if info.samplerate != SAMPLE_RATE or info.frames == 0:
+            raise ValueError(f"{CLIP_FILE} is not a {SAMPLE_RATE} Hz clip")
+        embedding = np.load(folder / EMBEDDING_FILE)
+        if embedding.shape != (EMBEDDING_DIM,) or not np.isfinite(embedding).all():
+            raise ValueError(f"{EMBEDDING_FILE} is not a {EMBEDDING_DIM}-value embedding")
+        tokens = meta.get("prompt_tokens")
+        if tokens is not None and not all(isinstance(t, int) for t in tokens):
+            raise ValueError("its prompt tokens are not whole numbers")
+        return Voice(id=folder.name, name=name, created=str(meta["created"]),
+                     speech_seconds=float(meta["speech_seconds"]), source=meta.get("source"),
+                     prompt_tokens=tokens, folder=folder)
+
+    # --------------------------------------------------------------------------------------------- writing
+
+    def check_name(self, name: str, renaming: str | None = None) -> str:
+        """The name as it will be stored, or VoiceError saying why it cannot be used.
+
+        renaming: the id of the voice being renamed, which may keep its own name.
+        """
+        clean = _clean_name(name)
+        if not clean:
+            raise VoiceError("A voice needs a name: type one.")
+        if len(clean) > MAX_NAME_CHARS:
+            raise VoiceError(f"That name has {len(clean)} characters; at most {MAX_NAME_CHARS} are allowed.")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in clean):
+            raise VoiceError("A voice name must be one line of visible text (no line breaks or control "
+                             "characters).")
+        for voice in self.list():
+            if voice.id != renaming and voice.name.casefold() == clean.casefold():
+                raise VoiceError(f"There is already a voice called '{voice.name}': choose another name.")
+        return clean
+
+    def _encoder_for(self) -> SpeakerEncoder:
+        if self._encoder is None:  # loading the ONNX session once saves ~50 ms per voice
+            self._encoder = SpeakerEncoder(device=self.device)
+        return self._encoder
+
+    def create(self, name: str, sample: VoiceSample, source: str | None = None) -> Voice:
+        """Save a prepared sample as a new voice (embedding it first): complete on disk, or not at all."""
+        name = self.check_name(name)
+        embedding = self._encoder_for().embed(sample.samples)
+        voice_id = uuid.uuid4().hex[:12]
+        building = self.root / f".new-{voice_id}"
+        building.mkdir()
+        try:
+            write_wav(building / CLIP_FILE, sample.samples, SAMPLE_RATE, subtype="FLOAT")
+            np.save(building / EMBEDDING_FILE, embedding.astype(np.float32))
+            write_json_atomically(building / META_FILE, {
+                "format": FORMAT_VERSION, "name": name,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "speech_seconds": round(sample.speech_seconds, 2), "source": source, "prompt_tokens": None})
+            os.rename(building, self.root / voice_id)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        return self.get(voice_id)
+
+    def create_from_file(self, name: str, path: str | Path) -> Voice:
+        """Import an audio file (any format soundfile reads); AudioInputError says why one is refused."""
+        self.check_name(name)  # before the slow part, so a bad name is reported at once
+        return self.create(name, load_voice_sample(path), source=str(Path(path).resolve()))
+
+    def create_from_samples(self, name: str, samples: np.ndarray, sample_rate: int) -> Voice:
+        """Save a recording held in memory; AudioInputError says why one is refused."""
+        self.check_name(name)
+        return self.create(name, prepare_voice_sample(samples, sample_rate))
+
+    def rename(self, voice_id: str, new_name: str) -> Voice:
+        voice = self.get(voice_id)
+        name = self.check_name(new_name, renaming=voice_id)
+        meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
+        meta["name"] = name
+        write_json_atomically(voice.folder / META_FILE, meta)
+        return self.get(voice_id)
+
+    def delete(self, voice_id: str) -> None:
+        """Remove a voice; it is first renamed to a hidden folder, so it never lingers half-deleted."""
+        voice = self.get(voice_id)
+        doomed = self.root / f".deleted-{voice.id}"
+        os.rename(voice.folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
