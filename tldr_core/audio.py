@@ -7,8 +7,6 @@ silence and loudness-normalised, so every later stage sees the same kind of inpu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -21,6 +19,7 @@ from scipy.ndimage import binary_opening, minimum_filter1d, uniform_filter1d
 from scipy.signal import resample_poly
 
 from tldr_core.errors import AudioInputError
+from tldr_core.files import atomic_path
 
 SAMPLE_RATE = 16000  # the rate of the codec, the speaker encoder and the corpus
 
@@ -104,16 +103,8 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: 
 
     The format follows the extension (.wav, .flac, ...); samples are clipped to [-1, 1] first.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------- measurements

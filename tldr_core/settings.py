@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from tldr_core import paths
+from tldr_core.files import write_text
 
 SETTINGS_FILE = "settings.json"
 
@@ -104,19 +103,9 @@ def save_settings(settings: Settings, path: Path | None = None) -> None:
     if bad:
         raise ValueError(f"invalid settings: {', '.join(bad)}")
     path = path or settings_path()
-    write_json_atomically(path, asdict(settings))
+    write_json(path, asdict(settings))
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """JSON to a temp file beside path, flushed to disk, then renamed over it: readers see old or new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_json(path: Path, data: Any) -> None:
+    """Settings and voice metadata as indented UTF-8 JSON, written atomically."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False))

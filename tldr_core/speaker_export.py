@@ -9,8 +9,6 @@ The export is only kept when onnxruntime + speaker.py reproduce resemblyzer on a
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.errors import TldrError
+from tldr_core.files import atomic_path
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference per embedding component that still counts as the same model
@@ -54,10 +53,7 @@ def export_speaker_encoder(out: Path) -> None:
     example = torch.zeros(2, CONFIG.partial_frames, CONFIG.n_fft // 2 + 1)
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             # The exporter warns that LSTMs may break with other batch sizes; here the zero initial states
             # are built from the input's shape, and the check below runs a different batch size than this.
@@ -79,10 +75,6 @@ def export_speaker_encoder(out: Path) -> None:
             raise TldrError(f"The exported speaker encoder differs from resemblyzer by {difference:.2e} "
                             f"(allowed {TOLERANCE:.0e}); the export was not written. Check the installed "
                             "torch, onnxruntime and librosa versions.")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the shipped file must be readable by everyone
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); matches resemblyzer to {difference:.1e}")
 
 

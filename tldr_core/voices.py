@@ -26,7 +26,7 @@ import soundfile as sf
 from tldr_core import paths
 from tldr_core.audio import SAMPLE_RATE, VoiceSample, load_voice_sample, prepare_voice_sample, write_wav
 from tldr_core.errors import VoiceError
-from tldr_core.settings import write_json_atomically
+from tldr_core.settings import write_json
 from tldr_core.speaker import EMBEDDING_DIM, SpeakerEncoder
 
 FORMAT_VERSION = 1
@@ -156,7 +156,7 @@ class VoiceLibrary:
         try:
             write_wav(building / CLIP_FILE, sample.samples, SAMPLE_RATE, subtype="FLOAT")
             np.save(building / EMBEDDING_FILE, embedding.astype(np.float32))
-            write_json_atomically(building / META_FILE, {
+            write_json(building / META_FILE, {
                 "format": FORMAT_VERSION, "name": name,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "speech_seconds": round(sample.speech_seconds, 2), "source": source, "prompt_tokens": None})
@@ -181,7 +181,7 @@ class VoiceLibrary:
         name = self.check_name(new_name, renaming=voice_id)
         meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
         meta["name"] = name
-        write_json_atomically(voice.folder / META_FILE, meta)
+        write_json(voice.folder / META_FILE, meta)
         return self.get(voice_id)
 
     def delete(self, voice_id: str) -> None:

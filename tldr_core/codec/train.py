@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ from tldr_core.codec.evaluate import read_split
 from tldr_core.codec.features import analyze
 from tldr_core.codec.model import Codec, CodecConfig, fit_scales, reference_stats
 from tldr_core.errors import CorpusError, ModelError
+from tldr_core.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -69,9 +69,8 @@ def _cache_one(job: tuple[str, str, str]) -> str:
     pad = -len(frames) % CodecConfig.frames_per_token  # whole tokens: repeat the last frame
     frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     embedding = _speaker_encoder().embed(samples)
-    tmp = f"{out}.tmp.npz"
-    np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
     return utterance_id
 
 
@@ -133,9 +132,8 @@ def validate(model: Codec, items: list[dict]) -> dict[str, float]:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_codec(path: Path) -> Codec:

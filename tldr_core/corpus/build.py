@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from functools import partial
@@ -28,6 +27,7 @@ from tldr_core.corpus.plan import PLAN_FORMAT, SPLITS, Plan, Utterance, make_pla
 from tldr_core.corpus.render import Rendered, cpu_seconds, render, wav_path
 from tldr_core.corpus.voices import available_voices
 from tldr_core.errors import CorpusError
+from tldr_core.files import write_text
 
 
 def build_corpus(out_dir: Path, hours: float = 1.0, seed: int = 0, shippable_only: bool = False, jobs: int = 0,
@@ -55,7 +55,7 @@ def build_corpus(out_dir: Path, hours: float = 1.0, seed: int = 0, shippable_onl
     failed = sorted((r.id, r.error) for r in results if r.error is not None)
 
     rows = [_manifest_row(u, done[u.id]) for u in plan.utterances if u.id in done]
-    _write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _write_json(out_dir / "speakers.json", _speakers(plan, rows))
     corpus = _describe(plan, rows, notices, failed)
     _write_json(out_dir / "corpus.json", corpus)
@@ -228,17 +228,6 @@ def _stats(plan: Plan, results: list[Rendered], rows: list[dict], jobs: int, wal
 
 
 def _write_json(path: Path, data) -> None:
-    _write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic, like the WAVs: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
