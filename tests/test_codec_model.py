@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from tldr_core.audio import read_audio, to_model_rate, write_wav
 from tldr_core.cli import main
-from tldr_core.codec.model import FSQ, Codec, CodecConfig, TokenDecoderStream
+from tldr_core.codec.model import FSQ, PHONES, Codec, CodecConfig, TokenDecoderStream, phone_targets
 from tldr_core.codec.train import TrainConfig, load_codec, train_codec
 from tldr_core.errors import CorpusError, ModelError
+from tldr_core.text import normalize_text, phonemize
 
 STREAM_TOLERANCE = 1e-5  # float32 rounding of convolutions over windows of different lengths
 TINY = dict(channels=32, frame_channels=16, encoder_blocks=1, decoder_blocks=2, frame_blocks=1)
@@ -46,6 +47,37 @@ def test_fsq_passes_gradients_straight_through():
     z = torch.randn(4, 5, requires_grad=True)
     FSQ((8, 8, 5, 5, 5)).quantise(z).sum().backward()
     assert z.grad is not None and float(z.grad.abs().min()) > 0
+
+
+def test_phone_targets_keep_only_phones():
+    """Stress marks, word gaps and punctuation have no audio segment of their own: CTC gets phones only."""
+    ids = phone_targets("d ˈ ɪ d _ ˈ ɛ n i w ˌ ʌ n , _ oʊ ?")
+    assert [PHONES[i - 1] for i in ids] == ["d", "ɪ", "d", "ɛ", "n", "i", "w", "ʌ", "n", "oʊ"]
+    assert ids.min() >= 1  # 0 is the CTC blank
+
+
+def test_ctc_loss_is_finite_and_learns_a_tiny_batch():
+    """The phone loss on padded whole clips: finite, masks the padding, and a few steps lower it."""
+    from tldr_core.codec.train import collate
+
+    rng = np.random.default_rng(0)
+    items = [{"frames": rng.normal(size=(4 * n, 47)).astype(np.float32), "embedding": np.zeros(256, np.float32),
+              "stats": np.zeros(42, np.float32), "phones": rng.integers(1, len(PHONES) + 1, n // 2)}
+             for n in (12, 20, 16)]
+    batch = collate(items)
+    assert batch.frames.shape == (3, 80, 47) and batch.lengths.tolist() == [48, 80, 64]
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(**TINY))
+    optimiser = torch.optim.Adam(codec.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        parts = codec.loss(batch)
+        assert all(torch.isfinite(v) for v in parts.values())
+        losses.append(parts["ctc"].item())
+        optimiser.zero_grad()
+        parts["total"].backward()
+        optimiser.step()
+    assert losses[-1] < 0.7 * losses[0]
 
 
 def _decode_stream(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor, k: int):
@@ -94,7 +126,8 @@ def tiny_corpus(tmp_path_factory):
         write_wav(root / path, to_model_rate(*read_audio(raw)), 16000)
         split = ["train"] * 4 + ["validation", "test"]
         rows.append({"id": f"u{i}", "path": path, "speaker": voice, "source_human": f"espeak:{voice}",
-                     "split": split[i], "text": text, "normalized_text": text.lower()})
+                     "split": split[i], "text": text, "normalized_text": text.lower(),
+                     "phonemes": " ".join(phonemize(normalize_text(text)))})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -103,14 +136,15 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
     from tldr_core.codec.train import load_split, validate
 
     out = tmp_path / "run"
-    cfg = TrainConfig(steps=150, batch=4, segment_tokens=16, lr=3e-3, warmup=5, validate_every=75, threads=1)
+    cfg = TrainConfig(steps=150, batch=4, lr=3e-3, warmup=5, validate_every=75, threads=1)
     history = train_codec(tiny_corpus, out, cfg, codec_cfg=CodecConfig(**TINY))
     assert [h["step"] for h in history] == [75, 150]
-    assert (out / "checkpoint.pt").is_file() and len(list((out / "cache").glob("*.npz"))) == 6
+    assert (out / "checkpoint.pt").is_file() and (out / "best.pt").is_file() and len(list((out / "cache").glob("*.npz"))) == 6
     torch.manual_seed(cfg.seed)  # the same initial weights, measured the same way
     untrained = Codec(load_codec(out / "checkpoint.pt").cfg)
     before = validate(untrained, load_split(tiny_corpus, out / "cache", "validation"))["total"]
     assert history[-1]["val_total"] < 0.8 * before
+    assert np.isfinite(history[-1]["val_ctc"]) and 0 <= history[-1]["val_per"] <= 100
 
     with pytest.raises(CorpusError, match="--resume"):
         train_codec(tiny_corpus, out, cfg)

@@ -75,6 +75,36 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
               f"checkpoint in {args.out}")
 
 
+def _lm_train_config(args: argparse.Namespace):
+    from tldr_core.training.loop import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                       validate_every=args.validate_every, shippable_only=not args.all_rows)
+
+
+def _report(history: list[dict], out: Path) -> None:
+    if history:
+        print(f"step {history[-1]['step']}: validation loss {history[-1]['validation']:.4f}; checkpoint in {out}")
+
+
+def cmd_train_backbone(args: argparse.Namespace) -> None:
+    from tldr_core.model import ModelConfig
+    from tldr_core.training.loop import train_backbone
+
+    model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
+    _report(train_backbone(args.corpus_dir, args.out, _lm_train_config(args), model_cfg, codec=args.codec,
+                           resume=args.resume, jobs=args.jobs, device=args.device), args.out)
+
+
+def cmd_train_tldr(args: argparse.Namespace) -> None:
+    from tldr_core.model import TldrConfig
+    from tldr_core.training.loop import train_tldr
+
+    tldr_cfg = TldrConfig(patch_size=args.patch_size, lora_rank=args.lora_rank)
+    _report(train_tldr(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), tldr_cfg, codec=args.codec,
+                       resume=args.resume, jobs=args.jobs, device=args.device), args.out)
+
+
 def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
     from tldr_core import audio
     from tldr_core.codec.runtime import CodecRuntime
@@ -97,6 +127,90 @@ def cmd_codec_export(args: argparse.Namespace) -> None:
     meta = export_codec(args.checkpoint, args.out_dir)
     print(f"wrote tokenizer.onnx, decoder.onnx and codec.json to {args.out_dir} "
           f"(vocabulary {meta['vocab_size']}, look-ahead {meta['lookahead']} tokens)")
+
+
+def _synthesizer(args: argparse.Namespace):
+    from tldr_core.synthesis import Synthesizer
+
+    torch_threads(args.threads)
+    return Synthesizer(args.model, device=args.device)
+
+
+def torch_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def cmd_speak(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from tldr_core import audio
+    from tldr_core.decoding import Sampling
+
+    synth = _synthesizer(args)
+    voice = synth.prepare_voice(audio.load_voice_sample(args.voice).samples)
+    chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size,
+                               Sampling(temperature=args.temperature), seed=args.seed))
+    audio.write_wav(args.out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), audio.SAMPLE_RATE)
+    s = synth.last_stats
+    unit = "token-level baseline" if s.patch_size == 1 else f"TLDR, patch size {s.patch_size}"
+    print(f"mode: {unit} on {s.device}")
+    print(f"audio: {s.audio_seconds:.2f} s in {s.sentences} sentence(s), {s.stopped_by_model} ended by the model")
+    print(f"time to first audio: {s.first_audio_seconds * 1000:.0f} ms; real-time factor: {s.real_time_factor:.3f}")
+    print(f"backbone steps: {s.backbone_steps} for {s.tokens} tokens")
+    print(f"KV cache: {s.kv_bytes / 1024:.0f} kB, of which speech {s.kv_speech_bytes / 1024:.0f} kB")
+    print(f"wrote {args.out}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tldr_core.evaluation.bench import run_bench, table, write_json
+
+    synth = _synthesizer(args)
+    results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes)
+    print(table(results))
+    if args.json:
+        write_json(results, synth, args.json)
+        print(f"wrote {args.json}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from tldr_core.codec.evaluate import Judges
+    from tldr_core.evaluation.model_eval import evaluate_model
+    from tldr_core.files import write_text
+
+    synth = _synthesizer(args)
+    judges = Judges()
+    reports = []
+    for mode in args.modes:
+        patch_size = 1 if mode == "baseline" else int(mode)
+        report = evaluate_model(synth, args.corpus, "baseline" if mode == "baseline" else "tldr", patch_size,
+                                split=args.split, limit=args.limit, seed=args.seed, judges=judges)
+        print("\n".join(report.lines()), flush=True)
+        reports.append(report.__dict__)
+    if args.json:
+        write_text(args.json, json.dumps(reports, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_model_pack(args: argparse.Namespace) -> None:
+    import json
+
+    from tldr_core.model_store import pack_model
+
+    adapters = {}
+    for item in args.tldr:
+        k, _, path = item.partition("=")
+        if not k.isdigit() or not path:
+            raise TldrError(f"--tldr takes K=CHECKPOINT (for example 4=runs/tldr4/checkpoint.pt), not '{item}'.")
+        adapters[int(k)] = Path(path)
+    recipe = json.loads(args.recipe.read_text()) if args.recipe else {}
+    manifest = pack_model(args.backbone, adapters, args.out, recipe)
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"wrote {len(manifest['files'])} files ({total / 2**20:.1f} MB) and manifest.json to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +272,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.set_defaults(run=cmd_train_codec)
 
+    def lm_options(p: argparse.ArgumentParser, steps: int) -> None:
+        p.add_argument("corpus_dir", type=Path)
+        p.add_argument("--out", type=Path, required=True, help="folder for the token cache and checkpoints")
+        p.add_argument("--codec", type=Path, help="codec folder or checkpoint (default: the shipped codec)")
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--batch", type=int, default=8, help="utterances per process and step")
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--validate-every", type=int, default=200)
+        p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep <= idle cores)")
+        p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--all-rows", action="store_true",
+                       help="also train on rows whose licence forbids shipping the weights")
+        p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+
+    p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
+    lm_options(p, steps=4000)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--ffn", type=int, default=768)
+    p.set_defaults(run=cmd_train_backbone)
+    p = train_cmds.add_parser("tldr", help="train one patch size's compressor, LoRA and extractor on a frozen backbone")
+    lm_options(p, steps=2000)
+    p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint or weights file")
+    p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.set_defaults(run=cmd_train_tldr)
+
     codec_cmds = commands.add_parser("codec", help="speech codec tools").add_subparsers(dest="codec_command",
                                                                                        required=True)
     p = codec_cmds.add_parser("roundtrip", help="encode a clip to tokens and decode it back")
@@ -172,6 +317,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out_dir", type=Path)
     p.set_defaults(run=cmd_codec_export)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, help="model folder (default: the shipped default model)")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
+    p.add_argument("text")
+    p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=["tldr", "baseline"], default="tldr")
+    p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
+    p.add_argument("--temperature", type=float, default=0.8)
+    model_options(p)
+    p.set_defaults(run=cmd_speak)
+
+    p = commands.add_parser("bench", help="baseline vs TLDR k=2,4,6,8: speed, steps, KV cache, memory")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--patch-sizes", type=int, nargs="+", choices=[2, 4, 6, 8])
+    model_options(p)
+    p.set_defaults(run=cmd_bench)
+
+    p = commands.add_parser("evaluate", help="WER, speaker similarity and stopping on held-out voices of a corpus")
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--limit", type=int, default=40, help="utterances per mode")
+    p.add_argument("--modes", nargs="+", default=["baseline", "4"], choices=["baseline", "2", "4", "6", "8"])
+    p.add_argument("--json", type=Path)
+    model_options(p)
+    p.set_defaults(run=cmd_evaluate)
+
+    model_cmds = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command",
+                                                                                 required=True)
+    p = model_cmds.add_parser("pack", help="pack training checkpoints into a model folder the app loads")
+    p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint")
+    p.add_argument("--tldr", nargs="+", default=[], metavar="K=CHECKPOINT", help="TLDR checkpoints by patch size")
+    p.add_argument("--recipe", type=Path, help="JSON file describing how the model was made (goes in the manifest)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(run=cmd_model_pack)
     return parser
 
 

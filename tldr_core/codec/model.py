@@ -10,6 +10,11 @@ clip's measured F0 mean/std and mean envelope), -> frames. Only the first layer 
 stream can be decoded k tokens at a time with a fixed delay, matching the offline output exactly
 (`TokenDecoderStream`). The voice's absolute pitch and timbre come back from the reference statistics,
 which is why the tokens need not carry them.
+
+Training-only CTC head: two small convolutions over the quantised values predict the utterance's phones
+(CTC, as CosyVoice's supervised semantic tokens). Reconstruction alone let the tokens lose the words (the
+decoded envelope was over-smoothed; WER +68), so the phone loss pushes the codes to carry the phones. The
+head is not exported and not needed to encode or decode.
 """
 
 from __future__ import annotations
@@ -23,8 +28,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from tldr_core.codec.features import AP, CONFIG as FEATURES, ENV, LF0, VUV
+from tldr_core.text import PHONEMES, STRESS, WORD_BOUNDARY
 
 EMBED_DIM = 256  # SpeakerEncoder's output
+# CTC targets are the phones only: stress marks, word gaps and punctuation have no segment of their own
+NOT_PHONES = frozenset({WORD_BOUNDARY, *STRESS, ",", ".", "?", "!", ";", ":", "-"})
+PHONES: tuple[str, ...] = tuple(p for p in PHONEMES if p not in NOT_PHONES)
+_PHONE_ID = {p: 1 + i for i, p in enumerate(PHONES)}  # 0 is the CTC blank
+
+
+def phone_targets(phonemes: str) -> np.ndarray:
+    """A manifest's space-separated phonemes -> CTC target ids (1..len(PHONES)); other symbols dropped."""
+    return np.array([_PHONE_ID[p] for p in phonemes.split() if p in _PHONE_ID], dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    """Whole clips padded to the longest (frames by repeating the last one), with their true lengths."""
+
+    frames: torch.Tensor         # (B, 4N, dim)
+    embedding: torch.Tensor      # (B, 256)
+    stats: torch.Tensor          # (B, 2 + n_env)
+    lengths: torch.Tensor        # (B,) real frames, a multiple of frames_per_token
+    phones: torch.Tensor         # (B, L) CTC targets, zero-padded
+    phone_lengths: torch.Tensor  # (B,)
 
 
 @dataclass
@@ -42,6 +69,7 @@ class CodecConfig:
     frame_blocks: int = 3
     kernel: int = 5
     lookahead: int = 2            # tokens the decoder may wait for (2 tokens = 80 ms)
+    ctc_weight: float = 0.3       # phone (CTC) loss weight; 1.0 collapsed the codes before the decoder learnt
     # per-dimension scale of the normalised frames (set from training data by `fit_scales`)
     scale: list[float] = field(default_factory=lambda: [1.0] * FEATURES.dim)
 
@@ -169,6 +197,9 @@ class Codec(nn.Module):
         self.frame_blocks = nn.ModuleList([ResBlock(cfg.frame_channels, k, 2 ** i)
                                            for i in range(cfg.frame_blocks)])
         self.out = nn.Conv1d(cfg.frame_channels, cfg.feature_dim, 1)
+        # training only: phones from the quantised values; small, so the codes themselves must be phonetic
+        self.ctc_head = nn.Sequential(nn.Conv1d(d, c, 3, padding=1), nn.GELU(),
+                                      nn.Conv1d(c, 1 + len(PHONES), 3, padding=1))
 
     @property
     def context_tokens(self) -> int:
@@ -217,19 +248,32 @@ class Codec(nn.Module):
         vuv = (y[..., VUV:VUV + 1] > 0).float()  # the voicing output is a logit
         return torch.cat([y[..., :VUV], vuv, y[..., VUV + 1:]], dim=-1)
 
-    def loss(self, frames: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Reconstruction losses of a batch of (B, 4N, dim) frames through the quantised bottleneck."""
+    def phone_log_probs(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
+        return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips."""
+        frames, stats = batch.frames, batch.stats
         target = normalise(frames, stats) / self.scale
-        pred = self.decode_normalised(self.encode(frames, stats), self.conditioning(embedding, stats))
-        voiced = frames[..., VUV]
+        q = self.encode(frames, stats)
+        pred = self.decode_normalised(q, self.conditioning(batch.embedding, stats))
+        mask = (torch.arange(frames.shape[1])[None] < batch.lengths[:, None]).float()
+        n = mask.sum()
+        voiced = frames[..., VUV] * mask
+        vuv = F.binary_cross_entropy_with_logits(pred[..., VUV], frames[..., VUV], reduction="none")
+        log_probs = self.phone_log_probs(q).transpose(0, 1)  # (N, B, classes), as ctc_loss wants
         parts = {
             "f0": ((pred[..., LF0] - target[..., LF0]).abs() * voiced).sum() / voiced.sum().clamp(min=1),
-            "vuv": F.binary_cross_entropy_with_logits(pred[..., VUV], voiced),
-            "env": (pred[..., ENV] - target[..., ENV]).abs().mean(),
-            "ap": (pred[..., AP] - target[..., AP]).abs().mean(),
+            "vuv": (vuv * mask).sum() / n,
+            "env": ((pred[..., ENV] - target[..., ENV]).abs().mean(-1) * mask).sum() / n,
+            "ap": ((pred[..., AP] - target[..., AP]).abs().mean(-1) * mask).sum() / n,
+            "ctc": F.ctc_loss(log_probs, batch.phones, batch.lengths // self.cfg.frames_per_token,
+                              batch.phone_lengths, blank=0, zero_infinity=True),
         }
         # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
-        parts["total"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
+        parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
+        parts["total"] = parts["recon"] + self.cfg.ctc_weight * parts["ctc"]
         return parts
 
 

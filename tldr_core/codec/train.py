@@ -3,9 +3,12 @@
 The WORLD analysis is the slow part (about 0.04 CPU-s per audio-s), so every utterance is analysed once
 into OUT/cache/<id>.npz (frames padded to whole tokens + its SpeakerEncoder embedding), in parallel and
 skipping what exists: an interrupted cache build resumes where it stopped. Training then runs from memory
-on random crops. Checkpoints are written atomically (temp file + rename) and hold the optimiser and step,
-so `--resume` continues the same run; batches are drawn from a generator seeded by (seed, step), so a
-resumed run sees the same batches it would have seen.
+on whole clips (the phone CTC loss needs a clip's whole transcript), batched by similar length and padded.
+Checkpoints are written atomically (temp file + rename) and hold the optimiser and step, so `--resume`
+continues the same run; batches are drawn from a generator seeded by (seed, step), so a resumed run sees
+the same batches it would have seen. best.pt keeps the step with the lowest validation reconstruction
+loss (the phone loss on held-out voices rises once the phone head overfits, while reconstruction still
+improves).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from tqdm import tqdm
 
 from tldr_core.codec.evaluate import read_split
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import Codec, CodecConfig, fit_scales, reference_stats
+from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the checkpoint with the lowest validation reconstruction loss so far
 
 
 @dataclass
@@ -37,8 +41,7 @@ class TrainConfig:
     """The recipe; stored in every checkpoint next to the model's CodecConfig."""
 
     steps: int = 3000
-    batch: int = 16
-    segment_tokens: int = 50      # 2 s crops
+    batch: int = 16               # whole clips
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 1e-4
@@ -90,45 +93,64 @@ def build_cache(corpus: Path, cache: Path, splits: tuple[str, ...] = ("train", "
 
 
 def load_split(corpus: Path, cache: Path, split: str) -> list[dict]:
-    """[{frames, embedding, stats, n_samples, id}] of a split, from the cache."""
+    """[{frames, embedding, stats, phones, n_samples, id}] of a split, from the cache and the manifest."""
     items = []
     for row in read_split(corpus, split):
+        if not row.get("phonemes"):
+            raise CorpusError(f"Utterance '{row['id']}' has no phonemes in the manifest: the codec's phone loss "
+                              f"needs them (rebuild the corpus with `tldr-voice corpus build`).")
         with np.load(cache / f"{row['id']}.npz") as z:
             frames = z["frames"]
             items.append({"id": row["id"], "frames": frames, "embedding": z["embedding"],
-                          "stats": reference_stats(frames), "n_samples": int(z["n_samples"])})
+                          "stats": reference_stats(frames), "phones": phone_targets(row["phonemes"]),
+                          "n_samples": int(z["n_samples"])})
     return items
 
 
 # ---------------------------------------------------------------------------------------------- batches
 
-def sample_batch(items: list[dict], batch: int, segment_tokens: int, frames_per_token: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-    """Random token-aligned crops (shorter clips are edge-padded) with their whole-clip voice."""
-    length = segment_tokens * frames_per_token
-    frames, embeddings, stats = [], [], []
-    for i in rng.integers(0, len(items), size=batch):
-        f = items[i]["frames"]
-        n_tokens = len(f) // frames_per_token
-        start = int(rng.integers(0, max(1, n_tokens - segment_tokens + 1))) * frames_per_token
-        crop = f[start:start + length]
-        frames.append(np.pad(crop, ((0, length - len(crop)), (0, 0)), mode="edge"))
-        embeddings.append(items[i]["embedding"])
-        stats.append(items[i]["stats"])
-    return tuple(torch.from_numpy(np.stack(a)) for a in (frames, embeddings, stats))
+def collate(items: list[dict]) -> Batch:
+    """Whole clips padded to the longest one (frames edge-padded, phones zero-padded), with their lengths."""
+    length = max(len(it["frames"]) for it in items)
+    n_phones = max(len(it["phones"]) for it in items)
+    frames = np.stack([np.pad(it["frames"], ((0, length - len(it["frames"])), (0, 0)), mode="edge")
+                       for it in items])
+    phones = np.stack([np.pad(it["phones"], (0, n_phones - len(it["phones"]))) for it in items])
+    return Batch(frames=torch.from_numpy(frames),
+                 embedding=torch.from_numpy(np.stack([it["embedding"] for it in items])),
+                 stats=torch.from_numpy(np.stack([it["stats"] for it in items])),
+                 lengths=torch.tensor([len(it["frames"]) for it in items]), phones=torch.from_numpy(phones),
+                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]))
+
+
+def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Batch:
+    """`batch` whole clips of similar length: a random window of the clips sorted by a jittered length.
+
+    Clips run from under 1 s to 16 s; a random mix would be mostly padding. The +-15 % jitter varies which
+    clips share a batch.
+    """
+    jittered = np.array([len(it["frames"]) for it in items]) * rng.uniform(0.85, 1.15, len(items))
+    start = int(rng.integers(0, max(1, len(items) - batch + 1)))
+    return collate([items[i] for i in np.argsort(jittered)[start:start + batch]])
 
 
 @torch.no_grad()
 def validate(model: Codec, items: list[dict]) -> dict[str, float]:
-    """Mean losses over whole validation clips (one at a time: no padding to skew them)."""
+    """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate."""
+    import jiwer
+
     model.eval()
     sums: dict[str, float] = {}
+    refs, hyps = [], []
     for item in items:
-        parts = model.loss(*(torch.from_numpy(item[k])[None] for k in ("frames", "embedding", "stats")))
-        for k, v in parts.items():
+        batch = collate([item])
+        for k, v in model.loss(batch).items():
             sums[k] = sums.get(k, 0.0) + float(v)
+        best = model.phone_log_probs(model.encode(batch.frames, batch.stats))[0].argmax(-1).tolist()
+        hyps.append(" ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1])))
+        refs.append(" ".join(str(p) for p in item["phones"]))
     model.train()
-    return {k: v / len(items) for k, v in sums.items()}
+    return {**{k: v / len(items) for k, v in sums.items()}, "per": 100 * jiwer.wer(refs, hyps)}
 
 
 def _save(path: Path, state: dict) -> None:
@@ -184,17 +206,20 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def save() -> None:
-        _save(checkpoint, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                           "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg)})
+        state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                 "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg)}
+        _save(checkpoint, state)
+        if history[-1]["val_recon"] <= min(h.get("val_recon", math.inf) for h in history):
+            _save(out / BEST, state)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="training codec", unit="step")
     started = time.time()
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
-        batch = sample_batch(train, cfg.batch, cfg.segment_tokens, codec_cfg.frames_per_token, rng)
+        batch = sample_batch(train, cfg.batch, rng)
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
-        parts = model.loss(*batch)
+        parts = model.loss(batch)
         optimiser.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Reproduce the shipped default model from a fresh machine: corpus -> codec -> backbone -> TLDR adapters ->
+# resources/. Every stage is resumable (rerun the script after an interruption) and its wall time is printed.
+# Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows.
+#
+#   bash packaging/train_default_model.sh                    # CPU defaults
+#   DEVICE=cuda NPROC=8 HOURS=20 BACKBONE_STEPS=40000 DIM=512 bash packaging/train_default_model.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=${WORK:-runs/default}            # corpus, caches and checkpoints
+HOURS=${HOURS:-1}                     # corpus size (shippable voices only)
+CODEC_STEPS=${CODEC_STEPS:-3000}
+BACKBONE_STEPS=${BACKBONE_STEPS:-900}
+TLDR_STEPS=${TLDR_STEPS:-150}
+PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
+DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
+BATCH=${BATCH:-8}
+DEVICE=${DEVICE:-auto}
+NPROC=${NPROC:-1}                     # processes for torchrun (GPUs, or CPU processes with gloo)
+THREADS=${THREADS:-2}
+PY=${PY:-python3}
+
+if [ "$NPROC" -gt 1 ]; then LAUNCH="$PY -m torch.distributed.run --nproc_per_node $NPROC -m tldr_core";
+else LAUNCH="$PY -m tldr_core"; fi
+RESUME() { [ -f "$1/checkpoint.pt" ] && echo --resume || true; }
+stage() { local name=$1; shift; local t0=$SECONDS; echo "== $name"; "$@"; echo "== $name took $((SECONDS - t0)) s"; }
+mkdir -p "$WORK"
+
+[ -f "$WORK/corpus/manifest.jsonl" ] || \
+  stage "corpus ($HOURS h, shippable voices)" $PY -m tldr_core corpus build "$WORK/corpus" --hours "$HOURS" --seed 0 --shippable-only
+stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --steps "$CODEC_STEPS" --threads "$THREADS" $(RESUME "$WORK/codec")
+stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" resources/codec
+stage "backbone" $LAUNCH train backbone "$WORK/corpus" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
+  --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
+ADAPTERS=()
+for K in $PATCH_SIZES; do
+  stage "TLDR k=$K" $LAUNCH train tldr "$WORK/corpus" --backbone "$WORK/backbone/checkpoint.pt" --patch-size "$K" \
+    --out "$WORK/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/tldr$K")
+  ADAPTERS+=("$K=$WORK/tldr$K/checkpoint.pt")
+done
+cat > "$WORK/recipe.json" <<JSON
+{"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS,
+ "backbone_steps": $BACKBONE_STEPS, "tldr_steps": $TLDR_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
+ "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
+JSON
+stage "pack" $PY -m tldr_core model pack --backbone "$WORK/backbone/checkpoint.pt" --tldr "${ADAPTERS[@]}" \
+  --recipe "$WORK/recipe.json" --out resources/default_model
+stage "evaluate" $PY -m tldr_core evaluate "$WORK/corpus" --modes baseline 4 --limit 40 --json "$WORK/evaluate.json"
+stage "bench" $PY -m tldr_core bench --json "$WORK/bench.json"

@@ -1,0 +1,122 @@
+"""Streaming synthesis, `speak` and `bench` on a tiny untrained model: the plumbing, not the voice quality
+(which the README measures on the shipped model)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tldr_core import audio
+from tldr_core.cli import main
+from tldr_core.errors import ModelError, TextInputError
+from tldr_core.paths import RESOURCES_DIR
+from tldr_core.synthesis import BASELINE, TLDR, Synthesizer
+
+VOICE = RESOURCES_DIR / "voices" / "flite-rms.wav"
+
+
+@pytest.fixture(scope="module")
+def synth(tiny_model):
+    return Synthesizer(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def voice(synth):
+    return synth.prepare_voice(audio.load_voice_sample(VOICE).samples)
+
+
+def test_a_prepared_voice_has_a_whole_patch_prompt(voice):
+    assert len(voice.prompt_tokens) in (24, 48, 72)
+    assert voice.embedding.shape == (256,)
+
+
+def test_audio_streams_in_chunks_and_every_sentence_is_said(synth, voice):
+    chunks = list(synth.stream("First sentence here. And a second one!", voice, TLDR, 4, seed=0))
+    stats = synth.last_stats
+    assert len(chunks) > 3 and all(c.dtype == np.float32 for c in chunks)
+    assert stats.sentences == 2 and 0 < stats.first_audio_seconds < stats.wall_seconds
+    assert stats.audio_seconds == pytest.approx(sum(map(len, chunks)) / audio.SAMPLE_RATE)
+    assert np.isfinite(np.concatenate(chunks)).all()
+
+
+def test_the_same_seed_gives_the_same_audio(synth, voice):
+    a = np.concatenate(list(synth.stream("Say it twice.", voice, TLDR, 2, seed=5)))
+    b = np.concatenate(list(synth.stream("Say it twice.", voice, TLDR, 2, seed=5)))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cancel_stops_within_one_patch(synth, voice):
+    produced = []
+    chunks = synth.stream("A sentence long enough to be stopped in the middle of it.", voice, TLDR, 4, seed=0,
+                          cancel=lambda: len(produced) >= 2)
+    for chunk in chunks:
+        produced.append(chunk)
+    assert synth.last_stats.cancelled and len(produced) == 2
+
+
+def test_tldr_needs_fewer_backbone_steps_and_less_speech_cache_than_the_baseline(synth, voice):
+    text = "The same words in both modes."
+    list(synth.stream(text, voice, BASELINE, seed=0))
+    base = synth.last_stats
+    list(synth.stream(text, voice, TLDR, 4, seed=0))
+    tldr = synth.last_stats
+    assert tldr.backbone_steps / tldr.tokens < 0.3 < base.backbone_steps / base.tokens
+    assert tldr.kv_speech_bytes < base.kv_speech_bytes / 3
+
+
+def test_empty_text_and_a_missing_patch_size_are_clear_errors(synth, voice):
+    with pytest.raises(TextInputError):
+        list(synth.stream("   ", voice))
+    with pytest.raises(ModelError, match="patch size 8"):
+        list(synth.stream("Hello.", voice, TLDR, 8))
+
+
+def test_a_damaged_model_file_is_reported_before_loading(tiny_model, tmp_path):
+    copy = shutil.copytree(tiny_model, tmp_path / "model")
+    data = bytearray((copy / "backbone.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "backbone.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged"):
+        Synthesizer(copy, device="cpu")
+    with pytest.raises(ModelError, match="missing"):
+        Synthesizer(tmp_path / "nowhere", device="cpu")
+
+
+def test_a_model_paired_with_another_codec_is_refused(tiny_model, tmp_path):
+    copy = shutil.copytree(tiny_model, tmp_path / "model")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["codec_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="codec"):
+        Synthesizer(copy, device="cpu")
+
+
+def test_speak_writes_a_wav_and_reports_the_figures(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    assert main(["speak", "Hello world.", "--voice", str(VOICE), "--out", str(out), "--model", str(tiny_model),
+                 "--device", "cpu", "--patch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    for figure in ("time to first audio", "real-time factor", "backbone steps", "KV cache"):
+        assert figure in printed
+    samples, rate = sf.read(out)
+    assert rate == audio.SAMPLE_RATE and len(samples) > 0
+
+
+def test_speak_with_a_bad_voice_file_is_one_clear_line(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    assert main(["speak", "Hello.", "--voice", str(bad), "--out", str(tmp_path / "o.wav"),
+                 "--model", str(tiny_model)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_bench_compares_every_mode_in_one_run(tiny_model, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tiny_model), "--device", "cpu", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["patch_size"]) for r in results] == [("baseline", 1), ("tldr", 2), ("tldr", 4)]
+    assert results[0]["speedup"] == 1.0
+    assert results[2]["kv_speech_saving"] > 0.6
+    assert "TLDR k=4" in capsys.readouterr().out

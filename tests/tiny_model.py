@@ -1,0 +1,39 @@
+"""A tiny, untrained model folder made on the fly, for tests that need the whole pipeline but not quality.
+
+It has the real file layout (packed by `pack_model`, float16, manifest with sha256) and is paired with the
+shipped codec, so Synthesizer, the CLI and the app load it exactly as they load the default model."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tldr_core.codec.runtime import DEFAULT_CODEC
+from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
+from tldr_core.model_store import pack_model
+from tldr_core.training.data import codec_fingerprint
+
+TINY = ModelConfig(dim=64, layers=2, heads=2, kv_heads=1, ffn=128, max_len=1024, tokens_per_phoneme=0.5)
+TINY_PATCH_SIZES = (2, 4)
+
+
+def make_tiny_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    backbone = Backbone(TINY)
+    raw = folder / "raw"
+    raw.mkdir(parents=True)
+    torch.save({"kind": "backbone", "model_config": TINY.to_dict(), "model": backbone.state_dict(),
+                "codec_sha256": codec_fingerprint(DEFAULT_CODEC)}, raw / "backbone.pt")
+    adapters = {}
+    for k in TINY_PATCH_SIZES:
+        tcfg = TldrConfig(patch_size=k, lora_rank=4)
+        torch.save({"kind": "tldr", "tldr_config": tcfg.to_dict(), "model": Tldr(backbone, tcfg).state_dict()},
+                   raw / f"tldr_k{k}.pt")
+        adapters[k] = raw / f"tldr_k{k}.pt"
+    pack_model(raw / "backbone.pt", adapters, folder / "model", recipe={"note": "untrained, for tests"})
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))

@@ -1,0 +1,106 @@
+"""`tldr-voice bench`: the token-level baseline against TLDR k = 2, 4, 6, 8, measured in one run.
+
+Every mode says the same fixed sentences in the same voices with the same seed, after one untimed warm-up
+(first use loads an adapter). Speed-ups are ratios of real-time factors taken in this run, so a busy or
+slow machine shifts all modes alike. Peak memory: on CUDA the allocator's peak per mode; on CPU the
+process's peak resident set after the mode (it only grows, so read it as a running maximum).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tldr_core import audio, paths
+from tldr_core.files import write_text
+from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, Synthesizer
+
+BENCH_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "A rainbow is a division of white light into many beautiful colors.",
+)
+BENCH_VOICES = paths.RESOURCES_DIR / "voices"
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    patch_size: int
+    real_time_factor: float
+    first_audio_ms: float          # median over utterances
+    backbone_steps: int
+    tokens: int
+    steps_per_second_of_audio: float
+    kv_speech_bytes: int           # largest of the utterances
+    kv_bytes: int
+    peak_memory_bytes: int
+    stopped_by_model: int
+    utterances: int
+    speedup: float = float("nan")  # baseline RTF / this RTF
+    kv_speech_saving: float = float("nan")  # 1 - this / baseline
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def bench_voices(synth: Synthesizer, folder: Path = BENCH_VOICES) -> list[PreparedVoice]:
+    return [synth.prepare_voice(audio.load_voice_sample(p).samples) for p in sorted(folder.glob("*.wav"))]
+
+
+def run_mode(synth: Synthesizer, voices: list[PreparedVoice], mode: str, patch_size: int, seed: int) -> ModeResult:
+    for _ in synth.stream(BENCH_TEXTS[0], voices[0], mode, patch_size, seed=seed):  # warm-up, untimed
+        pass
+    if synth.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(synth.device)
+    wall = seconds = 0.0
+    first, steps, tokens, kv_speech, kv, stopped, n = [], 0, 0, 0, 0, 0, 0
+    for voice in voices:
+        for sentence in BENCH_TEXTS:
+            for _ in synth.stream(sentence, voice, mode, patch_size, seed=seed):
+                pass
+            s = synth.last_stats
+            wall, seconds = wall + s.wall_seconds, seconds + s.audio_seconds
+            first.append(s.first_audio_seconds * 1000)
+            steps, tokens, stopped, n = steps + s.backbone_steps, tokens + s.tokens, stopped + s.stopped_by_model, n + 1
+            kv_speech, kv = max(kv_speech, s.kv_speech_bytes), max(kv, s.kv_bytes)
+    return ModeResult(mode, patch_size, wall / seconds, float(np.median(first)), steps, tokens, steps / seconds,
+                      kv_speech, kv, _peak_memory(synth.device), stopped, n)
+
+
+def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None) -> list[ModeResult]:
+    voices = bench_voices(synth)
+    results = [run_mode(synth, voices, BASELINE, 1, seed)]
+    results += [run_mode(synth, voices, TLDR, k, seed) for k in (patch_sizes or synth.patch_sizes)]
+    base = results[0]
+    for r in results:
+        r.speedup = base.real_time_factor / r.real_time_factor
+        r.kv_speech_saving = 1 - r.kv_speech_bytes / base.kv_speech_bytes
+    return results
+
+
+def table(results: list[ModeResult]) -> str:
+    head = (f"{'mode':<10}{'RTF':>8}{'speed-up':>10}{'TTFA ms':>9}{'steps/s audio':>15}{'KV speech':>11}"
+            f"{'saving':>8}{'KV all':>10}{'peak MB':>9}{'stopped':>9}")
+    rows = [head]
+    for r in results:
+        name = "baseline" if r.mode == BASELINE else f"TLDR k={r.patch_size}"
+        rows.append(f"{name:<10}{r.real_time_factor:>8.3f}{r.speedup:>9.2f}x{r.first_audio_ms:>9.0f}"
+                    f"{r.steps_per_second_of_audio:>15.1f}{r.kv_speech_bytes / 1024:>9.0f}kB{r.kv_speech_saving:>8.0%}"
+                    f"{r.kv_bytes / 1024:>8.0f}kB{r.peak_memory_bytes / 2**20:>9.0f}{r.stopped_by_model:>6}/{r.utterances}")
+    return "\n".join(rows)
+
+
+def write_json(results: list[ModeResult], synth: Synthesizer, out: Path) -> None:
+    doc = {"device": str(synth.device), "threads": torch.get_num_threads(), "texts": list(BENCH_TEXTS),
+           "voices": [p.name for p in sorted(BENCH_VOICES.glob("*.wav"))],
+           "model": str(synth.folder.folder), "results": [r.__dict__ for r in results]}
+    write_text(out, json.dumps(doc, indent=2) + "\n")

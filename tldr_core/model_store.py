@@ -1,0 +1,138 @@
+"""Model files: loading checkpoints, packing a trained model into a folder the app loads, verifying it.
+
+A model folder holds backbone.pt, tldr_k<K>.pt per patch size and manifest.json (sha256 of every file, the
+codec the tokens came from, the training recipe and measured figures). The weights are stored in float16
+to halve the download; they are loaded back as float32. A file whose sha256 differs from the manifest is
+reported as damaged before torch ever reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tldr_core import paths
+from tldr_core.errors import ModelError
+from tldr_core.files import atomic_path, write_text
+from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
+
+MANIFEST = "manifest.json"
+REINSTALL = "Reinstall TLDR Voice (git checkout resources/) or train a model with `tldr-voice train`."
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: Path, what: str) -> dict:
+    """A torch checkpoint as a dict; a ModelError (not a traceback) when it is missing or not ours."""
+    if not Path(path).is_file():
+        raise ModelError(f"No {what} at '{path}'. {REINSTALL}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        raise ModelError(f"'{path}' is not a TLDR Voice {what} or is damaged ({error}). {REINSTALL}") from None
+
+
+def load_backbone(path: Path) -> Backbone:
+    """A backbone from a training checkpoint or a packed weights file (both hold model_config + model)."""
+    state = read_checkpoint(path, "backbone")
+    try:
+        model = Backbone(ModelConfig(**state["model_config"]))
+        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"'{path}' is not a TLDR Voice backbone or is damaged ({error}). {REINSTALL}") from None
+    return model.eval()
+
+
+def load_tldr(path: Path, backbone: Backbone) -> Tldr:
+    state = read_checkpoint(path, "TLDR adapter")
+    try:
+        tldr = Tldr(backbone, TldrConfig(**state["tldr_config"]))
+        tldr.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"'{path}' is not a TLDR adapter for this backbone or is damaged ({error}).") from None
+    return tldr.eval()
+
+
+# ------------------------------------------------------------------------------------------- folders
+
+@dataclass
+class ModelFolder:
+    """A verified model folder: where its files are and what the manifest says."""
+
+    folder: Path
+    manifest: dict
+
+    @property
+    def patch_sizes(self) -> list[int]:
+        return sorted(int(k) for k in self.manifest["tldr"])
+
+    def backbone_path(self) -> Path:
+        return self.folder / self.manifest["backbone"]
+
+    def tldr_path(self, patch_size: int) -> Path:
+        name = self.manifest["tldr"].get(str(patch_size))
+        if name is None:
+            raise ModelError(f"This model has no TLDR adapter for patch size {patch_size} "
+                             f"(it has {', '.join(map(str, self.patch_sizes)) or 'none'}).")
+        return self.folder / name
+
+
+def open_model_folder(folder: Path | None = None) -> ModelFolder:
+    """Read the manifest and check every file's sha256; a clear ModelError for anything missing or damaged."""
+    folder = Path(folder) if folder else paths.DEFAULT_MODEL_DIR
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"No TLDR Voice model in '{folder}' (manifest.json is missing). {REINSTALL}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ModelError(f"The model manifest '{manifest_path}' is damaged. {REINSTALL}") from None
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"The model file '{path}' is missing. {REINSTALL}")
+        if file_sha256(path) != expected["sha256"]:
+            raise ModelError(f"The model file '{path}' is damaged (its sha256 does not match the manifest). "
+                             f"{REINSTALL}")
+    return ModelFolder(folder, manifest)
+
+
+def _pack_weights(checkpoint: Path, out: Path, keep: tuple[str, ...], what: str) -> dict:
+    state = read_checkpoint(checkpoint, what)
+    packed = {key: state[key] for key in keep}
+    packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    with atomic_path(out) as tmp:
+        torch.save(packed, tmp)
+    return {"train_config": state.get("train_config"), "steps": state.get("step"),
+            "history": state.get("history", [])[-1:]}
+
+
+def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict) -> dict:
+    """Write a model folder from training checkpoints (optimiser state dropped, float16 weights)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone_state = read_checkpoint(backbone_checkpoint, "backbone")
+    manifest: dict = {"format": 1, "backbone": "backbone.pt", "tldr": {}, "files": {},
+                      "codec_sha256": backbone_state.get("codec_sha256"), "recipe": recipe, "training": {}}
+    manifest["training"]["backbone"] = _pack_weights(backbone_checkpoint, out / "backbone.pt",
+                                                     ("kind", "model_config", "codec_sha256"), "backbone")
+    for k, path in sorted(tldr_checkpoints.items()):
+        name = f"tldr_k{k}.pt"
+        manifest["tldr"][str(k)] = name
+        manifest["training"][name] = _pack_weights(path, out / name, ("kind", "tldr_config"), "TLDR adapter")
+    for name in ["backbone.pt", *manifest["tldr"].values()]:
+        manifest["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest

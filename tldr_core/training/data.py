@@ -1,0 +1,164 @@
+"""Corpus -> what the LM trains on: per utterance its phoneme ids, codec tokens and speaker embedding.
+
+Tokenizing needs the WORLD analysis (~0.04 CPU-s per audio-s), so each utterance is done once into
+RUN/tokens/<id>.npz by worker processes, skipping what exists (an interrupted run resumes). The codec
+that made the tokens is recorded (sha256 of its files) so a backbone is never trained on, or paired with,
+another codec's tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tldr_core import text
+from tldr_core.errors import CorpusError
+from tldr_core.files import atomic_path
+from tldr_core.model import PROMPT_MULTIPLE
+
+
+@dataclass
+class Utterance:
+    id: str
+    speaker: str
+    text_ids: np.ndarray   # [BOS, phonemes..., EOS]
+    tokens: np.ndarray     # codec token ids, 25 per second
+    embedding: np.ndarray  # (256,) SpeakerEncoder embedding of this utterance
+
+
+def read_rows(corpus: Path, split: str, shippable_only: bool) -> list[dict]:
+    manifest = Path(corpus) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise CorpusError(f"'{corpus}' has no manifest.jsonl: build a corpus with `tldr-voice corpus build`.")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["split"] == split and (r.get("shippable", False) or not shippable_only)]
+    if not rows:
+        raise CorpusError(f"The corpus '{corpus}' has no {'shippable ' if shippable_only else ''}utterances "
+                          f"in the {split} split.")
+    return rows
+
+
+def codec_fingerprint(codec_path: Path) -> str:
+    """sha256 over the codec's weights (an exported folder's codec.json and ONNX files, or one checkpoint)."""
+    path = Path(codec_path)
+    files = sorted([*path.glob("*.onnx"), path / "codec.json"]) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _codec(codec_path: str):
+    from tldr_core.codec.runtime import CodecRuntime
+
+    return CodecRuntime(Path(codec_path) if codec_path else None)
+
+
+def _tokenize_one(job: tuple[str, str, str]) -> str:
+    torch.set_num_threads(1)
+    from tldr_core.audio import read_audio, to_model_rate
+
+    wav, out, codec_path = job
+    tokens, voice = _codec(codec_path).encode(to_model_rate(*read_audio(wav)))
+    with atomic_path(out) as tmp:
+        np.savez(tmp, tokens=tokens.astype(np.int32), embedding=voice.embedding.astype(np.float32))
+    return out
+
+
+def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits: tuple[str, ...],
+                    shippable_only: bool, jobs: int = 2) -> None:
+    """Fill `folder` with <id>.npz for every utterance of the splits (resumable); refuse a different codec."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fingerprint = codec_fingerprint(codec_path or _default_codec())
+    stamp = folder / "codec.sha256"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise CorpusError(f"'{folder}' holds tokens of another codec: use a new --out folder for this codec.")
+    stamp.write_text(fingerprint + "\n")
+    rows = [r for split in splits for r in read_rows(corpus, split, shippable_only)]
+    todo = [(str(Path(corpus) / r["path"]), str(folder / f"{r['id']}.npz"), str(codec_path or ""))
+            for r in rows if not (folder / f"{r['id']}.npz").exists()]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for _ in tqdm(pool.map(_tokenize_one, todo, chunksize=4), total=len(todo), desc="tokenizing corpus",
+                      unit="clip"):
+            pass
+
+
+def _default_codec() -> Path:
+    from tldr_core.codec.runtime import DEFAULT_CODEC
+
+    return DEFAULT_CODEC
+
+
+def load_utterances(corpus: Path, folder: Path, split: str, shippable_only: bool) -> list[Utterance]:
+    items = []
+    for row in read_rows(corpus, split, shippable_only):
+        with np.load(folder / f"{row['id']}.npz") as z:
+            ids = [text.BOS_ID, *text.phoneme_ids(row["phonemes"].split()), text.EOS_ID]
+            items.append(Utterance(row["id"], row["speaker"], np.array(ids, dtype=np.int64),
+                                   z["tokens"].astype(np.int64), z["embedding"]))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+@dataclass
+class Batch:
+    speaker: torch.Tensor        # (B, 256)
+    text_ids: list[torch.Tensor]
+    prompt: torch.Tensor         # (B, P), P a multiple of PROMPT_MULTIPLE (may be 0)
+    speech: list[torch.Tensor]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.speaker.to(device), [t.to(device) for t in self.text_ids], self.prompt.to(device),
+                     [s.to(device) for s in self.speech])
+
+
+def prompt_crop(tokens: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    start = int(rng.integers(0, len(tokens) - length + 1))
+    return tokens[start:start + length]
+
+
+def sample_batch(items: list[Utterance], by_speaker: dict[str, list[int]], batch: int, max_prompt: int,
+                 rng: np.random.Generator) -> Batch:
+    """Random utterances, each with a prompt cropped from another utterance of its speaker.
+
+    The prompt length is drawn per batch from the multiples of PROMPT_MULTIPLE up to `max_prompt` that every
+    prompt source allows, so the model learns to continue from short and long references alike."""
+    chosen = rng.integers(0, len(items), size=batch)
+    sources = []
+    for i in chosen:
+        same = by_speaker[items[i].speaker]
+        others = [j for j in same if j != i] or [int(i)]
+        sources.append(items[others[int(rng.integers(0, len(others)))]])
+    room = min(max_prompt, min(len(s.tokens) for s in sources)) // PROMPT_MULTIPLE
+    prompt_len = PROMPT_MULTIPLE * int(rng.integers(1, room + 1)) if room > 0 else 0
+    return Batch(
+        speaker=torch.from_numpy(np.stack([items[i].embedding for i in chosen])),
+        text_ids=[torch.from_numpy(items[i].text_ids) for i in chosen],
+        prompt=torch.from_numpy(np.stack([prompt_crop(s.tokens, prompt_len, rng) for s in sources])),
+        speech=[torch.from_numpy(items[i].tokens) for i in chosen],
+    )
+
+
+def speakers_index(items: list[Utterance]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        index.setdefault(item.speaker, []).append(i)
+    return index
+
+
+def tokens_per_phoneme(items: list[Utterance]) -> float:
+    """Speaking rate of the training data: codec tokens per phoneme symbol (length bounds use it)."""
+    return float(sum(len(u.tokens) for u in items) / max(1, sum(len(u.text_ids) - 2 for u in items)))

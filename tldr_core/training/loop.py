@@ -1,0 +1,206 @@
+"""`tldr-voice train backbone` and `tldr-voice train tldr`: one training loop, single process or torchrun.
+
+Under torchrun (RANK / WORLD_SIZE set) every process draws its own batches, DistributedDataParallel
+averages the gradients (NCCL on GPUs, gloo on CPUs), and rank 0 alone validates, writes checkpoints and
+shows the progress bar. Batches come from a generator seeded by (seed, step, rank), so `--resume`
+continues exactly the run that was interrupted. Checkpoints are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from tldr_core.errors import CorpusError
+from tldr_core.files import atomic_path
+from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
+from tldr_core.model_store import read_checkpoint, file_sha256, load_backbone
+from tldr_core.training import data
+from tldr_core.training.objectives import BackboneObjective, TldrObjective
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """The recipe, stored in every checkpoint."""
+
+    steps: int = 2000
+    batch: int = 8                 # utterances per process and step
+    max_prompt: int = 72           # tokens (2.9 s) of reference speech
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    validate_every: int = 200
+    seed: int = 0
+    threads: int = 1               # torch threads per process on CPU
+    shippable_only: bool = True    # train only on rows whose licence lets the weights ship
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+@dataclass
+class Process:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_process(device: str) -> Process:
+    """Join the torchrun group when launched by torchrun; otherwise a group of one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Process(rank, world, dev)
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: TrainConfig,
+             device: torch.device) -> float:
+    """Mean loss over fixed batches of the held-out speakers (the same batches at every validation)."""
+    objective.eval()
+    rng = np.random.default_rng([cfg.seed, 999])
+    index = data.speakers_index(items)
+    losses = [float(objective(data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng).to(device)))
+              for _ in range(max(1, min(8, len(items) // cfg.batch)))]
+    objective.train()
+    return float(np.mean(losses))
+
+
+def run(objective: torch.nn.Module, trainable: list[torch.nn.Parameter], describe: dict, train_items, valid_items,
+        cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
+    """The loop shared by both commands; `describe` goes into every checkpoint next to the weights."""
+    module = objective
+    if process.world > 1:
+        module = DistributedDataParallel(objective, device_ids=[process.device.index] if process.device.type == "cuda"
+                                         else None)
+    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    step, history = 0, []
+    if state is not None:
+        optimiser.load_state_dict(state["optimiser"])
+        step, history = state["step"], state["history"]
+    index = data.speakers_index(train_items)
+    weights = describe.pop("weights")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if process.device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+    def save() -> None:
+        with atomic_path(out / CHECKPOINT) as tmp:
+            torch.save({**describe, "model": weights.state_dict(), "optimiser": optimiser.state_dict(),
+                        "step": step, "history": history, "train_config": asdict(cfg)}, tmp)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not process.main)
+    started = time.time()
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step, process.rank])
+        batch = data.sample_batch(train_items, index, cfg.batch, cfg.max_prompt, rng).to(process.device)
+        for group in optimiser.param_groups:
+            group["lr"] = _lr(cfg, step)
+        with amp:
+            loss = module(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimiser.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % cfg.validate_every == 0 or step == cfg.steps:
+            if process.main:
+                with amp:
+                    val = validate(objective, valid_items, cfg, process.device)
+                history.append({"step": step, "train": loss.item(), "validation": val,
+                                "seconds": round(time.time() - started, 1)})
+                bar.write(json.dumps(history[-1]))
+                save()
+            if process.world > 1:
+                dist.barrier()
+    bar.close()
+    return history
+
+
+def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
+             process: Process) -> tuple[list, list, dict | None]:
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise CorpusError(f"'{out}' already holds a checkpoint: pass --resume to continue it, or choose another "
+                          f"--out folder.")
+    torch.set_num_threads(cfg.threads)
+    tokens = out / "tokens"
+    if process.main:
+        data.tokenize_corpus(corpus, codec, tokens, ("train", "validation"), cfg.shippable_only, jobs)
+    if process.world > 1:
+        dist.barrier()
+    train = data.load_utterances(corpus, tokens, "train", cfg.shippable_only)
+    valid = data.load_utterances(corpus, tokens, "validation", cfg.shippable_only)
+    state = read_checkpoint(out / CHECKPOINT, "checkpoint") if resume and (out / CHECKPOINT).exists() else None
+    return train, valid, state
+
+
+def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
+                   resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
+    process = start_process(device)
+    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process)
+    if state is not None:
+        model_cfg = ModelConfig(**state["model_config"])
+    else:
+        model_cfg.tokens_per_phoneme = data.tokens_per_phoneme(train)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    backbone = Backbone(model_cfg)
+    if state is not None:
+        backbone.load_state_dict(state["model"])
+    backbone.to(process.device)
+    describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "weights": backbone,
+                "codec_sha256": (Path(out) / "tokens" / "codec.sha256").read_text().strip()}
+    return run(BackboneObjective(backbone), list(backbone.parameters()), describe, train, valid, cfg, Path(out),
+               process, state, "training backbone")
+
+
+def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
+               codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
+    process = start_process(device)
+    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process)
+    backbone = load_backbone(backbone_path).to(process.device)
+    if state is not None:
+        tldr_cfg = TldrConfig(**state["tldr_config"])
+    torch.manual_seed(cfg.seed)
+    tldr = Tldr(backbone, tldr_cfg)
+    if state is not None:
+        tldr.load_state_dict(state["model"])
+    tldr.to(process.device)
+    describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "weights": tldr,
+                "backbone_sha256": file_sha256(backbone_path)}
+    return run(TldrObjective(backbone, tldr), list(tldr.parameters()), describe, train, valid, cfg, Path(out),
+               process, state, f"training TLDR k={tldr_cfg.patch_size}")

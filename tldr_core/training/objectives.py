@@ -1,0 +1,77 @@
+"""The two training losses, as modules (so DistributedDataParallel can wrap them).
+
+Both build, per utterance, the sequence of decoding.py: [speaker, phonemes, PROMPT, prompt units, SOS,
+speech units], pad a batch to one length on the right (the causal mask keeps padding out of every real
+position) and score next-unit prediction on the speech part only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pad_sequence
+
+from tldr_core.model import Backbone, Tldr
+from tldr_core.training.data import Batch
+
+IGNORE = -100
+
+
+class BackboneObjective(nn.Module):
+    """Token level: every speech position predicts the next token, the last one predicts STOP."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        bb = self.backbone
+        rows, targets = [], []
+        for i, speech in enumerate(batch.speech):
+            prefix = bb.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
+            rows.append(torch.cat([prefix, bb.speech_embed(batch.prompt[i]), bb.sos(1)[0], bb.speech_embed(speech)]))
+            ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
+            targets.append(torch.cat([ignore, speech, speech.new_tensor([bb.cfg.stop])]))
+        logits = bb.logits(bb(pad_sequence(rows, batch_first=True)))
+        target = pad_sequence(targets, batch_first=True, padding_value=IGNORE)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        return loss
+
+
+class TldrObjective(nn.Module):
+    """Patch level, backbone frozen: the hidden state at SOS and at each patch predicts the next patch's
+    k tokens through the extractor (teacher forcing inside the patch); the tokens are followed by STOP and
+    padded to whole patches, and nothing after STOP is scored."""
+
+    def __init__(self, backbone: Backbone, tldr: Tldr):
+        super().__init__()
+        self.backbone, self.tldr = backbone, tldr
+        backbone.requires_grad_(False)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        bb, tldr, k, stop = self.backbone, self.tldr, self.tldr.k, self.backbone.cfg.stop
+        rows, patch_targets, positions = [], [], []
+        for i, speech in enumerate(batch.speech):
+            n_patches = -(-(len(speech) + 1) // k)  # speech + STOP, in whole patches
+            full = torch.full((n_patches * k,), IGNORE, dtype=speech.dtype, device=speech.device)
+            full[:len(speech)] = speech
+            full[len(speech)] = stop
+            prefix = bb.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
+            prompt = tldr.patches(bb, batch.prompt[i:i + 1])[0]
+            inputs = tldr.patches(bb, speech[None, :(n_patches - 1) * k])[0]
+            rows.append(torch.cat([prefix, prompt, bb.sos(1)[0], inputs]))
+            first = len(prefix) + len(prompt)  # the SOS position
+            positions.append((i, first, n_patches))
+            patch_targets.append(full.view(n_patches, k))
+        params = {**dict(bb.named_parameters()), **tldr.lora.merged(bb)}
+        hidden = functional_call(bb, params, (pad_sequence(rows, batch_first=True),))
+        states = torch.cat([hidden[i, first:first + n] for i, first, n in positions])  # (all patches, dim)
+        target = torch.cat(patch_targets)                                              # (all patches, k)
+        speakers = torch.cat([batch.speaker[i:i + 1].expand(n, -1) for i, _, n in positions])
+        teacher = bb.speech_embed(target[:, :-1].clamp(min=0).masked_fill(target[:, :-1] == IGNORE, stop))
+        x = torch.cat([tldr.extractor.start(states, speakers), teacher], dim=1)
+        logits = bb.logits(tldr.extractor(x))
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        return loss
