@@ -1,19 +1,21 @@
-"""The main window: pick or make a voice, type text, Speak, hear it, export it.
+"""The main window: pick or make a voice, type text, Speak, hear it while it is generated, play it again, export it.
 
-Until a trained speech model is installed the window says so and keeps Speak disabled, so a person is
-never left clicking a button that cannot work; everything else (voices, playback, export, settings) works
-already. Sound goes out through one Player fed chunk by chunk from a background job: today the chunks are
-a voice's sample, later they are the model's patches, so Stop and export already behave as they will then.
+The speech model loads once, in a background job, with its progress in the status line; the UI thread never
+runs model code. When there is no model, or it is damaged, the window says so and keeps Speak disabled with
+the reason as its tooltip; everything else (voices, playback, settings) keeps working. Sound goes out through
+one Player fed patch by patch from a background job (app/speech.py), so it starts with the first patch;
+Stop ends the Player's session, which also cancels generation within one patch.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                                QMainWindow, QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
@@ -21,31 +23,57 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QHBoxLayout
 from app.audio_io import Player
 from app.record_dialog import RecordDialog
 from app.settings_dialog import SettingsDialog
+from app.speech import (LOADING_MESSAGE, NO_MODEL_MESSAGE, SpeakOutcome, SpeakRequest, decoding_for, describe,
+                        load_synthesizer, model_dir_to_use, nothing_to_load, speak)
 from app.worker import Background, stream_to_player
 from tldr_core import paths, text
 from tldr_core.audio import SAMPLE_RATE, VoiceSample, write_wav
 from tldr_core.errors import TldrError
 from tldr_core.settings import Settings, load_settings, save_settings
+from tldr_core.synthesis import PreparedVoice, Synthesizer
 from tldr_core.voices import Voice, VoiceLibrary
 
-NO_MODEL_MESSAGE = ("No speech model is installed yet, so Speak is unavailable. "
-                    "The default model will ship in resources/default_model.")
 AUDIO_FILES = "Audio files (*.wav *.flac *.ogg *.mp3 *.m4a *.aiff *.aif);;All files (*)"
 EXPORT_FORMATS = {"WAV audio (*.wav)": ".wav", "FLAC audio (*.flac)": ".flac"}
-CHUNK_SECONDS = 0.2  # a voice sample is played in chunks of this size, as model patches will be
+CHUNK_SECONDS = 0.2  # recorded audio is played in chunks of this size, like model patches
+SPEAK_TIP = "Speak the text in the chosen voice (Ctrl+Enter)"
+STARTER_VOICES = paths.RESOURCES_DIR / "voices"  # reference clips offered while the library is empty
+
+
+class _Relay(QObject):
+    """Signals emitted by background jobs and delivered on the UI thread (queued)."""
+
+    model_progress = Signal(int, str)  # load number, what the loader is doing
+    first_sound = Signal(int, float)   # speak number, seconds from the click to the first chunk played
 
 
 class MainWindow(QMainWindow):
-    def __init__(self) -> None:
+    def __init__(self, model_dir: str | Path | None = None) -> None:
+        """model_dir: the speech model folder (else $TLDR_VOICE_MODEL_DIR, else resources/default_model)."""
         super().__init__()
         self.setWindowTitle("TLDR Voice")
         self.resize(760, 460)
         self.settings, notices = load_settings()
         self.library = VoiceLibrary(device=self.settings.device)
         self.player = Player(self.settings.output_device)
-        self.last_audio: np.ndarray | None = None  # what Export… writes: the latest sound played
+        self.last_audio: np.ndarray | None = None  # the latest speech: what Play again and Export… use
+        self.last_outcome: SpeakOutcome | None = None  # its figures
+        self.model_dir = model_dir_to_use(model_dir)
+        self.synth: Synthesizer | None = None
+        self.model_problem: str | None = None  # why there is no model (None: loaded or loading)
+        self._prepared: dict[str, PreparedVoice] = {}  # per voice id, for the loaded model's codec
+        self._load_number = 0
+        self._reload_wanted = False
+        self._speak_number = 0
+        self._speaking = False  # a Speak job runs (its status lines are current)
+        self.status_kind = ""
+        self.status_is_error = False
+        self._relay = _Relay(self)
+        self._relay.model_progress.connect(self._model_progress)
+        self._relay.first_sound.connect(self._first_sound)
         self._voice_jobs = Background(self)  # embedding new voices
-        self._sound_jobs = Background(self)  # producing sound chunk by chunk
+        self._sound_jobs = Background(self)  # producing sound chunk by chunk (speech or a sample)
+        self._model_jobs = Background(self)  # loading the speech model
 
         self.voice_picker = QComboBox()
         self.voice_picker.setToolTip("The voice to speak with")
@@ -55,12 +83,15 @@ class MainWindow(QMainWindow):
         self.play_voice_button = self._button("Play sample", "Listen to the chosen voice's sample")
         self.rename_button = self._button("Rename…", "Give the chosen voice another name")
         self.delete_button = self._button("Delete", "Delete the chosen voice from this computer")
+        self.starter_button = self._button("Add starter voices", "Add the sample voices that ship with "
+                                           "TLDR Voice (synthetic speakers; see resources/voices/README.md)")
         self.editor = QPlainTextEdit()
         self.editor.setPlaceholderText("Type what the voice should say…")
         self.char_count = QLabel()
-        self.speak_button = self._button("Speak", "Speak the text in the chosen voice (Ctrl+Enter)")
+        self.speak_button = self._button("Speak", SPEAK_TIP)
         self.stop_button = self._button("Stop", "Stop speaking (Esc)")
-        self.export_button = self._button("Export…", "Save the last audio as a WAV or FLAC file")
+        self.play_again_button = self._button("Play again", "Play the last speech again")
+        self.export_button = self._button("Export…", "Save the last speech as a WAV or FLAC file")
         self.settings_button = self._button("Settings…", "Patch size, decoding, devices, temperature, seed")
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -71,13 +102,14 @@ class MainWindow(QMainWindow):
         voice_row = QHBoxLayout()
         voice_row.addWidget(QLabel("Voice:"))
         voice_row.addWidget(self.voice_picker, 1)
-        for button in (self.play_voice_button, self.import_button, self.record_button, self.rename_button,
-                       self.delete_button):
+        for button in (self.starter_button, self.play_voice_button, self.import_button, self.record_button,
+                       self.rename_button, self.delete_button):
             voice_row.addWidget(button)
         controls = QHBoxLayout()
         controls.addWidget(self.char_count)
         controls.addStretch(1)
-        for button in (self.settings_button, self.export_button, self.stop_button, self.speak_button):
+        for button in (self.settings_button, self.export_button, self.play_again_button, self.stop_button,
+                       self.speak_button):
             controls.addWidget(button)
         layout = QVBoxLayout()
         layout.addLayout(voice_row)
@@ -94,6 +126,7 @@ class MainWindow(QMainWindow):
         self.speak_shortcuts = [QShortcut(QKeySequence(keys), self, self.speak)
                                 for keys in ("Ctrl+Return", "Ctrl+Enter")]  # Enter: the keypad's key
         self.stop_shortcut = QShortcut(QKeySequence("Esc"), self, self.stop)
+        self.starter_button.clicked.connect(self.add_starter_voices)
         self.import_button.clicked.connect(self._ask_import)
         self.record_button.clicked.connect(self._ask_record)
         self.play_voice_button.clicked.connect(self.play_voice_sample)
@@ -101,18 +134,25 @@ class MainWindow(QMainWindow):
         self.delete_button.clicked.connect(self._ask_delete)
         self.speak_button.clicked.connect(self.speak)
         self.stop_button.clicked.connect(self.stop)
+        self.play_again_button.clicked.connect(self.play_again)
         self.export_button.clicked.connect(self._ask_export)
         self.settings_button.clicked.connect(self._ask_settings)
         self.voice_picker.currentIndexChanged.connect(self._voice_picked)
         self.player.finished.connect(self._sound_ended)
         self.editor.textChanged.connect(self._update_char_count)
 
-        self.model_ready = paths.default_model_installed()
         self._show_engine()
         self._update_char_count()
         self.refresh_voices(select=self.settings.last_voice)
-        self.show_status(" ".join([*notices, *self.library.notices]) or
-                         ("Ready." if self.model_ready else NO_MODEL_MESSAGE), error=bool(notices))
+        notices = " ".join([*notices, *self.library.notices])
+        if nothing_to_load(self.model_dir):
+            self.model_problem = NO_MODEL_MESSAGE
+            self.show_status(notices or NO_MODEL_MESSAGE, error=bool(notices))
+        else:
+            if notices:
+                self.show_status(notices, error=True)
+            self.load_model()
+        self._update_buttons()
 
     def _button(self, label: str, tip: str) -> QPushButton:
         button = QPushButton(label)
@@ -121,10 +161,17 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------- state
 
-    def show_status(self, message: str, error: bool = False) -> None:
+    def show_status(self, message: str, error: bool = False, kind: str = "") -> None:
+        """kind: what the line is about ("loading", "speaking", "speech"), so a later update knows whether it
+        may replace it (model progress replaces only its own lines; an error stays until the next action)."""
         self.status.setText(message)
         self.status.setStyleSheet("color: #b00020;" if error else "")
         self.status_is_error = error
+        self.status_kind = kind
+
+    @property
+    def model_loading(self) -> bool:
+        return self._model_jobs.busy
 
     def current_voice(self) -> Voice | None:
         return self.voice_picker.currentData()
@@ -149,15 +196,25 @@ class MainWindow(QMainWindow):
         sounding = self._sound_jobs.busy or self.player.is_playing
         self.voice_picker.setEnabled(has_voice and not embedding)
         self.import_button.setEnabled(not embedding)
+        self.starter_button.setVisible(not has_voice and bool(starter_clips()))
+        self.starter_button.setEnabled(not embedding)
         self.record_button.setEnabled(not embedding)
         for button in (self.rename_button, self.delete_button):
             button.setEnabled(has_voice and not embedding)
         self.play_voice_button.setEnabled(has_voice)
-        self.speak_button.setEnabled(self.model_ready and has_voice)
-        self.speak_button.setToolTip("Speak the text in the chosen voice (Ctrl+Enter)" if self.model_ready
-                                     else NO_MODEL_MESSAGE)
+        reason = self.speak_unavailable()
+        self.speak_button.setEnabled(reason is None and has_voice)
+        self.speak_button.setToolTip(SPEAK_TIP if reason is None else reason)
         self.stop_button.setEnabled(sounding)
-        self.export_button.setEnabled(self.last_audio is not None and len(self.last_audio) > 0)
+        has_speech = self.last_audio is not None and len(self.last_audio) > 0
+        self.play_again_button.setEnabled(has_speech and not self._speaking)
+        self.export_button.setEnabled(has_speech and not self._speaking)
+
+    def speak_unavailable(self) -> str | None:
+        """Why Speak cannot work now (no model, a damaged one, still loading), or None."""
+        if self.synth is not None:
+            return None
+        return LOADING_MESSAGE if self.model_loading or self._reload_wanted else self.model_problem
 
     def _show_engine(self) -> None:
         s = self.settings
@@ -200,6 +257,18 @@ class MainWindow(QMainWindow):
         self._voice_jobs.start(lambda: library.create(name, sample), self._voice_saved, self._job_failed)
         self._update_buttons()
 
+    def add_starter_voices(self) -> None:
+        """Make voices from the shipped reference clips, in the background."""
+        self.show_status("Adding the starter voices…")
+        library, clips = self.library, starter_clips()
+        self._voice_jobs.start(lambda: [library.create_from_file(clip.stem, clip) for clip in clips],
+                               self._starters_saved, self._job_failed)
+        self._update_buttons()
+
+    def _starters_saved(self, voices: list[Voice]) -> None:
+        self.refresh_voices(select=voices[0].id)
+        self.show_status(f"Added {len(voices)} starter voices: {', '.join(v.name for v in voices)}.")
+
     def _voice_saved(self, voice: Voice) -> None:
         self.refresh_voices(select=voice.id)
         self.show_status(f"The voice '{voice.name}' is saved ({voice.speech_seconds:.1f} s of speech).")
@@ -228,6 +297,48 @@ class MainWindow(QMainWindow):
         self.refresh_voices()
         self.show_status(f"Deleted the voice '{voice.name}'.")
 
+    # ------------------------------------------------------------------------------------------- model
+
+    def load_model(self) -> None:
+        """Load the speech model in the background for the chosen device (again, when that changes)."""
+        if self.model_loading:  # the one loading now is for the old device: load again when it ends
+            self._reload_wanted = True
+            return
+        self.synth, self.model_problem = None, None
+        self._prepared.clear()
+        self._load_number += 1
+        number, relay, model_dir, device = self._load_number, self._relay, self.model_dir, self.settings.device
+        if not self.status_is_error:
+            self.show_status("Loading the speech model…", kind="loading")
+        self._model_jobs.start(
+            lambda: load_synthesizer(model_dir, device, lambda step: relay.model_progress.emit(number, step)),
+            self._model_loaded, self._model_failed)
+        self._update_buttons()
+
+    def _model_progress(self, number: int, step: str) -> None:
+        if number == self._load_number and self.status_kind == "loading" and step != "ready":
+            self.show_status(f"Loading the speech model: {step}…", kind="loading")
+
+    def _model_loaded(self, synth: Synthesizer) -> None:
+        if self._reload_wanted:
+            self._reload_wanted = False
+            self.load_model()
+            return
+        self.synth = synth
+        if self.status_kind == "loading":
+            sizes = ", ".join(map(str, synth.patch_sizes)) or "none"
+            self.show_status(f"Ready: the speech model runs on {synth.device.type} (patch sizes {sizes}).")
+        self._update_buttons()
+
+    def _model_failed(self, message: str) -> None:
+        if self._reload_wanted:
+            self._reload_wanted = False
+            self.load_model()
+            return
+        self.model_problem = message
+        self.show_status(f"{self.status.text()} {message}" if self.status_is_error else message, error=True)
+        self._update_buttons()
+
     # ------------------------------------------------------------------------------------------- sound
 
     def play_voice_sample(self) -> None:
@@ -237,9 +348,13 @@ class MainWindow(QMainWindow):
         except (OSError, RuntimeError) as error:  # soundfile reports a damaged file as RuntimeError
             self.show_status(f"The sample of '{voice.name}' could not be read ({error}).", error=True)
             return
-        step = int(CHUNK_SECONDS * SAMPLE_RATE)
-        self.play_chunks((clip[i:i + step] for i in range(0, len(clip), step)), f"Playing the sample of "
-                                                                                f"'{voice.name}'…")
+        self.play_chunks(_chunked(clip), f"Playing the sample of '{voice.name}'…")
+
+    def play_again(self) -> None:
+        """Play the last speech again (it is not generated again)."""
+        if self.last_audio is None or not len(self.last_audio):
+            return
+        self.play_chunks(_chunked(self.last_audio), "Playing the last speech again…")
 
     def play_chunks(self, chunks: Iterable[np.ndarray], message: str) -> None:
         """Play chunks produced in the background; a sound already playing is replaced, not mixed."""
@@ -251,35 +366,81 @@ class MainWindow(QMainWindow):
         self._update_buttons()
 
     def _sound_made(self, result: tuple[np.ndarray, str | None]) -> None:
-        audio, problem = result
-        self.last_audio = audio
+        _, problem = result
         if problem:
             self.show_status(problem, error=True)
         self._update_buttons()
 
     def _sound_ended(self) -> None:
-        if not self.status_is_error:  # an error stays until the next action
-            self.show_status("Finished playing.")
+        if not self.status_is_error and self.status_kind not in ("speaking", "speech"):
+            self.show_status("Finished playing.")  # a speech's figures and an error stay until the next action
         self._update_buttons()
 
     def speak(self) -> None:
-        """Speak needs the model; until it exists this says why instead of doing nothing."""
-        if not self.model_ready:
-            self.show_status(NO_MODEL_MESSAGE, error=True)
+        """Speak the text in the chosen voice: sound starts with the first patch (Ctrl+Enter)."""
+        clicked = time.perf_counter()
+        reason = self.speak_unavailable()
+        if reason is not None:
+            self.show_status(reason, error=reason != LOADING_MESSAGE)
+            return
+        voice = self.current_voice()
+        if voice is None:
+            self.show_status("Choose a voice first: import or record one.", error=True)
+            return
+        try:
+            decoding = decoding_for(self.settings, self.synth.patch_sizes)
+        except TldrError as error:
+            self.show_status(str(error), error=True)
+            return
+        self.stop()  # a sound still playing (an earlier speech, a sample) is replaced
+        request = SpeakRequest(self.editor.toPlainText(), voice, decoding, self.settings.temperature,
+                               self.settings.seed, clicked)
+        self._speak_number += 1
+        number, relay, synth, player, prepared = (self._speak_number, self._relay, self.synth, self.player,
+                                                  self._prepared)
+        session = player.session
+        self._speaking = True
+        self.show_status(f"Generating speech in the voice '{voice.name}'…", kind="speaking")
+        self._sound_jobs.start(
+            lambda: speak(synth, request, prepared, player, session,
+                          lambda seconds: relay.first_sound.emit(number, seconds)),
+            self._speech_made, self._speech_failed)
+        self._update_buttons()
+
+    def _first_sound(self, number: int, seconds: float) -> None:
+        if number == self._speak_number and self._speaking and self.status_kind == "speaking":
+            self.show_status(f"Speaking… first sound {seconds:.2f} s after the click; still generating.",
+                             kind="speaking")
+
+    def _speech_made(self, outcome: SpeakOutcome) -> None:
+        self._speaking = False
+        self.last_outcome = outcome
+        if len(outcome.audio):
+            self.last_audio = outcome.audio
+        figures = describe(outcome)
+        if outcome.problem:
+            self.show_status(f"{outcome.problem} {figures}", error=True, kind="speech")
+        else:
+            self.show_status(figures, kind="speech")
+        self._update_buttons()
+
+    def _speech_failed(self, message: str) -> None:
+        self._speaking = False
+        self._job_failed(message)
 
     def stop(self) -> None:
-        """Stop the sound within one block and its producer within one chunk (Esc)."""
+        """Stop the sound within one block and its producer (the model too) within one chunk (Esc)."""
         self.player.stop()
         self._sound_jobs.wait()
         self._update_buttons()
 
     def export_audio(self, path: str | Path) -> Path:
-        """Write the last audio as WAV or FLAC (by the extension; WAV when there is none)."""
+        """Write the last speech as WAV or FLAC (by the extension; WAV when there is none)."""
         path = Path(path)
         if path.suffix.lower() not in EXPORT_FORMATS.values():
             path = path.with_name(path.name + ".wav")
         write_wav(path, self.last_audio, SAMPLE_RATE, subtype="PCM_16")
-        self.show_status(f"Saved {len(self.last_audio) / SAMPLE_RATE:.1f} s of audio to {path}.")
+        self.show_status(f"Saved {len(self.last_audio) / SAMPLE_RATE:.1f} s of speech to {path}.")
         return path
 
     # ------------------------------------------------------------------------------------------ settings
@@ -290,9 +451,22 @@ class MainWindow(QMainWindow):
             self.player.device = settings.output_device
         if settings.device != self.library.device:  # the speaker encoder is loaded for one device
             self.library = VoiceLibrary(device=settings.device)
+        device_changed = settings.device != self.settings.device
         self.settings = settings
         self._save_settings()
         self._show_engine()
+        if device_changed and not nothing_to_load(self.model_dir):  # the model is loaded for one device
+            self.stop()
+            self.load_model()
+
+    def settings_note(self) -> str | None:
+        """What the loaded model cannot do of the current settings (a patch size without an adapter)."""
+        if self.synth is None:
+            return None
+        try:
+            return decoding_for(self.settings, self.synth.patch_sizes).note
+        except TldrError as error:
+            return str(error)
 
     # ---------------------------------------------------- dialogs (thin: the work is in the methods above)
 
@@ -338,13 +512,26 @@ class MainWindow(QMainWindow):
         dialog = SettingsDialog(self.settings, self)
         if dialog.exec():
             self.apply_settings(dialog.settings())
-            self.show_status("Settings saved.")
+            note = self.settings_note()
+            if self.status_kind != "loading" or note:
+                self.show_status(f"Settings saved. {note}" if note else "Settings saved.", error=bool(note))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.stop()
         self._voice_jobs.wait()
+        self._reload_wanted = False
+        self._model_jobs.wait()  # loading cannot be interrupted; it is seconds at most
         self.player.stop()
         super().closeEvent(event)
+
+
+def starter_clips() -> list[Path]:
+    return sorted(STARTER_VOICES.glob("*.wav"))
+
+
+def _chunked(audio: np.ndarray) -> Iterable[np.ndarray]:
+    step = int(CHUNK_SECONDS * SAMPLE_RATE)
+    return (audio[i:i + step] for i in range(0, len(audio), step))
 
 
 def run() -> int:

@@ -82,11 +82,13 @@ class Background(QObject):
         (on_done if succeeded else on_error)(value)
 
 
-def stream_to_player(chunks: Iterable[np.ndarray], player: Player, session: int) -> tuple[np.ndarray, str | None]:
-    """Play chunks as they come (a clip now, model patches later) and keep them all for Export.
+def stream_to_player(chunks: Iterable[np.ndarray], player: Player, session: int,
+                     on_first_push: Callable[[], None] | None = None) -> tuple[np.ndarray, str | None]:
+    """Play chunks as they come (model patches, or a clip) and keep them all for Play again and Export.
 
     Stops producing between chunks once player.stop() has ended `session` (the Player's session when the sound
-    began). Without a working output device the chunks are still collected: returns (all audio, None) or
+    began). on_first_push is called once, right after the first chunk was handed to the Player (for "click to
+    first sound"). Without a working output device the chunks are still collected: returns (all audio, None) or
     (all audio, why it was not heard).
     """
     parts, problem = [], None
@@ -97,6 +99,8 @@ def stream_to_player(chunks: Iterable[np.ndarray], player: Player, session: int)
         if problem is None:
             try:
                 player.push(parts[-1], session)
+                if on_first_push is not None and len(parts) == 1:
+                    on_first_push()
             except AudioDeviceError as error:
                 problem = str(error)
     if player.session == session:

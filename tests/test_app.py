@@ -13,9 +13,17 @@ from PySide6.QtWidgets import QApplication
 
 from app.main_window import NO_MODEL_MESSAGE, MainWindow
 from app.settings_dialog import SettingsDialog
+from app.speech import MODEL_DIR_ENV
 from tldr_core import paths, text
 from tldr_core.settings import Settings, load_settings, save_settings, settings_path
 from tldr_core.voices import VoiceLibrary
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch, tmp_path):
+    """These tests run without a speech model (tests/test_app_speak.py has one), shipped or not."""
+    monkeypatch.setattr(paths, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
 
 
 @pytest.fixture
@@ -53,8 +61,7 @@ def test_character_count_warns_over_the_limit(qtbot):
     assert "b00020" in window.char_count.styleSheet()
 
 
-def test_speak_is_disabled_with_a_reason_when_no_model_is_installed(qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr(paths, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+def test_speak_is_disabled_with_a_reason_when_no_model_is_installed(qtbot):
     window = MainWindow()
     qtbot.addWidget(window)
     assert not window.speak_button.isEnabled()
@@ -70,6 +77,16 @@ def test_an_imported_voice_appears_in_the_picker_and_survives_a_restart(qtbot, w
     again = MainWindow()
     qtbot.addWidget(again)
     assert again.voice_picker.currentText() == "Anna"  # the last voice picked is picked again
+
+
+def test_starter_voices_are_offered_while_the_library_is_empty(qtbot, window):
+    assert not window.starter_button.isHidden()
+    window.starter_button.click()
+    qtbot.waitUntil(lambda: not window._voice_jobs.busy, timeout=20000)
+    names = sorted(v.name for v in VoiceLibrary().list())
+    assert names == sorted(p.stem for p in (paths.RESOURCES_DIR / "voices").glob("*.wav")) and len(names) >= 2
+    assert window.current_voice() is not None and window.starter_button.isHidden()
+    assert window.status.text().startswith(f"Added {len(names)} starter voices")
 
 
 def test_a_bad_file_gives_a_message_not_a_traceback(qtbot, window, tmp_path):
@@ -99,30 +116,35 @@ def test_a_damaged_voice_is_reported_in_the_status_line(qtbot, speech_wav):
     assert "damaged" in window.status.text() and window.current_voice() is None
 
 
-def test_the_voice_sample_plays_through_the_device_and_exports(qtbot, window, alsa_tap, speech_wav, tmp_path):
+def test_the_voice_sample_plays_through_the_device(qtbot, window, alsa_tap, speech_wav):
     import_voice(qtbot, window, speech_wav, "Anna")
     clip = window.current_voice().clip()
     with qtbot.waitSignal(window.player.finished, timeout=10000):
         window.play_voice_sample()
-    qtbot.waitUntil(lambda: window.export_button.isEnabled(), timeout=5000)
+    qtbot.waitUntil(lambda: not window._sound_jobs.busy, timeout=5000)
     window.player.stop()
     np.testing.assert_allclose(played_sound(alsa_tap), clip[clip != 0], atol=1e-6)
+    assert window.status.text() == "Finished playing."
+    assert not window.export_button.isEnabled() and not window.play_again_button.isEnabled()  # speech only
 
-    for name in ("sample.wav", "sample.flac"):
+
+def test_export_writes_wav_or_flac_by_the_extension(qtbot, window, tmp_path):
+    speech = np.sin(np.arange(8000) / 10).astype(np.float32) * 0.5  # as if spoken (test_app_speak.py speaks)
+    window.last_audio = speech
+    for name in ("speech.wav", "speech.flac"):
         written = window.export_audio(tmp_path / name)
         audio, rate = sf.read(written, dtype="float32")
-        assert written.name == name and rate == 16000 and len(audio) == len(clip)
-        np.testing.assert_allclose(audio, clip, atol=1.5 / 32768)  # 16-bit PCM
+        assert written.name == name and rate == 16000 and len(audio) == len(speech)
+        np.testing.assert_allclose(audio, speech, atol=1.5 / 32768)  # 16-bit PCM
+    assert sf.info(tmp_path / "speech.flac").format == "FLAC"
     assert window.export_audio(tmp_path / "no-extension").name == "no-extension.wav"
 
 
-def test_without_speakers_playing_says_why_and_export_still_works(qtbot, window, no_sound_card, speech_wav,
-                                                                   tmp_path):
+def test_without_speakers_playing_says_why(qtbot, window, no_sound_card, speech_wav):
     import_voice(qtbot, window, speech_wav, "Anna")
     window.play_voice_sample()
-    qtbot.waitUntil(lambda: window.export_button.isEnabled(), timeout=5000)
+    qtbot.waitUntil(lambda: not window._sound_jobs.busy, timeout=5000)
     assert window.status_is_error and "No audio output device" in window.status.text()
-    assert sf.info(window.export_audio(tmp_path / "out.flac")).format == "FLAC"
 
 
 def test_esc_stops_an_endless_sound_and_its_producer(qtbot, window, alsa_tap):
@@ -137,7 +159,6 @@ def test_esc_stops_an_endless_sound_and_its_producer(qtbot, window, alsa_tap):
     qtbot.keyClick(window.editor, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: not window._sound_jobs.busy and not window.player.is_playing, timeout=2000)
     assert not window.stop_button.isEnabled()
-    assert len(window.last_audio) >= window.player.played_samples  # what was made is kept for Export
 
 
 def test_shortcuts_speak_and_stop(window):

@@ -168,6 +168,9 @@ class Synthesizer:
                     yield from emit(audio_stream.push(np.array(pending)))
                 self._count(stats, decoder.stats)
             yield from emit(audio_stream.finish())
+        except GeneratorExit:  # the caller stopped reading (Stop in the app): that is a cancel too
+            stats.cancelled = True
+            raise
         finally:
             stats.wall_seconds = time.perf_counter() - started
             stats.audio_seconds = samples_out / SAMPLE_RATE

@@ -152,13 +152,12 @@ def run(objective: torch.nn.Module, trainable: list[torch.nn.Parameter], describ
 
 
 def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
-             process: Process) -> tuple[list, list, dict | None]:
+             process: Process, tokens: Path) -> tuple[list, list, dict | None]:
     out.mkdir(parents=True, exist_ok=True)
     if (out / CHECKPOINT).exists() and not resume:
         raise CorpusError(f"'{out}' already holds a checkpoint: pass --resume to continue it, or choose another "
                           f"--out folder.")
     torch.set_num_threads(cfg.threads)
-    tokens = out / "tokens"
     if process.main:
         data.tokenize_corpus(corpus, codec, tokens, ("train", "validation"), cfg.shippable_only, jobs)
     if process.world > 1:
@@ -172,7 +171,7 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
 def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
                    resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
     process = start_process(device)
-    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process)
+    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
     if state is not None:
         model_cfg = ModelConfig(**state["model_config"])
     else:
@@ -191,7 +190,10 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
 def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
                codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
     process = start_process(device)
-    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process)
+    # the adapters must see the very tokens the backbone saw: reuse its run's token folder when there is one
+    shared = Path(backbone_path).parent / "tokens"
+    tokens = shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
+    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
     if state is not None:
         tldr_cfg = TldrConfig(**state["tldr_config"])
