@@ -48,7 +48,12 @@ def nothing_to_load(model_dir: Path | None) -> bool:
 def load_synthesizer(model_dir: Path | None, device: str, progress: Callable[[str], None]) -> Synthesizer:
     """Slow (seconds for the real model): call it in a background job. ModelError says what is wrong."""
     try:
-        return Synthesizer(model_dir, device=device, progress=progress)
+        synth = Synthesizer(model_dir, device=device, progress=progress)
+        for k in synth.patch_sizes:  # all of them now, so switching the patch size is instant
+            progress(f"loading the TLDR adapter for patch size {k}")
+            synth.load_adapter(k)
+        progress("ready")
+        return synth
     except (OSError, RuntimeError) as error:  # an unreadable file or a codec that will not load
         raise ModelError(f"The speech model could not be loaded ({error}). Reinstall TLDR Voice.") from None
 

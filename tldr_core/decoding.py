@@ -49,7 +49,7 @@ class DecodeStats:
     tokens: int = 0
     stopped: bool = False          # True: the model said STOP; False: cut at the length bound
     kv_bytes: int = 0              # the whole cache at the end
-    kv_speech_bytes: int = 0       # the part holding prompt and generated speech units
+    kv_speech_bytes: int = 0       # the part holding speech: prompt units and generated units fed back
     history: list[int] = field(default_factory=list, repr=False)
 
 
@@ -112,7 +112,7 @@ class TokenDecoder:
             yield [token]
             x = bb.speech_embed(torch.tensor([[token]], device=device))
         stats.kv_bytes = cache.bytes()
-        stats.kv_speech_bytes = cache.bytes(cache.length - speech_start)
+        stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
 
 
 class PatchDecoder:
@@ -157,4 +157,4 @@ class PatchDecoder:
             if not done:
                 x = tldr.patches(bb, torch.tensor([patch], device=device))
         stats.kv_bytes = cache.bytes()
-        stats.kv_speech_bytes = cache.bytes(cache.length - speech_start)
+        stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker

@@ -31,7 +31,7 @@ from tldr_core.model_store import load_backbone, load_tldr, open_model_folder
 from tldr_core.training.data import codec_fingerprint
 
 MAX_PROMPT_TOKENS = 72    # 2.9 s of the reference clip, as in training
-CODEC_GROUP = 4           # tokens handed to the codec at a time (or one whole patch, if larger)
+CODEC_GROUP = 8           # tokens handed to the codec at a time (or one whole patch, if larger): 320 ms
 BASELINE = "baseline"
 TLDR = "tldr"
 
@@ -107,8 +107,12 @@ class Synthesizer:
     def patch_sizes(self) -> list[int]:
         return self.folder.patch_sizes
 
+    def load_adapter(self, patch_size: int) -> None:
+        """Build a TLDR decoder now rather than on its first use (it bakes its LoRA into a backbone copy,
+        a fraction of a second that would otherwise land in the time to first audio)."""
+        self._patch_decoder(patch_size, Sampling())
+
     def _patch_decoder(self, patch_size: int, sampling: Sampling) -> PatchDecoder:
-        """TLDR decoders are built on first use (each bakes its LoRA into a copy of the backbone)."""
         if patch_size not in self._decoders:
             tldr: Tldr = load_tldr(self.folder.tldr_path(patch_size), self.backbone).to(self.device)
             self._decoders[patch_size] = PatchDecoder(self.backbone, tldr, sampling)

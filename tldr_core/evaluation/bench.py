@@ -38,12 +38,13 @@ class ModeResult:
     tokens: int
     steps_per_second_of_audio: float
     kv_speech_bytes: int           # largest of the utterances
+    kv_speech_bytes_per_second: float  # summed over utterances / seconds of audio: lengths differ by mode
     kv_bytes: int
     peak_memory_bytes: int
     stopped_by_model: int
     utterances: int
     speedup: float = float("nan")  # baseline RTF / this RTF
-    kv_speech_saving: float = float("nan")  # 1 - this / baseline
+    kv_speech_saving: float = float("nan")  # 1 - this / baseline, per second of audio
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -62,7 +63,7 @@ def run_mode(synth: Synthesizer, voices: list[PreparedVoice], mode: str, patch_s
     if synth.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(synth.device)
     wall = seconds = 0.0
-    first, steps, tokens, kv_speech, kv, stopped, n = [], 0, 0, 0, 0, 0, 0
+    first, steps, tokens, kv_speech, kv_sum, kv, stopped, n = [], 0, 0, 0, 0, 0, 0, 0
     for voice in voices:
         for sentence in BENCH_TEXTS:
             for _ in synth.stream(sentence, voice, mode, patch_size, seed=seed):
@@ -72,8 +73,9 @@ def run_mode(synth: Synthesizer, voices: list[PreparedVoice], mode: str, patch_s
             first.append(s.first_audio_seconds * 1000)
             steps, tokens, stopped, n = steps + s.backbone_steps, tokens + s.tokens, stopped + s.stopped_by_model, n + 1
             kv_speech, kv = max(kv_speech, s.kv_speech_bytes), max(kv, s.kv_bytes)
+            kv_sum += sum(sentence.kv_speech_bytes for sentence in s.per_sentence)
     return ModeResult(mode, patch_size, wall / seconds, float(np.median(first)), steps, tokens, steps / seconds,
-                      kv_speech, kv, _peak_memory(synth.device), stopped, n)
+                      kv_speech, kv_sum / seconds, kv, _peak_memory(synth.device), stopped, n)
 
 
 def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None) -> list[ModeResult]:
@@ -83,7 +85,7 @@ def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None =
     base = results[0]
     for r in results:
         r.speedup = base.real_time_factor / r.real_time_factor
-        r.kv_speech_saving = 1 - r.kv_speech_bytes / base.kv_speech_bytes
+        r.kv_speech_saving = 1 - r.kv_speech_bytes_per_second / base.kv_speech_bytes_per_second
     return results
 
 

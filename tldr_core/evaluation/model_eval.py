@@ -25,6 +25,7 @@ class ModelReport:
     mode: str
     patch_size: int
     utterances: int = 0
+    sentences: int = 0
     wer_original: float = 0.0
     wer: float = 0.0
     similarity: float = 0.0
@@ -39,13 +40,14 @@ class ModelReport:
         return [f"{name}: {self.utterances} utterances",
                 f"  WER {self.wer:.1f} %   (the original recordings: {self.wer_original:.1f} %)",
                 f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f}",
-                f"  stopped by itself {self.stopped_by_model}/{self.utterances}; output/original duration "
+                f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
 
 
 def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
-    """(utterance, reference from the same speaker) pairs, round-robin over speakers, deterministic."""
+    """(utterance, reference) pairs, round-robin over speakers, deterministic; the reference is the speaker's
+    longest other utterance (a voice sample needs at least 2 s of speech)."""
     by_speaker: dict[str, list[dict]] = {}
     for row in read_rows(corpus, split, shippable_only=False):
         by_speaker.setdefault(row["speaker"], []).append(row)
@@ -55,7 +57,8 @@ def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
         for s in speakers:
             rows = by_speaker[s]
             if i < len(rows) and len(pairs) < limit:
-                pairs.append((rows[i], rows[(i + 1) % len(rows)]))
+                others = [r for r in rows if r is not rows[i]]
+                pairs.append((rows[i], max(others, key=lambda r: r["duration"])))
         i += 1
     return pairs
 
@@ -82,6 +85,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, mode: str, patch_size: int,
         firsts.append(stats.first_audio_seconds * 1000)
         wall, seconds = wall + stats.wall_seconds, seconds + stats.audio_seconds
         report.stopped_by_model += stats.stopped_by_model
+        report.sentences += stats.sentences
         report.samples.append({"id": row["id"], "reference": ref_row["id"], "text": refs[-1], "heard": hyps[-1],
                                "similarity": sims[-1], "stopped": bool(stats.stopped_by_model)})
     report.utterances = len(refs)
