@@ -8,7 +8,6 @@ overall quality. `evaluate_split` runs any audio -> audio function over a corpus
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from tldr_core.audio import SAMPLE_RATE, read_audio, to_model_rate
-from tldr_core.errors import CorpusError, TldrError
+from tldr_core.corpus import read_split
+from tldr_core.errors import TldrError
 
 
 def words_for_wer(text: str) -> str:
@@ -83,17 +83,6 @@ class SplitReport:
                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.per_speaker_similarity.items())),
                 f"DNSMOS original {self.dnsmos_original:.3f}  round trip {self.dnsmos_roundtrip:.3f}  "
                 f"({self.dnsmos_roundtrip - self.dnsmos_original:+.3f})"]
-
-
-def read_split(corpus: Path, split: str) -> list[dict]:
-    manifest = Path(corpus) / "manifest.jsonl"
-    if not manifest.is_file():
-        raise CorpusError(f"'{corpus}' has no manifest.jsonl: build a corpus with `tldr-voice corpus build`.")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["split"] == split]
-    if not rows:
-        raise CorpusError(f"The corpus '{corpus}' has no utterances in the {split} split.")
-    return rows
 
 
 def evaluate_split(corpus: Path, roundtrip: Callable[[np.ndarray], np.ndarray], split: str = "test",

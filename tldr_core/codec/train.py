@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tldr_core.codec.evaluate import read_split
 from tldr_core.codec.features import analyze
+from tldr_core.corpus import read_split
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path

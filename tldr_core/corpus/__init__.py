@@ -5,4 +5,24 @@
   plan.py       splits by source human, pseudo-speakers (WORLD warps, Kokoro blends), sentences per speaker
   render.py     one utterance -> one normalised 16 kHz WAV
   build.py      `tldr-voice corpus build`: runs the plan in parallel, resumably, and writes the manifests
+
+`read_split` is how every trainer and evaluator reads a built corpus.
 """
+
+import json
+from pathlib import Path
+
+from tldr_core.errors import CorpusError
+
+
+def read_split(corpus: Path, split: str, shippable_only: bool = False) -> list[dict]:
+    """The manifest rows of one split (only those whose licence lets trained weights ship, if asked)."""
+    manifest = Path(corpus) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise CorpusError(f"'{corpus}' has no manifest.jsonl: build a corpus with `tldr-voice corpus build`.")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["split"] == split and (r.get("shippable", False) or not shippable_only)]
+    if not rows:
+        raise CorpusError(f"The corpus '{corpus}' has no {'shippable ' if shippable_only else ''}utterances "
+                          f"in the {split} split.")
+    return rows

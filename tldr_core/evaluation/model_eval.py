@@ -17,7 +17,7 @@ import numpy as np
 from tldr_core import audio
 from tldr_core.codec.evaluate import Judges, words_for_wer
 from tldr_core.synthesis import Synthesizer
-from tldr_core.training.data import read_rows
+from tldr_core.corpus import read_split
 
 
 @dataclass
@@ -49,7 +49,7 @@ def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
     """(utterance, reference) pairs, round-robin over speakers, deterministic; the reference is the speaker's
     longest other utterance (a voice sample needs at least 2 s of speech)."""
     by_speaker: dict[str, list[dict]] = {}
-    for row in read_rows(corpus, split, shippable_only=False):
+    for row in read_split(corpus, split):
         by_speaker.setdefault(row["speaker"], []).append(row)
     speakers = sorted(s for s, rows in by_speaker.items() if len(rows) >= 2)
     pairs, i = [], 0

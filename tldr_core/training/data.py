@@ -9,7 +9,6 @@ another codec's tokens.
 from __future__ import annotations
 
 import hashlib
-import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from tldr_core import text
+from tldr_core.corpus import read_split
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path
 from tldr_core.model import PROMPT_MULTIPLE
@@ -32,18 +32,6 @@ class Utterance:
     text_ids: np.ndarray   # [BOS, phonemes..., EOS]
     tokens: np.ndarray     # codec token ids, 25 per second
     embedding: np.ndarray  # (256,) SpeakerEncoder embedding of this utterance
-
-
-def read_rows(corpus: Path, split: str, shippable_only: bool) -> list[dict]:
-    manifest = Path(corpus) / "manifest.jsonl"
-    if not manifest.is_file():
-        raise CorpusError(f"'{corpus}' has no manifest.jsonl: build a corpus with `tldr-voice corpus build`.")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["split"] == split and (r.get("shippable", False) or not shippable_only)]
-    if not rows:
-        raise CorpusError(f"The corpus '{corpus}' has no {'shippable ' if shippable_only else ''}utterances "
-                          f"in the {split} split.")
-    return rows
 
 
 def codec_fingerprint(codec_path: Path) -> str:
@@ -84,7 +72,7 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
         raise CorpusError(f"'{folder}' holds tokens of another codec: use a new --out folder for this codec.")
     stamp.write_text(fingerprint + "\n")
-    rows = [r for split in splits for r in read_rows(corpus, split, shippable_only)]
+    rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
     todo = [(str(Path(corpus) / r["path"]), str(folder / f"{r['id']}.npz"), str(codec_path or ""))
             for r in rows if not (folder / f"{r['id']}.npz").exists()]
     if not todo:
@@ -103,7 +91,7 @@ def _default_codec() -> Path:
 
 def load_utterances(corpus: Path, folder: Path, split: str, shippable_only: bool) -> list[Utterance]:
     items = []
-    for row in read_rows(corpus, split, shippable_only):
+    for row in read_split(corpus, split, shippable_only):
         with np.load(folder / f"{row['id']}.npz") as z:
             ids = [text.BOS_ID, *text.phoneme_ids(row["phonemes"].split()), text.EOS_ID]
             items.append(Utterance(row["id"], row["speaker"], np.array(ids, dtype=np.int64),
