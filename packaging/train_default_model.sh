@@ -5,10 +5,12 @@
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults
 #   DEVICE=cuda NPROC=8 HOURS=20 BACKBONE_STEPS=40000 DIM=512 bash packaging/train_default_model.sh
+#   WORK=/tmp/try OUT=/tmp/try/out HOURS=0.03 ... EVAL_LIMIT=0   # a trial that leaves resources/ alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=${WORK:-runs/default}            # corpus, caches and checkpoints
+OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a trial run can point elsewhere)
 HOURS=${HOURS:-1}                     # corpus size (shippable voices only)
 CODEC_STEPS=${CODEC_STEPS:-3000}
 BACKBONE_STEPS=${BACKBONE_STEPS:-900}
@@ -30,12 +32,12 @@ mkdir -p "$WORK"
 [ -f "$WORK/corpus/manifest.jsonl" ] || \
   stage "corpus ($HOURS h, shippable voices)" $PY -m tldr_core corpus build "$WORK/corpus" --hours "$HOURS" --seed 0 --shippable-only
 stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --steps "$CODEC_STEPS" --threads "$THREADS" $(RESUME "$WORK/codec")
-stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" resources/codec
-stage "backbone" $LAUNCH train backbone "$WORK/corpus" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
+stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" "$OUT/codec"
+stage "backbone" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
   --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
 ADAPTERS=()
 for K in $PATCH_SIZES; do
-  stage "TLDR k=$K" $LAUNCH train tldr "$WORK/corpus" --backbone "$WORK/backbone/checkpoint.pt" --patch-size "$K" \
+  stage "TLDR k=$K" $LAUNCH train tldr "$WORK/corpus" --codec "$OUT/codec" --backbone "$WORK/backbone/checkpoint.pt" --patch-size "$K" \
     --out "$WORK/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/tldr$K")
   ADAPTERS+=("$K=$WORK/tldr$K/checkpoint.pt")
 done
@@ -45,6 +47,7 @@ cat > "$WORK/recipe.json" <<JSON
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
 stage "pack" $PY -m tldr_core model pack --backbone "$WORK/backbone/checkpoint.pt" --tldr "${ADAPTERS[@]}" \
-  --recipe "$WORK/recipe.json" --out resources/default_model
-stage "evaluate" $PY -m tldr_core evaluate "$WORK/corpus" --modes baseline 4 --limit 40 --json "$WORK/evaluate.json"
-stage "bench" $PY -m tldr_core bench --json "$WORK/bench.json"
+  --recipe "$WORK/recipe.json" --out "$OUT/default_model"
+MODEL=(--model "$OUT/default_model" --codec "$OUT/codec")
+[ "${EVAL_LIMIT:-40}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$WORK/corpus" --modes baseline 4 --limit "${EVAL_LIMIT:-40}" "${MODEL[@]}" --json "$WORK/evaluate.json"
+stage "bench" $PY -m tldr_core bench "${MODEL[@]}" --json "$WORK/bench.json"

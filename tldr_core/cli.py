@@ -133,7 +133,7 @@ def _synthesizer(args: argparse.Namespace):
     from tldr_core.synthesis import Synthesizer
 
     torch_threads(args.threads)
-    return Synthesizer(args.model, device=args.device)
+    return Synthesizer(args.model, device=args.device, codec_dir=args.codec)
 
 
 def torch_threads(threads: int) -> None:
@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", type=Path, help="model folder (default: the shipped default model)")
+        p.add_argument("--codec", type=Path, help="codec folder the model was trained with (default: the shipped one)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--seed", type=int, default=0)

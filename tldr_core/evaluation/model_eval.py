@@ -18,6 +18,7 @@ from tldr_core import audio
 from tldr_core.codec.evaluate import Judges, words_for_wer
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
+from tldr_core.errors import CorpusError
 
 
 @dataclass
@@ -68,9 +69,13 @@ def evaluate_model(synth: Synthesizer, corpus: Path, mode: str, patch_size: int,
     import jiwer
 
     judges = judges or Judges()
+    pairs = pick_rows(Path(corpus), split, limit)
+    if not pairs:
+        raise CorpusError(f"The {split} split of '{corpus}' has no speaker with two or more utterances (one to say, "
+                          f"one as the voice): build a larger corpus.")
     report = ModelReport(mode, 1 if mode == "baseline" else patch_size)
     refs, hyps, hyps_original, sims, ratios, firsts, wall, seconds = [], [], [], [], [], [], 0.0, 0.0
-    for row, ref_row in pick_rows(Path(corpus), split, limit):
+    for row, ref_row in pairs:
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
         reference = audio.load_voice_sample(Path(corpus) / ref_row["path"]).samples
         voice = synth.prepare_voice(reference)
