@@ -26,8 +26,8 @@ from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, SpeakStats, Synth
 from tldr_core.voices import Voice
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
-NO_MODEL_MESSAGE = ("No speech model is installed yet, so Speak is unavailable. "
-                    "The default model will ship in resources/default_model.")
+NO_MODEL_MESSAGE = ("No speech model is installed (resources/default_model is missing), so Speak is unavailable. "
+                    "Reinstall TLDR Voice, or train one with packaging/train_default_model.sh.")
 LOADING_MESSAGE = "The speech model is still loading…"
 SPECULATIVE_NOTE = "Speculative decoding is not available in the app yet, so TLDR patches were used."
 
