@@ -396,14 +396,14 @@ class MainWindow(QMainWindow):
         request = SpeakRequest(self.editor.toPlainText(), voice, decoding, self.settings.temperature,
                                self.settings.seed, clicked)
         self._speak_number += 1
-        number, relay, synth, player, prepared = (self._speak_number, self._relay, self.synth, self.player,
-                                                  self._prepared)
+        number, relay, synth, player, prepared, library = (self._speak_number, self._relay, self.synth, self.player,
+                                                           self._prepared, self.library)
         session = player.session
         self._speaking = True
         self.show_status(f"Generating speech in the voice '{voice.name}'…", kind="speaking")
         self._sound_jobs.start(
             lambda: speak(synth, request, prepared, player, session,
-                          lambda seconds: relay.first_sound.emit(number, seconds)),
+                          lambda seconds: relay.first_sound.emit(number, seconds), library),
             self._speech_made, self._speech_failed)
         self._update_buttons()
 

@@ -23,7 +23,7 @@ from tldr_core.decoding import Sampling
 from tldr_core.errors import ModelError, VoiceError
 from tldr_core.settings import Settings
 from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, SpeakStats, Synthesizer
-from tldr_core.voices import Voice
+from tldr_core.voices import Voice, VoiceLibrary
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
 NO_MODEL_MESSAGE = ("No speech model is installed (resources/default_model is missing), so Speak is unavailable. "
@@ -96,16 +96,32 @@ class SpeakOutcome:
     stopped: bool = False           # Stop (or a new Speak) ended it before the text was all spoken
 
 
+def prepared_voice(synth: Synthesizer, voice: Voice, library: VoiceLibrary | None) -> PreparedVoice:
+    """The voice as the model needs it: from what the library kept for this codec, else made now and kept."""
+    if voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == synth.codec_sha256:
+        return PreparedVoice(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
+                             np.array(voice.codec_stats, dtype=np.float32))
+    try:
+        clip = voice.clip()
+    except (OSError, RuntimeError) as error:  # soundfile reports a damaged file as RuntimeError
+        raise VoiceError(f"The sample of '{voice.name}' could not be read ({error}).") from None
+    prepared = synth.prepare_voice(clip)
+    if library is not None:
+        try:
+            library.save_prompt(voice.id, prepared.prompt_tokens.tolist(), prepared.stats.tolist(), synth.codec_sha256)
+        except (OSError, VoiceError):  # deleted meanwhile, or a read-only disk: speaking still works
+            pass
+    return prepared
+
+
 def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, PreparedVoice], player: Player,
-          session: int, on_first_sound: Callable[[float], None] | None = None) -> SpeakOutcome:
-    """Generate and play; runs in a background job. `voices` caches PreparedVoice per voice id."""
+          session: int, on_first_sound: Callable[[float], None] | None = None,
+          library: VoiceLibrary | None = None) -> SpeakOutcome:
+    """Generate and play; runs in a background job. `voices` caches PreparedVoice per voice id; the
+    library (when given) keeps its prompt tokens and statistics across restarts."""
     prepared = voices.get(request.voice.id)
     if prepared is None:
-        try:
-            clip = request.voice.clip()
-        except (OSError, RuntimeError) as error:  # soundfile reports a damaged file as RuntimeError
-            raise VoiceError(f"The sample of '{request.voice.name}' could not be read ({error}).") from None
-        prepared = voices[request.voice.id] = synth.prepare_voice(clip)
+        prepared = voices[request.voice.id] = prepared_voice(synth, request.voice, library)
     if player.session != session:  # stopped while the voice was being prepared
         return SpeakOutcome(np.zeros(0, np.float32), None, None, None, request.decoding.note, stopped=True)
     first_sound: list[float] = []

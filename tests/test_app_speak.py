@@ -205,3 +205,20 @@ def test_empty_text_gives_a_message(qtbot, window):
     qtbot.waitUntil(lambda: not window._speaking, timeout=20000)
     assert window.status_is_error and "Something unexpected" not in window.status.text()
     assert window.speak_button.isEnabled() and not window.export_button.isEnabled()
+
+
+def test_a_voice_keeps_its_prompt_tokens_across_a_restart(qtbot, tiny_model, monkeypatch):
+    window = open_window(qtbot, tiny_model)
+    qtbot.waitUntil(lambda: window.synth is not None, timeout=20000)
+    speak_and_wait(qtbot, window)
+    saved = VoiceLibrary().list()[0]
+    assert saved.codec == window.synth.codec_sha256 and len(saved.prompt_tokens) in (24, 48, 72)
+    window.close()
+
+    restarted = open_window(qtbot, tiny_model)  # a new session: nothing cached in memory
+    qtbot.waitUntil(lambda: restarted.synth is not None, timeout=20000)
+    prepared_again = []
+    monkeypatch.setattr(restarted.synth, "prepare_voice", lambda clip: prepared_again.append(clip))
+    speak_and_wait(qtbot, restarted)
+    assert prepared_again == [] and len(restarted.last_audio) > 0
+    restarted.close()

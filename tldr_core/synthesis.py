@@ -90,8 +90,9 @@ class Synthesizer:
         say("checking model files")
         self.folder = open_model_folder(model_dir)
         codec_dir = Path(codec_dir) if codec_dir else DEFAULT_CODEC
+        self.codec_sha256 = codec_fingerprint(codec_dir)
         expected = self.folder.manifest.get("codec_sha256")
-        if expected and codec_fingerprint(codec_dir) != expected:
+        if expected and self.codec_sha256 != expected:
             raise ModelError(f"The codec in '{codec_dir}' is not the one this model was trained with: reinstall "
                              f"TLDR Voice, or retrain the model on this codec.")
         self.device = pick_device(device)

@@ -1,7 +1,8 @@
 """The voice library: the voices a person has recorded or imported, kept under the user data folder.
 
 Each voice is a folder voices/<id>/ holding the prepared clip (clip.wav, 16 kHz), its speaker embedding
-(embedding.npy) and voice.json (name, creation time, speech seconds, source, prompt tokens). The folder is
+(embedding.npy) and voice.json (name, creation time, speech seconds, source, and once the voice has been
+spoken with: its prompt tokens and codec statistics, tagged with the codec they belong to). The folder is
 named by a random id, never by the voice's name, so a name can be any Unicode text and cannot point
 anywhere else on disk. A voice is built in a hidden temporary folder and renamed into place, so a crash
 leaves either a complete voice or none; a folder damaged anyway (by hand, by a disk fault) is skipped with a
@@ -42,8 +43,10 @@ class Voice:
     created: str  # ISO 8601, UTC
     speech_seconds: float
     source: str | None  # the imported file, or None for a recording
-    prompt_tokens: list[int] | None  # the clip in speech-codec tokens; None until the codec exists
+    prompt_tokens: list[int] | None  # the clip in speech-codec tokens; None until first spoken with
     folder: Path
+    codec_stats: list[float] | None = None  # the codec decoder's reference statistics of the clip
+    codec: str | None = None  # sha256 of the codec that made both (another codec must redo them)
 
     @property
     def clip_path(self) -> Path:
@@ -114,12 +117,14 @@ class VoiceLibrary:
         embedding = np.load(folder / EMBEDDING_FILE)
         if embedding.shape != (EMBEDDING_DIM,) or not np.isfinite(embedding).all():
             raise ValueError(f"{EMBEDDING_FILE} is not a {EMBEDDING_DIM}-value embedding")
-        tokens = meta.get("prompt_tokens")
+        tokens, stats = meta.get("prompt_tokens"), meta.get("codec_stats")
         if tokens is not None and not all(isinstance(t, int) for t in tokens):
             raise ValueError("its prompt tokens are not whole numbers")
+        if stats is not None and not all(isinstance(v, (int, float)) for v in stats):
+            raise ValueError("its codec statistics are not numbers")
         return Voice(id=folder.name, name=name, created=str(meta["created"]),
                      speech_seconds=float(meta["speech_seconds"]), source=meta.get("source"),
-                     prompt_tokens=tokens, folder=folder)
+                     prompt_tokens=tokens, folder=folder, codec_stats=stats, codec=meta.get("codec"))
 
     # --------------------------------------------------------------------------------------------- writing
 
@@ -181,6 +186,14 @@ class VoiceLibrary:
         name = self.check_name(new_name, renaming=voice_id)
         meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
         meta["name"] = name
+        write_json(voice.folder / META_FILE, meta)
+        return self.get(voice_id)
+
+    def save_prompt(self, voice_id: str, tokens: list[int], stats: list[float], codec: str) -> Voice:
+        """Keep what the model derived from the clip, so the next session need not derive it again."""
+        voice = self.get(voice_id)
+        meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
+        meta.update(prompt_tokens=[int(t) for t in tokens], codec_stats=[float(v) for v in stats], codec=codec)
         write_json(voice.folder / META_FILE, meta)
         return self.get(voice_id)
 
