@@ -31,7 +31,7 @@ from tldr_core.model_store import load_backbone, load_tldr, open_model_folder
 from tldr_core.training.data import codec_fingerprint
 
 MAX_PROMPT_TOKENS = 72    # 2.9 s of the reference clip, as in training
-CODEC_GROUP = 8           # tokens handed to the codec at a time (or one whole patch, if larger): 320 ms
+BASELINE_GROUP = 4        # the baseline hands the codec 4 tokens (160 ms) at a time; TLDR hands it each patch
 BASELINE = "baseline"
 TLDR = "tldr"
 
@@ -136,9 +136,9 @@ class Synthesizer:
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
         if mode == BASELINE:
-            decoder, unit = TokenDecoder(self.backbone, sampling), 1
+            decoder, unit, push_every = TokenDecoder(self.backbone, sampling), 1, BASELINE_GROUP
         elif mode == TLDR:
-            decoder, unit = self._patch_decoder(patch_size, sampling), patch_size
+            decoder, unit, push_every = self._patch_decoder(patch_size, sampling), patch_size, patch_size
         else:
             raise ValueError(f"unknown mode {mode!r}")
         generator = torch.Generator(device=self.device)
@@ -163,7 +163,7 @@ class Synthesizer:
                 pending: list[int] = []
                 for group in decoder.generate(request, generator):
                     pending.extend(group)
-                    if len(pending) >= CODEC_GROUP:
+                    if len(pending) >= push_every:
                         yield from emit(audio_stream.push(np.array(pending)))
                         pending = []
                     if cancel is not None and cancel():
