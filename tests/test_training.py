@@ -37,8 +37,8 @@ def train_backbone(out, steps, resume_state=None, process=Process(0, 1, torch.de
     if resume_state is not None:
         bb.load_state_dict(resume_state["model"])
     cfg = TrainConfig(steps=steps, batch=4, max_prompt=24, lr=3e-3, warmup=5, validate_every=10)
-    describe = {"kind": "backbone", "model_config": CFG.to_dict(), "weights": bb}
-    history = run(BackboneObjective(bb), list(bb.parameters()), describe, items(), items(8, seed=1), cfg, out,
+    describe = {"kind": "backbone", "model_config": CFG.to_dict()}
+    history = run(BackboneObjective(bb), bb, describe, items(), items(8, seed=1), cfg, out,
                   process, resume_state, "test")
     return bb, history
 
@@ -75,8 +75,8 @@ def test_tldr_training_learns_and_leaves_the_backbone_identical(tmp_path):
     before = {k: v.clone() for k, v in bb.state_dict().items()}
     tldr = Tldr(bb, TldrConfig(patch_size=4, lora_rank=4))
     cfg = TrainConfig(steps=30, batch=4, max_prompt=24, lr=3e-3, warmup=5, validate_every=10)
-    describe = {"kind": "tldr", "tldr_config": tldr.tcfg.to_dict(), "weights": tldr}
-    history = run(TldrObjective(bb, tldr), list(tldr.parameters()), describe, items(), items(8, seed=1), cfg,
+    describe = {"kind": "tldr", "tldr_config": tldr.tcfg.to_dict()}
+    history = run(TldrObjective(bb, tldr), tldr, describe, items(), items(8, seed=1), cfg,
                   tmp_path / "tldr", Process(0, 1, torch.device("cpu")), None, "test")
     assert history[-1]["validation"] < history[0]["validation"]
     assert all(torch.equal(before[k], v) for k, v in bb.state_dict().items())

@@ -99,9 +99,11 @@ def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: Train
     return float(np.mean(losses))
 
 
-def run(objective: torch.nn.Module, trainable: list[torch.nn.Parameter], describe: dict, train_items, valid_items,
+def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, train_items, valid_items,
         cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
-    """The loop shared by both commands; `describe` goes into every checkpoint next to the weights."""
+    """The loop shared by both commands: trains `weights` (the backbone, or one Tldr) through `objective`;
+    `describe` goes into every checkpoint next to them."""
+    trainable = list(weights.parameters())
     module = objective
     if process.world > 1:
         module = DistributedDataParallel(objective, device_ids=[process.device.index] if process.device.type == "cuda"
@@ -112,7 +114,6 @@ def run(objective: torch.nn.Module, trainable: list[torch.nn.Parameter], describ
         optimiser.load_state_dict(state["optimiser"])
         step, history = state["step"], state["history"]
     index = data.speakers_index(train_items)
-    weights = describe.pop("weights")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if process.device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
 
@@ -181,10 +182,10 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     if state is not None:
         backbone.load_state_dict(state["model"])
     backbone.to(process.device)
-    describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "weights": backbone,
+    describe = {"kind": "backbone", "model_config": model_cfg.to_dict(),
                 "codec_sha256": (Path(out) / "tokens" / "codec.sha256").read_text().strip()}
-    return run(BackboneObjective(backbone), list(backbone.parameters()), describe, train, valid, cfg, Path(out),
-               process, state, "training backbone")
+    return run(BackboneObjective(backbone), backbone, describe, train, valid, cfg, Path(out), process, state,
+               "training backbone")
 
 
 def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
@@ -202,7 +203,6 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
     if state is not None:
         tldr.load_state_dict(state["model"])
     tldr.to(process.device)
-    describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "weights": tldr,
-                "backbone_sha256": file_sha256(backbone_path)}
-    return run(TldrObjective(backbone, tldr), list(tldr.parameters()), describe, train, valid, cfg, Path(out),
-               process, state, f"training TLDR k={tldr_cfg.patch_size}")
+    describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "backbone_sha256": file_sha256(backbone_path)}
+    return run(TldrObjective(backbone, tldr), tldr, describe, train, valid, cfg, Path(out), process, state,
+               f"training TLDR k={tldr_cfg.patch_size}")
