@@ -17,7 +17,6 @@ import json
 import math
 import pickle
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tldr_core.codec.features import analyze
-from tldr_core.corpus import read_split
+from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path
@@ -61,12 +60,12 @@ def _speaker_encoder():
     return SpeakerEncoder(device="cpu")
 
 
-def _cache_one(job: tuple[str, str, str]) -> str:
+def _cache_one(job: tuple[str, str]) -> None:
     """Analyse one utterance into an .npz (run in a worker process, one thread each)."""
     torch.set_num_threads(1)
     from tldr_core.audio import read_audio, to_model_rate
 
-    utterance_id, wav, out = job
+    wav, out = job
     samples = to_model_rate(*read_audio(wav))
     frames = analyze(samples)
     pad = -len(frames) % CodecConfig.frames_per_token  # whole tokens: repeat the last frame
@@ -74,22 +73,13 @@ def _cache_one(job: tuple[str, str, str]) -> str:
     embedding = _speaker_encoder().embed(samples)
     with atomic_path(out) as tmp:
         np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
-    return utterance_id
 
 
 def build_cache(corpus: Path, cache: Path, splits: tuple[str, ...] = ("train", "validation", "test"),
                 jobs: int = 2) -> None:
     """Analyse every utterance of the splits not yet in the cache, in `jobs` processes."""
-    cache.mkdir(parents=True, exist_ok=True)
     rows = [r for split in splits for r in read_split(corpus, split)]
-    todo = [(r["id"], str(corpus / r["path"]), str(cache / f"{r['id']}.npz")) for r in rows
-            if not (cache / f"{r['id']}.npz").exists()]
-    if not todo:
-        return
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for _ in tqdm(pool.map(_cache_one, todo, chunksize=4), total=len(todo), desc="analysing corpus",
-                      unit="clip"):
-            pass
+    cache_utterances(corpus, rows, cache, _cache_one, jobs, "analysing corpus")
 
 
 def load_split(corpus: Path, cache: Path, split: str) -> list[dict]:

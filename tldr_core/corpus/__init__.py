@@ -6,11 +6,16 @@
   render.py     one utterance -> one normalised 16 kHz WAV
   build.py      `tldr-voice corpus build`: runs the plan in parallel, resumably, and writes the manifests
 
-`read_split` is how every trainer and evaluator reads a built corpus.
+`read_split` is how every trainer and evaluator reads a built corpus, `cache_utterances` how they derive
+per-utterance files from it (features, tokens) once.
 """
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from tqdm import tqdm
 
 from tldr_core.errors import CorpusError
 
@@ -26,3 +31,17 @@ def read_split(corpus: Path, split: str, shippable_only: bool = False) -> list[d
         raise CorpusError(f"The corpus '{corpus}' has no {'shippable ' if shippable_only else ''}utterances "
                           f"in the {split} split.")
     return rows
+
+
+def cache_utterances(corpus: Path, rows: list[dict], folder: Path, work: Callable[[tuple], object], jobs: int,
+                     desc: str, *extra: str) -> None:
+    """Run `work((wav path, out path, *extra))` in `jobs` worker processes for every row whose folder/<id>.npz
+    does not exist yet: each utterance is done once, and an interrupted run resumes where it stopped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(str(Path(corpus) / r["path"]), str(folder / f"{r['id']}.npz"), *extra) for r in rows
+            if not (folder / f"{r['id']}.npz").exists()]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for _ in tqdm(pool.map(work, todo, chunksize=4), total=len(todo), desc=desc, unit="clip"):
+            pass

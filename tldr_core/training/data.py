@@ -9,17 +9,15 @@ another codec's tokens.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tldr_core import text
-from tldr_core.corpus import read_split
+from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path
 from tldr_core.model import PROMPT_MULTIPLE
@@ -52,7 +50,7 @@ def _codec(codec_path: str):
     return CodecRuntime(Path(codec_path) if codec_path else None)
 
 
-def _tokenize_one(job: tuple[str, str, str]) -> str:
+def _tokenize_one(job: tuple[str, str, str]) -> None:
     torch.set_num_threads(1)
     from tldr_core.audio import read_audio, to_model_rate
 
@@ -60,7 +58,6 @@ def _tokenize_one(job: tuple[str, str, str]) -> str:
     tokens, voice = _codec(codec_path).encode(to_model_rate(*read_audio(wav)))
     with atomic_path(out) as tmp:
         np.savez(tmp, tokens=tokens.astype(np.int32), embedding=voice.embedding.astype(np.float32))
-    return out
 
 
 def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits: tuple[str, ...],
@@ -73,14 +70,7 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
         raise CorpusError(f"'{folder}' holds tokens of another codec: use a new --out folder for this codec.")
     stamp.write_text(fingerprint + "\n")
     rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
-    todo = [(str(Path(corpus) / r["path"]), str(folder / f"{r['id']}.npz"), str(codec_path or ""))
-            for r in rows if not (folder / f"{r['id']}.npz").exists()]
-    if not todo:
-        return
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for _ in tqdm(pool.map(_tokenize_one, todo, chunksize=4), total=len(todo), desc="tokenizing corpus",
-                      unit="clip"):
-            pass
+    cache_utterances(corpus, rows, folder, _tokenize_one, jobs, "tokenizing corpus", str(codec_path or ""))
 
 
 def _default_codec() -> Path:
