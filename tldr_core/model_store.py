@@ -33,14 +33,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: Path, what: str) -> dict:
-    """A torch checkpoint as a dict; a ModelError (not a traceback) when it is missing or not ours."""
+def read_checkpoint(path: Path, what: str, restore: str = REINSTALL) -> dict:
+    """A torch checkpoint as a dict; a ModelError (not a traceback) when it is missing or not ours, ending
+    with `restore`: what to do about it."""
     if not Path(path).is_file():
-        raise ModelError(f"No {what} at '{path}'. {REINSTALL}")
+        raise ModelError(f"No {what} at '{path}'. {restore}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise ModelError(f"'{path}' is not a TLDR Voice {what} or is damaged ({error}). {REINSTALL}") from None
+        raise ModelError(f"'{path}' is not a TLDR Voice {what} or is damaged ({error}). {restore}") from None
 
 
 def load_backbone(path: Path) -> Backbone:

@@ -165,7 +165,9 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
         dist.barrier()
     train = data.load_utterances(corpus, tokens, "train", cfg.shippable_only)
     valid = data.load_utterances(corpus, tokens, "validation", cfg.shippable_only)
-    state = read_checkpoint(out / CHECKPOINT, "checkpoint") if resume and (out / CHECKPOINT).exists() else None
+    state = (read_checkpoint(out / CHECKPOINT, "training checkpoint",
+                             "Start again in a new --out folder (without --resume).")
+             if resume and (out / CHECKPOINT).exists() else None)
     return train, valid, state
 
 
