@@ -263,9 +263,10 @@ class Compressor(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.kv_heads, cfg.ffn)
                                      for _ in range(tcfg.compressor_layers)])
         self.norm = RMSNorm(cfg.dim)
-        cos, sin = rope_tables(cfg.head_dim, tcfg.patch_size + 1, cfg.rope_base)
-        self.register_buffer("cos", torch.ones_like(cos), persistent=False)  # positions come from `position`
-        self.register_buffer("sin", torch.zeros_like(sin), persistent=False)
+        # a zero rotation: positions inside the patch come from `position`, not from rotary angles
+        angles = (tcfg.patch_size + 1, cfg.head_dim // 2)
+        self.register_buffer("cos", torch.ones(angles), persistent=False)
+        self.register_buffer("sin", torch.zeros(angles), persistent=False)
 
     def forward(self, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(N, k, dim) -> (N, dim)."""
