@@ -319,10 +319,16 @@ class MainWindow(QMainWindow):
         if number == self._load_number and self.status_kind == "loading" and step != "ready":
             self.show_status(f"Loading the speech model: {step}…", kind="loading")
 
+    def _reloaded_instead(self) -> bool:
+        """The device changed while a model was loading: drop that load's outcome and load again."""
+        if not self._reload_wanted:
+            return False
+        self._reload_wanted = False
+        self.load_model()
+        return True
+
     def _model_loaded(self, synth: Synthesizer) -> None:
-        if self._reload_wanted:
-            self._reload_wanted = False
-            self.load_model()
+        if self._reloaded_instead():
             return
         self.synth = synth
         if self.status_kind == "loading":
@@ -331,9 +337,7 @@ class MainWindow(QMainWindow):
         self._update_buttons()
 
     def _model_failed(self, message: str) -> None:
-        if self._reload_wanted:
-            self._reload_wanted = False
-            self.load_model()
+        if self._reloaded_instead():
             return
         self.model_problem = message
         self.show_status(f"{self.status.text()} {message}" if self.status_is_error else message, error=True)
