@@ -183,16 +183,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.files import write_text
 
     synth = _synthesizer(args)
-    judges = Judges()
-    reports = []
-    for mode in args.modes:
-        patch_size = 1 if mode == "baseline" else int(mode)
-        report = evaluate_model(synth, args.corpus, "baseline" if mode == "baseline" else "tldr", patch_size,
-                                split=args.split, limit=args.limit, seed=args.seed, judges=judges)
-        print("\n".join(report.lines()), flush=True)
-        reports.append(report.__dict__)
+    modes = [("baseline", 1) if mode == "baseline" else ("tldr", int(mode)) for mode in args.modes]
+    reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
+                             judges=Judges())
+    for report in reports:
+        print("\n".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps(reports, indent=2) + "\n")
+        write_text(args.json, json.dumps([report.__dict__ for report in reports], indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

@@ -64,8 +64,10 @@ def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
     return pairs
 
 
-def evaluate_model(synth: Synthesizer, corpus: Path, mode: str, patch_size: int, split: str = "test",
-                   limit: int = 40, seed: int = 0, judges: Judges | None = None) -> ModelReport:
+def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]], split: str = "test",
+                   limit: int = 40, seed: int = 0, judges: Judges | None = None) -> list[ModelReport]:
+    """One report per (mode, patch size). Every mode says the same utterances in the same prepared voices, and
+    each original is transcribed once, so the modes' figures differ only by what the modes did."""
     import jiwer
 
     judges = judges or Judges()
@@ -73,31 +75,34 @@ def evaluate_model(synth: Synthesizer, corpus: Path, mode: str, patch_size: int,
     if not pairs:
         raise CorpusError(f"The {split} split of '{corpus}' has no speaker with two or more utterances (one to say, "
                           f"one as the voice): build a larger corpus.")
-    report = ModelReport(mode, 1 if mode == "baseline" else patch_size)
-    refs, hyps, hyps_original, sims, ratios, firsts, wall, seconds = [], [], [], [], [], [], 0.0, 0.0
+    reports = [ModelReport(mode, 1 if mode == "baseline" else k) for mode, k in modes]
+    refs, heard_original = [], []
     for row, ref_row in pairs:
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
         reference = audio.load_voice_sample(Path(corpus) / ref_row["path"]).samples
         voice = synth.prepare_voice(reference)
-        chunks = list(synth.stream(row["text"], voice, mode, patch_size, seed=seed))
-        output = np.concatenate(chunks) if chunks else np.zeros(audio.SAMPLE_RATE // 10, np.float32)
-        stats = synth.last_stats
         refs.append(words_for_wer(row["text"]))
-        hyps.append(words_for_wer(judges.transcribe(output)))
-        hyps_original.append(words_for_wer(judges.transcribe(original)))
-        sims.append(judges.similarity(output, reference))
-        ratios.append(len(output) / len(original))
-        firsts.append(stats.first_audio_seconds * 1000)
-        wall, seconds = wall + stats.wall_seconds, seconds + stats.audio_seconds
-        report.stopped_by_model += stats.stopped_by_model
-        report.sentences += stats.sentences
-        report.samples.append({"id": row["id"], "reference": ref_row["id"], "text": refs[-1], "heard": hyps[-1],
-                               "similarity": sims[-1], "stopped": bool(stats.stopped_by_model)})
-    report.utterances = len(refs)
-    report.wer = 100 * jiwer.wer(refs, hyps)
-    report.wer_original = 100 * jiwer.wer(refs, hyps_original)
-    report.similarity = float(np.mean(sims))
-    report.duration_ratio = float(np.mean(ratios))
-    report.real_time_factor = wall / seconds if seconds else float("nan")
-    report.first_audio_ms = float(np.median(firsts))
-    return report
+        heard_original.append(words_for_wer(judges.transcribe(original)))
+        for report in reports:
+            chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, seed=seed))
+            output = np.concatenate(chunks) if chunks else np.zeros(audio.SAMPLE_RATE // 10, np.float32)
+            stats = synth.last_stats
+            report.stopped_by_model += stats.stopped_by_model
+            report.sentences += stats.sentences
+            report.samples.append({
+                "id": row["id"], "reference": ref_row["id"], "text": refs[-1],
+                "heard": words_for_wer(judges.transcribe(output)), "similarity": judges.similarity(output, reference),
+                "stopped": bool(stats.stopped_by_model), "duration_ratio": len(output) / len(original),
+                "first_audio_ms": stats.first_audio_seconds * 1000, "wall_seconds": stats.wall_seconds,
+                "audio_seconds": stats.audio_seconds})
+    for report in reports:
+        samples = report.samples
+        seconds = sum(x["audio_seconds"] for x in samples)
+        report.utterances = len(samples)
+        report.wer = 100 * jiwer.wer(refs, [x["heard"] for x in samples])
+        report.wer_original = 100 * jiwer.wer(refs, heard_original)
+        report.similarity = float(np.mean([x["similarity"] for x in samples]))
+        report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
+        report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
+        report.first_audio_ms = float(np.median([x["first_audio_ms"] for x in samples]))
+    return reports
