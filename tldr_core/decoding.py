@@ -81,6 +81,19 @@ def _bounds(request: Request, tokens_per_phoneme: float) -> tuple[int, int]:
     return int(0.5 * expected), max(2, int(2.0 * expected))
 
 
+def _next_token(logits: torch.Tensor, stats: DecodeStats, sampling: Sampling, generator: torch.Generator | None,
+                bounds: tuple[int, int], stop: int) -> int | None:
+    """Sample within the length bounds and count the token; None once the utterance has ended."""
+    min_tokens, max_tokens = bounds
+    token = sample(logits, stats.history, sampling, generator, stats.tokens >= min_tokens, stop)
+    if token == stop or stats.tokens >= max_tokens:
+        stats.stopped = token == stop
+        return None
+    stats.history.append(token)
+    stats.tokens += 1
+    return token
+
+
 class TokenDecoder:
     """The token-level baseline: one backbone step per speech token."""
 
@@ -92,23 +105,19 @@ class TokenDecoder:
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
         bb, cfg = self.backbone, self.backbone.cfg
         device = next(bb.parameters()).device
-        min_tokens, max_tokens = _bounds(request, cfg.tokens_per_phoneme)
+        bounds = _bounds(request, cfg.tokens_per_phoneme)
         prefix = bb.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
         x = torch.cat([prefix, bb.speech_embed(request.prompt[None].to(device)), bb.sos(1)], dim=1)
         speech_start = prefix.shape[1]
-        cache = bb.new_cache(max_len=x.shape[1] + max_tokens)
+        cache = bb.new_cache(max_len=x.shape[1] + bounds[1])
         self.stats = stats = DecodeStats()
         while True:
             hidden = bb(x, cache)
             cache.length += x.shape[1]
             stats.backbone_steps += 1
-            allow_stop = stats.tokens >= min_tokens
-            token = sample(bb.logits(hidden[0, -1]), stats.history, self.sampling, generator, allow_stop, cfg.stop)
-            if token == cfg.stop or stats.tokens >= max_tokens:
-                stats.stopped = token == cfg.stop
+            token = _next_token(bb.logits(hidden[0, -1]), stats, self.sampling, generator, bounds, cfg.stop)
+            if token is None:
                 break
-            stats.history.append(token)
-            stats.tokens += 1
             yield [token]
             x = bb.speech_embed(torch.tensor([[token]], device=device))
         stats.kv_bytes = cache.bytes()
@@ -127,12 +136,12 @@ class PatchDecoder:
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
         bb, cfg, tldr, k = self.backbone, self.backbone.cfg, self.tldr, self.tldr.k
         device = next(bb.parameters()).device
-        min_tokens, max_tokens = _bounds(request, cfg.tokens_per_phoneme)
+        bounds = _bounds(request, cfg.tokens_per_phoneme)
         speaker = request.speaker[None].to(device)
         prefix = bb.prefix(speaker, request.text_ids[None].to(device))
         x = torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1)
         speech_start = prefix.shape[1]
-        cache = bb.new_cache(max_len=x.shape[1] + max_tokens // k + 1)
+        cache = bb.new_cache(max_len=x.shape[1] + bounds[1] // k + 1)
         self.stats = stats = DecodeStats()
         done = False
         while not done:
@@ -141,17 +150,15 @@ class PatchDecoder:
             stats.backbone_steps += 1
             patch: list[int] = []
             inputs = tldr.extractor.start(hidden[:, -1], speaker)
-            for _ in range(k):
-                state = tldr.extractor(inputs)
-                allow_stop = stats.tokens >= min_tokens
-                token = sample(bb.logits(state[0, -1]), stats.history, self.sampling, generator, allow_stop, cfg.stop)
-                if token == cfg.stop or stats.tokens >= max_tokens:
-                    stats.stopped, done = token == cfg.stop, True
+            while len(patch) < k:
+                if patch:  # the tokens so far are the extractor's next inputs
+                    inputs = torch.cat([inputs, bb.speech_embed(torch.tensor([patch[-1:]], device=device))], dim=1)
+                token = _next_token(bb.logits(tldr.extractor(inputs)[0, -1]), stats, self.sampling, generator,
+                                    bounds, cfg.stop)
+                if token is None:
+                    done = True
                     break
                 patch.append(token)
-                stats.history.append(token)
-                stats.tokens += 1
-                inputs = torch.cat([inputs, bb.speech_embed(torch.tensor([[token]], device=device))], dim=1)
             if patch:
                 yield patch
             if not done:
