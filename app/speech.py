@@ -52,7 +52,6 @@ def load_synthesizer(model_dir: Path | None, device: str, progress: Callable[[st
         for k in synth.patch_sizes:  # all of them now, so switching the patch size is instant
             progress(f"loading the TLDR adapter for patch size {k}")
             synth.load_adapter(k)
-        progress("ready")
         return synth
     except (OSError, RuntimeError) as error:  # an unreadable file or a codec that will not load
         raise ModelError(f"The speech model could not be loaded ({error}). Reinstall TLDR Voice.") from None

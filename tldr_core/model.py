@@ -29,6 +29,7 @@ from tldr_core import text
 
 SPEAKER_DIM = 256  # SpeakerEncoder's output
 PROMPT_MULTIPLE = 24  # prompt lengths are whole patches for every patch size 2, 4, 6 and 8
+MAX_PROMPT_TOKENS = 72  # 2.9 s of reference speech: the longest prompt in training, the one used in synthesis
 
 
 @dataclass

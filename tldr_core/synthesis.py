@@ -26,11 +26,10 @@ from tldr_core.audio import SAMPLE_RATE
 from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Voice as CodecVoice
 from tldr_core.decoding import DecodeStats, PatchDecoder, Request, Sampling, TokenDecoder
 from tldr_core.errors import ModelError
-from tldr_core.model import PROMPT_MULTIPLE, Tldr
+from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
 from tldr_core.model_store import load_backbone, load_tldr, open_model_folder
 from tldr_core.training.data import codec_fingerprint
 
-MAX_PROMPT_TOKENS = 72    # 2.9 s of the reference clip, as in training
 BASELINE_GROUP = 4        # the baseline hands the codec 4 tokens (160 ms) at a time; TLDR hands it each patch
 BASELINE = "baseline"
 TLDR = "tldr"

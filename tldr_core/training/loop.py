@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path
-from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
+from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint, file_sha256, load_backbone
 from tldr_core.training import data
 from tldr_core.training.objectives import BackboneObjective, TldrObjective
@@ -37,7 +37,7 @@ class TrainConfig:
 
     steps: int = 2000
     batch: int = 8                 # utterances per process and step
-    max_prompt: int = 72           # tokens (2.9 s) of reference speech
+    max_prompt: int = MAX_PROMPT_TOKENS
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
