@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tldr_core.audio import read_audio, to_model_rate, write_wav
 from tldr_core.cli import main
-from tldr_core.codec.model import FSQ, PHONES, Codec, CodecConfig, TokenDecoderStream, phone_targets
+from tldr_core.codec.model import (FSQ, PHONES, Codec, CodecConfig, TokenDecoderStream, formant_postfilter,
+                                   phone_targets)
 from tldr_core.codec.train import TrainConfig, load_codec, train_codec
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.text import normalize_text, phonemize
@@ -80,34 +81,50 @@ def test_ctc_loss_is_finite_and_learns_a_tiny_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_formant_postfilter_raises_peaks_and_keeps_flat_envelopes():
+    """The decoder's postfilter sharpens formants: a flat envelope is unchanged, a peak grows, 0 does nothing."""
+    flat, peak = torch.full((1, 40), -3.0), torch.zeros(1, 40)
+    peak[0, 20] = 2.0
+    sharpen = formant_postfilter(40, 1.0)
+    assert torch.allclose(flat @ sharpen, flat, atol=1e-5)
+    assert float((peak @ sharpen)[0, 20]) > 2.5 and float((peak @ sharpen)[0, 18:23].sum()) == pytest.approx(2.0, abs=1e-5)
+    assert torch.equal(peak @ formant_postfilter(40, 0.0), peak)
+
+
 def _decode_stream(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor, k: int):
     stream = TokenDecoderStream.for_codec(codec, emb, stats)
     parts = [stream.push(tokens[i:i + k].numpy()) for i in range(0, len(tokens), k)]
     return torch.from_numpy(np.concatenate(parts + [stream.finish()]))
 
 
-@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def _offline(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return codec.decode_clip(codec.fsq.from_index(tokens)[None], emb[None], stats[None])[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
 def test_streaming_decoder_equals_offline(k):
     torch.manual_seed(0)
     codec = Codec(CodecConfig()).eval()
     tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
-    with torch.no_grad():
-        offline = codec.decode(codec.fsq.from_index(tokens)[None], emb[None], stats[None])[0]
+    offline = _offline(codec, tokens, emb, stats)
     streamed = _decode_stream(codec, tokens, emb, stats, k)
     assert streamed.shape == offline.shape == (70 * 4, codec.cfg.feature_dim)
     continuous = [i for i in range(offline.shape[1]) if i != 1]  # voicing is thresholded to 0/1
     assert float((streamed - offline)[:, continuous].abs().max()) < STREAM_TOLERANCE
 
 
-def test_the_streaming_decoder_check_can_fail(monkeypatch):
-    """With too little past context the same comparison fails: the context window is really needed."""
+def test_the_streaming_decoder_check_can_fail():
+    """A stream that forgets the causal layers' past between pushes does not match: the state is needed."""
     torch.manual_seed(0)
     codec = Codec(CodecConfig()).eval()
     tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
-    with torch.no_grad():
-        offline = codec.decode(codec.fsq.from_index(tokens)[None], emb[None], stats[None])[0]
-    monkeypatch.setattr(Codec, "context_tokens", property(lambda self: 3))
-    streamed = _decode_stream(codec, tokens, emb, stats, 4)
+    offline = _offline(codec, tokens, emb, stats)
+    stream = TokenDecoderStream.for_codec(codec, emb, stats)
+    zero, step = stream.state, stream.step
+    stream.step = lambda ids, valid, state: step(ids, valid, zero)
+    parts = [stream.push(tokens[i:i + 4].numpy()) for i in range(0, len(tokens), 4)]
+    streamed = torch.from_numpy(np.concatenate(parts + [stream.finish()]))
     assert float((streamed - offline).abs().max()) > 100 * STREAM_TOLERANCE
 
 

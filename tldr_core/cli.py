@@ -121,6 +121,22 @@ def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_codec_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from tldr_core.codec.evaluate import evaluate_split
+    from tldr_core.codec.runtime import CodecRuntime
+    from tldr_core.files import write_text
+
+    codec = CodecRuntime(args.model)
+    report = evaluate_split(args.corpus, lambda x: codec.roundtrip(x, stream_tokens=args.stream).audio,
+                            split=args.split, limit=args.limit)
+    print("\n".join(report.lines()))
+    if args.json:
+        write_text(args.json, json.dumps(report.__dict__, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def cmd_codec_export(args: argparse.Namespace) -> None:
     from tldr_core.codec.export import export_codec
 
@@ -310,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", type=int, default=0, metavar="K",
                    help="decode K tokens at a time through the streaming path (0: offline)")
     p.set_defaults(run=cmd_codec_roundtrip)
+    p = codec_cmds.add_parser("evaluate", help="round-trip WER, speaker similarity and DNSMOS on held-out voices")
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--model", type=Path, help="exported codec folder or training checkpoint .pt "
+                   "(default: the shipped codec)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="at most this many clips, spread over the speakers")
+    p.add_argument("--stream", type=int, default=4, metavar="K", help="decode K tokens at a time (0: offline)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.set_defaults(run=cmd_codec_evaluate)
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out_dir", type=Path)

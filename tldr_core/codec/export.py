@@ -1,9 +1,11 @@
 """ONNX export of the codec, so the app runs tokenizer and decoder with onnxruntime (no torch needed).
 
 Two graphs, both with dynamic length: tokenizer.onnx (frames (1, 4N, dim) + stats (1, 2+n_env) -> token
-ids (1, N)) and decoder.onnx (token ids (1, N) + embedding (1, 256) + stats -> frames (1, 4N, dim)). The
-FSQ index arithmetic is inside the graphs, so callers only ever see integer token ids. codec.json keeps
-the numbers the runtime needs (look-ahead, causal context, frames per token, vocabulary size).
+ids (1, N)) and decoder.onnx, one step of a stream (a window of token ids (1, W) with its `valid` mask,
+embedding (1, 256), stats and the carried state of the causal layers -> frames (1, 4(W - margins), dim)
+and the next state; a whole clip is one step from the zero state). The FSQ index arithmetic is inside the
+graphs, so callers only ever see integer token ids. codec.json keeps the numbers the runtime needs
+(look-ahead and window margins, state shapes, frames per token, vocabulary size).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tldr_core.codec.model import EMBED_DIM, Codec
+from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
 from tldr_core.codec.train import load_codec
 
 OPSET = 17
@@ -34,8 +36,10 @@ class _Decoder(nn.Module):
         super().__init__()
         self.codec = codec
 
-    def forward(self, tokens: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        return self.codec.decode(self.codec.fsq.from_index(tokens), embedding, stats)
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor,
+                past_tokens: torch.Tensor, past_frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        frames, state = self.codec.decode_ids(tokens, valid, embedding, stats, DecoderState(past_tokens, past_frames))
+        return frames, state.tokens, state.frames
 
 
 def export_codec(checkpoint: Path, out_dir: Path) -> dict:
@@ -49,14 +53,18 @@ def export_codec(checkpoint: Path, out_dir: Path) -> dict:
     stats = torch.randn(1, 2 + cfg.n_env)
     tokens = torch.randint(0, cfg.vocab_size, (1, n))
     embedding = torch.randn(1, EMBED_DIM)
+    state = codec.zero_state()
     with torch.no_grad():
         torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
                           opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
                           dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})
-        torch.onnx.export(_Decoder(codec), (tokens, embedding, stats), out_dir / "decoder.onnx", dynamo=False,
-                          opset_version=OPSET, input_names=["tokens", "embedding", "stats"],
-                          output_names=["frames"], dynamic_axes={"tokens": {1: "tokens"}, "frames": {1: "frames"}})
-    meta = {"lookahead": cfg.lookahead, "context_tokens": codec.context_tokens,
+        torch.onnx.export(_Decoder(codec), (tokens, torch.ones(1, n), embedding, stats, state.tokens, state.frames),
+                          out_dir / "decoder.onnx", dynamo=False, opset_version=OPSET,
+                          input_names=["tokens", "valid", "embedding", "stats", "past_tokens", "past_frames"],
+                          output_names=["frames", "next_tokens", "next_frames"],
+                          dynamic_axes={"tokens": {1: "window"}, "valid": {1: "window"}, "frames": {1: "frames"}})
+    meta = {"lookahead": cfg.lookahead, "window_margin": list(codec.window_margin),
+            "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
             "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25}
     (out_dir / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -3,7 +3,8 @@
 A `Voice` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
 the reference statistics measured on the clip; it is computed once per reference clip. `TokenStream`
 turns tokens pushed k at a time into audio chunks: the decoder waits for `lookahead` tokens (80 ms),
-the vocoder for one frame (10 ms), and the concatenated chunks equal the offline `decode` output.
+the vocoder for one frame (10 ms); the decoder carries its causal layers' state from push to push, so
+each token is decoded once and the concatenated chunks equal the offline output.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 
 from tldr_core import paths
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import TokenDecoderStream, reference_stats
-from tldr_core.codec.vocoder import StreamingVocoder, synthesize
+from tldr_core.codec.model import DecoderState, TokenDecoderStream, reference_stats
+from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.errors import ModelError
 from tldr_core.onnx_session import open_session
 
@@ -49,19 +50,25 @@ class _TorchBackend:
         from tldr_core.codec.train import load_codec
 
         self.model = load_codec(path)
-        cfg = self.model.cfg
-        self.lookahead, self.context = cfg.lookahead, self.model.context_tokens
-        self.frames_per_token = cfg.frames_per_token
-        self.vocab_size = cfg.vocab_size
+        self.margin = self.model.window_margin
+        self.frames_per_token, self.vocab_size = self.model.cfg.frames_per_token, self.model.cfg.vocab_size
+
+    def zero_state(self) -> tuple[np.ndarray, ...]:
+        state = self.model.zero_state()
+        return state.tokens.numpy(), state.frames.numpy()
 
     @torch.no_grad()
     def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
     @torch.no_grad()
-    def decode(self, tokens: np.ndarray, embedding: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        q = self.model.fsq.from_index(torch.from_numpy(np.asarray(tokens, dtype=np.int64)))[None]
-        return self.model.decode(q, torch.from_numpy(embedding)[None], torch.from_numpy(stats)[None])[0].numpy()
+    def step(self, ids: np.ndarray, valid: np.ndarray, voice: Voice,
+             state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        frames, new = self.model.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],
+                                            torch.from_numpy(voice.embedding)[None],
+                                            torch.from_numpy(voice.stats)[None],
+                                            DecoderState(*(torch.from_numpy(a) for a in state)))
+        return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
 
 
 class _OnnxBackend:
@@ -74,19 +81,27 @@ class _OnnxBackend:
                              f"`tldr-voice train codec` and export it, or reinstall TLDR Voice.")
         meta = json.loads(meta_path.read_text())
         restore = "Reinstall TLDR Voice, or export a trained codec with `tldr-voice codec export`."
+        if "state_shapes" not in meta:
+            raise ModelError(f"The codec in '{folder}' was exported by an older TLDR Voice (its decoder carries "
+                             f"no state): {restore}")
         self.tokenizer, self.notices = open_session(folder / "tokenizer.onnx", "cpu", "codec tokenizer", restore)
         self.decoder, _ = open_session(folder / "decoder.onnx", "cpu", "codec decoder", restore)
-        self.lookahead, self.context = meta["lookahead"], meta["context_tokens"]
+        self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
         self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
+
+    def zero_state(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.zeros((1, *shape), dtype=np.float32) for shape in self.state_shapes)
 
     def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
-    def decode(self, tokens: np.ndarray, embedding: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        return self.decoder.run(None, {"tokens": np.asarray(tokens, dtype=np.int64)[None],
-                                       "embedding": embedding[None].astype(np.float32),
-                                       "stats": stats[None].astype(np.float32)})[0][0]
+    def step(self, ids: np.ndarray, valid: np.ndarray, voice: Voice,
+             state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        frames, *new = self.decoder.run(None, {
+            "tokens": ids[None], "valid": valid[None], "embedding": voice.embedding[None].astype(np.float32),
+            "stats": voice.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]})
+        return frames[0], tuple(new)
 
 
 class TokenStream:
@@ -94,8 +109,8 @@ class TokenStream:
 
     def __init__(self, runtime: "CodecRuntime", voice: Voice):
         b = runtime.backend
-        self.decoder = TokenDecoderStream(lambda t: b.decode(t, voice.embedding, voice.stats), b.lookahead,
-                                          b.context, b.frames_per_token)
+        self.decoder = TokenDecoderStream(lambda ids, valid, state: b.step(ids, valid, voice, state),
+                                          b.zero_state(), b.margin)
         self.vocoder = StreamingVocoder()
 
     def push(self, tokens: np.ndarray) -> np.ndarray:
@@ -137,7 +152,8 @@ class CodecRuntime:
 
     def decode(self, tokens: np.ndarray, voice: Voice) -> np.ndarray:
         """Token ids -> audio in the given voice (offline: all tokens at once)."""
-        return synthesize(self.backend.decode(tokens, voice.embedding, voice.stats))
+        stream = self.stream(voice)  # one decoder call for all but the last `lookahead` tokens
+        return np.concatenate([stream.push(tokens), stream.finish()])
 
     def stream(self, voice: Voice) -> TokenStream:
         return TokenStream(self, voice)

@@ -33,14 +33,10 @@ class Utterance:
 
 
 def codec_fingerprint(codec_path: Path) -> str:
-    """sha256 over the codec's weights (an exported folder's codec.json and ONNX files, or one checkpoint)."""
+    """sha256 of what the speech tokens mean: an exported codec's tokenizer.onnx (its decoder may be re-exported
+    or retrained without retraining the LM), or a whole training checkpoint."""
     path = Path(codec_path)
-    files = sorted([*path.glob("*.onnx"), path / "codec.json"]) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
+    return hashlib.sha256((path / "tokenizer.onnx" if path.is_dir() else path).read_bytes()).hexdigest()
 
 
 @lru_cache(maxsize=1)
