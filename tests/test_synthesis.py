@@ -114,9 +114,10 @@ def test_speak_with_a_bad_voice_file_is_one_clear_line(tiny_model, tmp_path, cap
 
 def test_bench_compares_every_mode_in_one_run(tiny_model, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", str(tiny_model), "--device", "cpu", "--json", str(out)]) == 0
+    assert main(["bench", "--model", str(tiny_model), "--device", "cpu", "--rounds", "2", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     assert [(r["mode"], r["patch_size"]) for r in results] == [("baseline", 1), ("tldr", 2), ("tldr", 4)]
+    assert all(r["utterances"] == 2 * 3 * 2 for r in results)  # rounds x texts x voices
     assert results[0]["speedup"] == 1.0
     assert results[2]["kv_speech_saving"] > 0.6
     assert "TLDR k=4" in capsys.readouterr().out

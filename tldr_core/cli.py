@@ -184,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from tldr_core.evaluation.bench import run_bench, table, write_json
 
     synth = _synthesizer(args)
-    results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes)
+    results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes, rounds=args.rounds)
     print(table(results))
     if args.json:
         write_json(results, synth, args.json)
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="baseline vs TLDR k=2,4,6,8: speed, steps, KV cache, memory")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--patch-sizes", type=int, nargs="+", choices=[2, 4, 6, 8])
+    p.add_argument("--rounds", type=int, default=3, help="times each mode says every text in every voice")
     model_options(p)
     p.set_defaults(run=cmd_bench)
 

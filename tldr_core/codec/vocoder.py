@@ -18,6 +18,8 @@ concatenation of all pushes plus `flush` equals `synthesize` on the whole sequen
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from tldr_core.codec.features import AP, CONFIG, ENV, LF0, VUV, FeatureConfig, decode_aperiodicity, decode_envelope
@@ -25,10 +27,18 @@ from tldr_core.codec.features import AP, CONFIG, ENV, LF0, VUV, FeatureConfig, d
 NOISE_BLOCK = 4096  # noise is drawn per block of this many samples, seeded by (seed, block index)
 
 
+@lru_cache(maxsize=8)
+def _noise_block(seed: int, block: int) -> np.ndarray:
+    """One block of unit white noise; cached, since a stream asks for the same block on several pushes."""
+    noise = np.random.default_rng([seed, block]).standard_normal(NOISE_BLOCK)
+    noise.flags.writeable = False
+    return noise
+
+
 def _noise(start: int, stop: int, seed: int) -> np.ndarray:
     """Unit white noise for absolute samples [start, stop) (start >= 0): the same values on every call."""
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    blocks = [np.random.default_rng([seed, b]).standard_normal(NOISE_BLOCK) for b in range(first, last + 1)]
+    blocks = [_noise_block(seed, b) for b in range(first, last + 1)]
     return np.concatenate(blocks)[start - first * NOISE_BLOCK: stop - first * NOISE_BLOCK]
 
 
@@ -72,12 +82,14 @@ class StreamingVocoder:
         ramp = np.arange(hop) / hop
         f0 = f0_from[:, None] * (1.0 - ramp) + f0_to[:, None] * ramp          # (segments, hop)
         cycles = np.cumsum(f0 / rate, axis=1)
-        pulses = np.zeros_like(f0)
+        starts = np.empty(len(f0))
         for k in range(len(f0)):  # the phase carries over per segment: the same sums in any chunking
-            phase = self.phase + cycles[k]
-            crossed = np.diff(np.floor(np.concatenate([[self.phase], phase]))) > 0
-            pulses[k, crossed] = np.sqrt(rate / f0[k, crossed])
-            self.phase = float(phase[-1] - np.floor(phase[-1]))
+            starts[k] = self.phase
+            end = self.phase + cycles[k, -1]
+            self.phase = float(end - np.floor(end))
+        phase = np.floor(np.concatenate([starts[:, None], starts[:, None] + cycles], axis=1))
+        crossed = np.diff(phase, axis=1) > 0
+        pulses = np.where(crossed, np.sqrt(rate / f0), 0.0)
         first = self.exc_start + len(self.pulse)
         self.pulse = np.concatenate([self.pulse, pulses.ravel()])
         self.noise = np.concatenate([self.noise, _noise(first, first + pulses.size, self.seed)])

@@ -1,16 +1,18 @@
 """`tldr-voice bench`: the token-level baseline against TLDR k = 2, 4, 6, 8, measured in one run.
 
 Every mode says the same fixed sentences in the same voices with the same seed, after one untimed warm-up
-(first use loads an adapter). Speed-ups are ratios of real-time factors taken in this run, so a busy or
-slow machine shifts all modes alike. Peak memory: on CUDA the allocator's peak per mode; on CPU the
-process's peak resident set after the mode (it only grows, so read it as a running maximum).
+(first use loads an adapter). The timed utterances take turns across modes (each sentence and voice is said
+by every mode before the next), so a busy or slow spell of the machine falls on all modes alike, and
+speed-ups are ratios of real-time factors taken in this run. Peak memory: on CUDA the allocator's peak per
+mode; on CPU the process's peak resident set after the mode's warm-up (it only grows, so read it as a running
+maximum).
 """
 
 from __future__ import annotations
 
 import json
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 
 from tldr_core import audio, paths
 from tldr_core.files import write_text
-from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, Synthesizer
+from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, SpeakStats, Synthesizer
 
 BENCH_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -57,31 +59,58 @@ def bench_voices(synth: Synthesizer, folder: Path = BENCH_VOICES) -> list[Prepar
     return [synth.prepare_voice(audio.load_voice_sample(p).samples) for p in sorted(folder.glob("*.wav"))]
 
 
-def run_mode(synth: Synthesizer, voices: list[PreparedVoice], mode: str, patch_size: int, seed: int) -> ModeResult:
-    for _ in synth.stream(BENCH_TEXTS[0], voices[0], mode, patch_size, seed=seed):  # warm-up, untimed
-        pass
-    if synth.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(synth.device)
-    wall = seconds = 0.0
-    first, steps, tokens, kv_speech, kv_sum, kv, stopped, n = [], 0, 0, 0, 0, 0, 0, 0
-    for voice in voices:
-        for sentence in BENCH_TEXTS:
-            for _ in synth.stream(sentence, voice, mode, patch_size, seed=seed):
-                pass
-            s = synth.last_stats
-            wall, seconds = wall + s.wall_seconds, seconds + s.audio_seconds
-            first.append(s.first_audio_seconds * 1000)
-            steps, tokens, stopped, n = steps + s.backbone_steps, tokens + s.tokens, stopped + s.stopped_by_model, n + 1
-            kv_speech, kv = max(kv_speech, s.kv_speech_bytes), max(kv, s.kv_bytes)
-            kv_sum += sum(sentence.kv_speech_bytes for sentence in s.per_sentence)
-    return ModeResult(mode, patch_size, wall / seconds, float(np.median(first)), steps, tokens, steps / seconds,
-                      kv_speech, kv_sum / seconds, kv, _peak_memory(synth.device), stopped, n)
+@dataclass
+class _Tally:
+    """One mode's utterances so far."""
+
+    wall: float = 0.0
+    seconds: float = 0.0
+    first_ms: list[float] = field(default_factory=list)
+    steps: int = 0
+    tokens: int = 0
+    stopped: int = 0
+    kv_speech: int = 0
+    kv_speech_sum: int = 0
+    kv: int = 0
+    peak_memory: int = 0
+
+    def add(self, s: SpeakStats) -> None:
+        self.wall, self.seconds = self.wall + s.wall_seconds, self.seconds + s.audio_seconds
+        self.first_ms.append(s.first_audio_seconds * 1000)
+        self.steps, self.tokens, self.stopped = self.steps + s.backbone_steps, self.tokens + s.tokens, \
+            self.stopped + s.stopped_by_model
+        self.kv_speech, self.kv = max(self.kv_speech, s.kv_speech_bytes), max(self.kv, s.kv_bytes)
+        self.kv_speech_sum += sum(sentence.kv_speech_bytes for sentence in s.per_sentence)
+
+    def result(self, mode: str, patch_size: int) -> ModeResult:
+        return ModeResult(mode, patch_size, self.wall / self.seconds, float(np.median(self.first_ms)), self.steps,
+                          self.tokens, self.steps / self.seconds, self.kv_speech, self.kv_speech_sum / self.seconds,
+                          self.kv, self.peak_memory, self.stopped, len(self.first_ms))
 
 
-def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None) -> list[ModeResult]:
+def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None,
+              rounds: int = 1) -> list[ModeResult]:
+    """Baseline and TLDR at each patch size: `rounds` x texts x voices utterances each, taking turns."""
     voices = bench_voices(synth)
-    results = [run_mode(synth, voices, BASELINE, 1, seed)]
-    results += [run_mode(synth, voices, TLDR, k, seed) for k in (patch_sizes or synth.patch_sizes)]
+    modes = [(BASELINE, 1)] + [(TLDR, k) for k in (patch_sizes or synth.patch_sizes)]
+    tallies = {mode: _Tally() for mode in modes}
+    for mode, k in modes:
+        for _ in synth.stream(BENCH_TEXTS[0], voices[0], mode, k, seed=seed):  # warm-up, untimed
+            pass
+        tallies[(mode, k)].peak_memory = _peak_memory(synth.device)
+    for _ in range(rounds):
+        for voice in voices:
+            for sentence in BENCH_TEXTS:
+                for mode, k in modes:
+                    if synth.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(synth.device)
+                    for _ in synth.stream(sentence, voice, mode, k, seed=seed):
+                        pass
+                    tally = tallies[(mode, k)]
+                    tally.add(synth.last_stats)
+                    if synth.device.type == "cuda":
+                        tally.peak_memory = max(tally.peak_memory, _peak_memory(synth.device))
+    results = [tallies[(mode, k)].result(mode, k) for mode, k in modes]
     base = results[0]
     for r in results:
         r.speedup = base.real_time_factor / r.real_time_factor
