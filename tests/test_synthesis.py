@@ -41,6 +41,17 @@ def test_audio_streams_in_chunks_and_every_sentence_is_said(synth, voice):
     assert np.isfinite(np.concatenate(chunks)).all()
 
 
+def test_the_codec_thread_renders_every_patch_in_order(synth, voice):
+    """The audio is exactly what pushing each sentence's patches to the codec one after another gives."""
+    streamed = np.concatenate(list(synth.stream("One sentence. Then another.", voice, TLDR, 4, seed=1)))
+    codec = synth.codec.stream(voice.codec_voice)
+    expected = []
+    for sentence in synth.last_stats.per_sentence:
+        tokens = np.array(sentence.history)
+        expected += [codec.push(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
+    np.testing.assert_array_equal(streamed, np.concatenate(expected + [codec.finish()]))
+
+
 def test_the_same_seed_gives_the_same_audio(synth, voice):
     a = np.concatenate(list(synth.stream("Say it twice.", voice, TLDR, 2, seed=5)))
     b = np.concatenate(list(synth.stream("Say it twice.", voice, TLDR, 2, seed=5)))

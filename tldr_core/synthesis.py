@@ -7,14 +7,17 @@
     print(synth.last_stats)
 
 Long text is split into sentences; all sentences go through one codec stream, so the audio is continuous
-(no gap, no click at a sentence boundary). `cancel` is checked between patches, so Stop takes effect within
-one patch.
+(no gap, no click at a sentence boundary). The codec (token decoder and vocoder) runs on its own thread, in
+order, while the model goes on generating: a chunk is yielded as soon as it is ready, and the model never
+waits for the codec. `cancel` is checked between patches, so Stop takes effect within one patch.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +102,7 @@ class Synthesizer:
         self.backbone = load_backbone(self.folder.backbone_path()).to(self.device)
         say("loading the codec")
         self.codec = CodecRuntime(codec_dir)
+        self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")  # one: pushes in order
         self._decoders: dict[int, PatchDecoder] = {}
         self.last_stats: SpeakStats | None = None
         say("ready")
@@ -147,14 +151,22 @@ class Synthesizer:
         speaker = torch.from_numpy(voice.embedding).float()
         prompt = torch.from_numpy(voice.prompt_tokens)
         samples_out = 0
+        in_codec: deque[Future] = deque()  # pushes handed to the codec thread, oldest first
 
-        def emit(chunk: np.ndarray) -> Iterator[np.ndarray]:
+        def to_codec(push: Callable, *tokens: np.ndarray) -> None:
+            in_codec.append(self._codec_thread.submit(push, *tokens))
+
+        def emit(wait: bool) -> Iterator[np.ndarray]:
+            """Yield the codec's finished chunks in order; `wait`: all of them. The first is always waited
+            for, so the time to first audio does not include a model step."""
             nonlocal samples_out
-            if len(chunk):
-                if samples_out == 0:
-                    stats.first_audio_seconds = time.perf_counter() - started
-                samples_out += len(chunk)
-                yield chunk.astype(np.float32)
+            while in_codec and (wait or samples_out == 0 or in_codec[0].done()):
+                chunk = in_codec.popleft().result()
+                if len(chunk):
+                    if samples_out == 0:
+                        stats.first_audio_seconds = time.perf_counter() - started
+                    samples_out += len(chunk)
+                    yield chunk.astype(np.float32)
 
         try:
             for sentence in sentences:
@@ -163,19 +175,23 @@ class Synthesizer:
                 for group in decoder.generate(request, generator):
                     pending.extend(group)
                     if len(pending) >= push_every:
-                        yield from emit(audio_stream.push(np.array(pending)))
+                        to_codec(audio_stream.push, np.array(pending))
                         pending = []
+                    yield from emit(wait=False)
                     if cancel is not None and cancel():
                         stats.cancelled = True
                         return
                 if pending:
-                    yield from emit(audio_stream.push(np.array(pending)))
+                    to_codec(audio_stream.push, np.array(pending))
                 self._count(stats, decoder.stats)
-            yield from emit(audio_stream.finish())
+            to_codec(audio_stream.finish)
+            yield from emit(wait=True)
         except GeneratorExit:  # the caller stopped reading (Stop in the app): that is a cancel too
             stats.cancelled = True
             raise
         finally:
+            for push in in_codec:  # a cancelled stream's audio is not wanted
+                push.cancel()
             stats.wall_seconds = time.perf_counter() - started
             stats.audio_seconds = samples_out / SAMPLE_RATE
 
