@@ -156,11 +156,15 @@ class Synthesizer:
         def to_codec(push: Callable, *tokens: np.ndarray) -> None:
             in_codec.append(self._codec_thread.submit(push, *tokens))
 
+        def stopped() -> bool:
+            stats.cancelled = stats.cancelled or (cancel is not None and cancel())
+            return stats.cancelled
+
         def emit(wait: bool) -> Iterator[np.ndarray]:
-            """Yield the codec's finished chunks in order; `wait`: all of them. The first is always waited
-            for, so the time to first audio does not include a model step."""
+            """Yield the codec's finished chunks in order, until a cancel; `wait`: all of them. The first is
+            always waited for, so the time to first audio does not include a model step."""
             nonlocal samples_out
-            while in_codec and (wait or samples_out == 0 or in_codec[0].done()):
+            while in_codec and (wait or samples_out == 0 or in_codec[0].done()) and not stopped():
                 chunk = in_codec.popleft().result()
                 if len(chunk):
                     if samples_out == 0:
@@ -178,8 +182,7 @@ class Synthesizer:
                         to_codec(audio_stream.push, np.array(pending))
                         pending = []
                     yield from emit(wait=False)
-                    if cancel is not None and cancel():
-                        stats.cancelled = True
+                    if stopped():
                         return
                 if pending:
                     to_codec(audio_stream.push, np.array(pending))
