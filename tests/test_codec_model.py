@@ -92,7 +92,7 @@ def test_formant_postfilter_raises_peaks_and_keeps_flat_envelopes():
 
 
 def _decode_stream(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor, k: int):
-    stream = TokenDecoderStream.for_codec(codec, emb, stats)
+    stream = TokenDecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
     parts = [stream.push(tokens[i:i + k].numpy()) for i in range(0, len(tokens), k)]
     return torch.from_numpy(np.concatenate(parts + [stream.finish()]))
 
@@ -120,7 +120,7 @@ def test_the_streaming_decoder_check_can_fail():
     codec = Codec(CodecConfig()).eval()
     tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
     offline = _offline(codec, tokens, emb, stats)
-    stream = TokenDecoderStream.for_codec(codec, emb, stats)
+    stream = TokenDecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
     zero, step = stream.state, stream.step
     stream.step = lambda ids, valid, state: step(ids, valid, zero)
     parts = [stream.push(tokens[i:i + 4].numpy()) for i in range(0, len(tokens), 4)]
@@ -167,6 +167,25 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
         train_codec(tiny_corpus, out, cfg)
     resumed = train_codec(tiny_corpus, out, TrainConfig(**{**cfg.__dict__, "steps": 225}), resume=True)
     assert [h["step"] for h in resumed] == [75, 150, 225]
+
+
+def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path):
+    """Retraining the decoder of a codec leaves its tokenizer, and so every token, as it was."""
+    from tldr_core.codec.train import load_split
+
+    first = tmp_path / "first"
+    train_codec(tiny_corpus, first, TrainConfig(steps=20, batch=4, lr=3e-3, warmup=5, validate_every=20, threads=1),
+                codec_cfg=CodecConfig(**TINY))
+    cfg = TrainConfig(steps=20, batch=4, lr=3e-3, warmup=5, validate_every=10, threads=1)
+    second = tmp_path / "second"
+    train_codec(tiny_corpus, second, cfg, decoder_only_from=first / "checkpoint.pt")
+    train_codec(tiny_corpus, second, TrainConfig(**{**cfg.__dict__, "steps": 30}), resume=True)
+    before, after = load_codec(first / "checkpoint.pt"), load_codec(second / "checkpoint.pt")
+    clip = load_split(tiny_corpus, first / "cache", "test")[0]
+    frames, stats = torch.from_numpy(clip["frames"])[None], torch.from_numpy(clip["stats"])[None]
+    assert torch.equal(before.tokens(frames, stats), after.tokens(frames, stats))
+    assert all(torch.equal(p, after.state_dict()[n]) for n, p in before.state_dict().items() if n.startswith("enc_"))
+    assert not torch.equal(before.out.weight, after.out.weight)
 
 
 def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):

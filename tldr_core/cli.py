@@ -69,7 +69,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
 
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every)
-    history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume)
+    history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, decoder_only_from=args.decoder_only)
     if history:
         print(f"step {history[-1]['step']}: validation loss {history[-1]['val_total']:.4f}; "
               f"checkpoint in {args.out}")
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="processes analysing the corpus (feature cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--decoder-only", type=Path, metavar="CKPT",
+                   help="train only the decoder of this codec checkpoint; its tokenizer (and so the tokens a speech "
+                        "model was trained on) stays as it is")
     p.set_defaults(run=cmd_train_codec)
 
     def lm_options(p: argparse.ArgumentParser, steps: int) -> None:

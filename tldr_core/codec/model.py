@@ -367,6 +367,16 @@ def fit_scales(frames: list[np.ndarray]) -> list[float]:
     return [float(max(v, 1e-3)) for v in std]
 
 
+@torch.no_grad()
+def numpy_step(codec: Codec, ids: np.ndarray, valid: np.ndarray, embedding: np.ndarray, stats: np.ndarray,
+               state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """`Codec.decode_ids` for one stream, numpy in and out: what the exported decoder graph computes."""
+    frames, new = codec.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],
+                                   torch.from_numpy(embedding)[None], torch.from_numpy(stats)[None],
+                                   DecoderState(*(torch.from_numpy(a) for a in state)))
+    return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
+
+
 class TokenDecoderStream:
     """Decodes a token stream k tokens at a time; the frames equal an offline decode of the whole stream.
 
@@ -385,16 +395,11 @@ class TokenDecoderStream:
         self.emitted = 0  # tokens whose frames were returned
 
     @classmethod
-    def for_codec(cls, codec: Codec, embedding: torch.Tensor, stats: torch.Tensor) -> "TokenDecoderStream":
-        @torch.no_grad()
-        def step(ids: np.ndarray, valid: np.ndarray, state: tuple[np.ndarray, ...]):
-            frames, new = codec.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],
-                                           embedding[None], stats[None],
-                                           DecoderState(*(torch.from_numpy(a) for a in state)))
-            return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
-
+    def for_codec(cls, codec: Codec, embedding: np.ndarray, stats: np.ndarray) -> "TokenDecoderStream":
+        """A stream through the torch model (the runtime uses its ONNX export the same way)."""
         zero = codec.zero_state()
-        return cls(step, (zero.tokens.numpy(), zero.frames.numpy()), codec.window_margin)
+        return cls(lambda ids, valid, state: numpy_step(codec, ids, valid, embedding, stats, state),
+                   (zero.tokens.numpy(), zero.frames.numpy()), codec.window_margin)
 
     def _frames(self, upto: int) -> np.ndarray:
         first, end = self.emitted - self.before, upto + self.after  # the window, in stream positions

@@ -19,7 +19,7 @@ import torch
 
 from tldr_core import paths
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import DecoderState, TokenDecoderStream, reference_stats
+from tldr_core.codec.model import TokenDecoderStream, numpy_step, reference_stats
 from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.errors import ModelError
 from tldr_core.onnx_session import open_session
@@ -61,14 +61,9 @@ class _TorchBackend:
     def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
-    @torch.no_grad()
     def step(self, ids: np.ndarray, valid: np.ndarray, voice: Voice,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        frames, new = self.model.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],
-                                            torch.from_numpy(voice.embedding)[None],
-                                            torch.from_numpy(voice.stats)[None],
-                                            DecoderState(*(torch.from_numpy(a) for a in state)))
-        return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
+        return numpy_step(self.model, ids, valid, voice.embedding, voice.stats, state)
 
 
 class _OnnxBackend:

@@ -9,6 +9,9 @@ continues the same run; batches are drawn from a generator seeded by (seed, step
 the same batches it would have seen. best.pt keeps the step with the lowest validation reconstruction
 loss (the phone loss on held-out voices rises once the phone head overfits, while reconstruction still
 improves).
+
+`decoder_only_from` trains only the decoder of an existing codec, its tokenizer frozen: the tokens stay
+the same, so a speech model trained on them stays valid (the codec fingerprint is the tokenizer's).
 """
 
 from __future__ import annotations
@@ -161,8 +164,15 @@ def load_codec(path: Path) -> Codec:
     return model.eval()
 
 
+def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
+    """Stop the tokenizer's parameters from learning; returns the ones that still do (the decoder's)."""
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith("enc_")
+    return [param for param in model.parameters() if param.requires_grad]
+
+
 def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
-                codec_cfg: CodecConfig | None = None) -> list[dict]:
+                codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None) -> list[dict]:
     """Train (or resume) a codec on the corpus's train split; returns the validation history."""
     corpus, out = Path(corpus), Path(out)
     torch.set_num_threads(cfg.threads)
@@ -175,14 +185,20 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     train, valid = load_split(corpus, out / "cache", "train"), load_split(corpus, out / "cache", "validation")
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True) if resume and checkpoint.exists() else None
+    frozen = state.get("frozen_tokenizer", False) if state is not None else decoder_only_from is not None
+    torch.manual_seed(cfg.seed)
     if state is not None:
         codec_cfg = CodecConfig.from_dict(state["codec_config"])
+        model = Codec(codec_cfg)
+    elif decoder_only_from is not None:
+        model = load_codec(decoder_only_from).train()
+        codec_cfg = model.cfg
     else:
         codec_cfg = codec_cfg or CodecConfig()
         codec_cfg.scale = fit_scales([item["frames"] for item in train])
-    torch.manual_seed(cfg.seed)
-    model = Codec(codec_cfg)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model = Codec(codec_cfg)
+    trainable = _freeze_tokenizer(model) if frozen else list(model.parameters())
+    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history = 0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -197,7 +213,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
 
     def save() -> None:
         state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                 "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg)}
+                 "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg),
+                 "frozen_tokenizer": frozen}
         _save(checkpoint, state)
         if history[-1]["val_recon"] <= min(h.get("val_recon", math.inf) for h in history):
             _save(out / BEST, state)
@@ -210,16 +227,17 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
         parts = model.loss(batch)
+        objective = parts["recon"] if frozen else parts["total"]  # fixed codes: the phone loss has no use
         optimiser.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{parts['total'].item():.3f}")
+        bar.set_postfix(loss=f"{objective.item():.3f}")
         if step % cfg.validate_every == 0 or step == cfg.steps:
             scores = validate(model, valid)
-            history.append({"step": step, "train": parts["total"].item(), "seconds": time.time() - started,
+            history.append({"step": step, "train": objective.item(), "seconds": time.time() - started,
                             **{f"val_{k}": v for k, v in scores.items()}})
             bar.write(json.dumps(history[-1]))
             save()
