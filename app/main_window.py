@@ -513,7 +513,7 @@ class MainWindow(QMainWindow):
             self.show_status(f"The audio could not be saved to {path}: {error}", error=True)
 
     def _ask_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self)
+        dialog = SettingsDialog(self.settings, self, self.synth.patch_sizes if self.synth is not None else None)
         if dialog.exec():
             self.apply_settings(dialog.settings())
             note = self.settings_note()

@@ -33,14 +33,27 @@ def _device_combo(kind: str, current: str | None) -> QComboBox:
     return _combo(items, current)
 
 
+def _grey_out_missing(combo: QComboBox, available: list[int]) -> None:
+    """Disable the patch sizes the loaded model has no adapter for, and say so in their labels."""
+    model = combo.model()
+    for row in range(combo.count()):
+        size = combo.itemData(row)
+        if isinstance(size, int) and size not in available:
+            combo.setItemText(row, f"{combo.itemText(row)}: not in this model")
+            model.item(row).setEnabled(False)
+
+
 class SettingsDialog(QDialog):
-    def __init__(self, settings: Settings, parent: QWidget | None = None):
+    def __init__(self, settings: Settings, parent: QWidget | None = None, patch_sizes: list[int] | None = None):
+        """`patch_sizes`: those the loaded model has (the others are greyed out); None when none is loaded."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self._base = settings
         self.patch_size = _combo({p: PATCH_LABELS[p] for p in PATCH_SIZES}, settings.patch_size)
         self.patch_size.setToolTip("Speech tokens the model writes per step: larger patches speak sooner and "
                                    "faster, token by token is the slow reference.")
+        if patch_sizes is not None:
+            _grey_out_missing(self.patch_size, patch_sizes)
         self.decoding_mode = _combo({m: MODE_LABELS[m] for m in DECODING_MODES}, settings.decoding_mode)
         self.device = _combo({d: DEVICE_LABELS[d] for d in DEVICES}, settings.device)
         self.device.setToolTip("Where the speech model runs. Automatic picks the GPU when one is usable.")

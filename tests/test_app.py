@@ -202,6 +202,18 @@ def test_the_settings_dialog_lists_audio_devices_and_keeps_an_unplugged_one(qtbo
     assert dialog.settings().input_device is None
 
 
+def test_the_settings_dialog_greys_out_patch_sizes_the_model_lacks(qtbot):
+    dialog = SettingsDialog(Settings(), patch_sizes=[2, 4])
+    qtbot.addWidget(dialog)
+    combo, items = dialog.patch_size, dialog.patch_size.model()
+    enabled = {combo.itemData(row): items.item(row).isEnabled() for row in range(combo.count())}
+    assert enabled == {"baseline": True, 2: True, 4: True, 6: False, 8: False}
+    assert combo.itemText(combo.findData(8)).endswith("not in this model")
+    no_model = SettingsDialog(Settings())  # no model loaded: nothing is greyed out
+    qtbot.addWidget(no_model)
+    assert all(no_model.patch_size.model().item(row).isEnabled() for row in range(no_model.patch_size.count()))
+
+
 def test_a_corrupt_settings_file_is_survived_with_a_notice(qtbot):
     save_settings(Settings(patch_size=2))
     settings_path().write_text("{{{", encoding="utf-8")
