@@ -203,7 +203,7 @@ def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):
 
 
 def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="train one"):
+    with pytest.raises(ModelError, match="Train one"):
         load_codec(tmp_path / "none.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="damaged"):

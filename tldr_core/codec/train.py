@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -33,6 +32,7 @@ from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path
+from tldr_core.model_store import read_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the checkpoint with the lowest validation reconstruction loss so far
@@ -153,13 +153,11 @@ def _save(path: Path, state: dict) -> None:
 
 def load_codec(path: Path) -> Codec:
     """A trained Codec from a checkpoint, in eval mode; a clear error for a missing or foreign file."""
-    if not Path(path).is_file():
-        raise ModelError(f"No codec checkpoint at '{path}': train one with `tldr-voice train codec`.")
+    state = read_checkpoint(path, "codec checkpoint", "Train one with `tldr-voice train codec`.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model = Codec(CodecConfig.from_dict(state["codec_config"]))
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as error:
+    except (KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"'{path}' is not a TLDR Voice codec checkpoint or is damaged ({error}).") from None
     return model.eval()
 
