@@ -68,7 +68,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     from tldr_core.codec.train import TrainConfig, train_codec
 
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads,
-                      jobs=args.jobs, validate_every=args.validate_every)
+                      jobs=args.jobs, validate_every=args.validate_every, shippable_only=not args.all_rows)
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, decoder_only_from=args.decoder_only)
     if history:
         print(f"step {history[-1]['step']}: validation loss {history[-1]['val_total']:.4f}; "
@@ -277,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=12, help="whole clips per step")
     p.add_argument("--validate-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads and cache workers (keep <= idle cores)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="also train on rows whose licence forbids shipping the weights")
     p.add_argument("--jobs", type=int, default=2, help="processes analysing the corpus (feature cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")

@@ -43,7 +43,7 @@ class TrainConfig:
     """The recipe; stored in every checkpoint next to the model's CodecConfig."""
 
     steps: int = 3000
-    batch: int = 16               # whole clips
+    batch: int = 12               # whole clips
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 1e-4
@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     jobs: int = 2                 # processes analysing the corpus into the feature cache
     threads: int = 1             # torch threads; more than the idle cores makes each step many times slower
+    shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -79,16 +80,16 @@ def _cache_one(job: tuple[str, str]) -> None:
 
 
 def build_cache(corpus: Path, cache: Path, splits: tuple[str, ...] = ("train", "validation", "test"),
-                jobs: int = 2) -> None:
+                jobs: int = 2, shippable_only: bool = True) -> None:
     """Analyse every utterance of the splits not yet in the cache, in `jobs` processes."""
-    rows = [r for split in splits for r in read_split(corpus, split)]
+    rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
     cache_utterances(corpus, rows, cache, _cache_one, jobs, "analysing corpus")
 
 
-def load_split(corpus: Path, cache: Path, split: str) -> list[dict]:
+def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool = True) -> list[dict]:
     """[{frames, embedding, stats, phones, n_samples, id}] of a split, from the cache and the manifest."""
     items = []
-    for row in read_split(corpus, split):
+    for row in read_split(corpus, split, shippable_only):
         if not row.get("phonemes"):
             raise CorpusError(f"Utterance '{row['id']}' has no phonemes in the manifest: the codec's phone loss "
                               f"needs them (rebuild the corpus with `tldr-voice corpus build`).")
@@ -179,8 +180,9 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     if checkpoint.exists() and not resume:
         raise CorpusError(f"'{out}' already holds a codec checkpoint: pass --resume to continue it, or choose "
                           f"another --out folder.")
-    build_cache(corpus, out / "cache", jobs=cfg.jobs)
-    train, valid = load_split(corpus, out / "cache", "train"), load_split(corpus, out / "cache", "validation")
+    build_cache(corpus, out / "cache", jobs=cfg.jobs, shippable_only=cfg.shippable_only)
+    train = load_split(corpus, out / "cache", "train", cfg.shippable_only)
+    valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True) if resume and checkpoint.exists() else None
     frozen = state.get("frozen_tokenizer", False) if state is not None else decoder_only_from is not None
