@@ -184,7 +184,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     train = load_split(corpus, out / "cache", "train", cfg.shippable_only)
     valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True) if resume and checkpoint.exists() else None
+    state = (read_checkpoint(checkpoint, "training checkpoint", "Start again in a new --out folder (without --resume).")
+             if resume and checkpoint.exists() else None)
     frozen = state.get("frozen_tokenizer", False) if state is not None else decoder_only_from is not None
     torch.manual_seed(cfg.seed)
     if state is not None:
