@@ -8,6 +8,7 @@ device is not paced in real time: streams run as fast as the callbacks do.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,18 @@ class AlsaTap:
     def speak_into_microphone(self, samples: np.ndarray) -> None:
         """What the next recording will hear (16 kHz mono); after it, the microphone hears silence."""
         np.asarray(samples, dtype="<f4").tofile(self.microphone_file)
+
+    @staticmethod
+    def pace_like_a_real_microphone(recorder) -> None:
+        """Make `recorder` receive its blocks in real time, as from a sound card (the null device is not paced),
+        for tests that watch what happens while a recording runs."""
+        callback = recorder._callback
+
+        def paced(data, frames, time_info, status):
+            time.sleep(frames / recorder.sample_rate)
+            callback(data, frames, time_info, status)
+
+        recorder._callback = paced
 
 
 def _use_alsa_config(monkeypatch, config: Path | None) -> None:

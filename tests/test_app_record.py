@@ -74,6 +74,7 @@ def test_the_meter_follows_the_level_while_recording(qtbot, alsa_tap, speech):
     alsa_tap.speak_into_microphone(np.full(16000 * 60, 0.1, np.float32))  # -20 dBFS
     dialog = RecordDialog(VoiceLibrary(), Player(), countdown_seconds=0, max_seconds=60)
     qtbot.addWidget(dialog)
+    alsa_tap.pace_like_a_real_microphone(dialog.recorder)
     dialog.record_button.click()
     qtbot.waitUntil(lambda: dialog.meter.value() == -20, timeout=5000)
     assert dialog.stop_button.isEnabled() and " s / 60 s" in dialog.clock.text()
@@ -91,6 +92,7 @@ def test_no_microphone_is_explained_in_the_dialog(qtbot, no_sound_card):
 def test_the_countdown_comes_before_recording(qtbot, alsa_tap):
     dialog = RecordDialog(VoiceLibrary(), Player(), countdown_seconds=1)
     qtbot.addWidget(dialog)
+    alsa_tap.pace_like_a_real_microphone(dialog.recorder)
     dialog.record_button.click()
     assert dialog.clock.text() == "Recording in 1…" and not dialog.recorder.is_recording
     qtbot.waitUntil(lambda: dialog.stop_button.isEnabled(), timeout=3000)
