@@ -13,6 +13,7 @@ WORK=${WORK:-runs/default}            # corpus, caches and checkpoints
 OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a trial run can point elsewhere)
 HOURS=${HOURS:-4}                     # corpus size (training uses its shippable rows only)
 CODEC_STEPS=${CODEC_STEPS:-3000}
+CODEC_LEVELS=${CODEC_LEVELS:-"8 8 5 5 5"}  # FSQ levels: their product is the token vocabulary
 BACKBONE_STEPS=${BACKBONE_STEPS:-600}
 TLDR_STEPS=${TLDR_STEPS:-300}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
@@ -33,7 +34,8 @@ mkdir -p "$WORK"
 # the rows whose licence lets the weights ship
 [ -f "$WORK/corpus/manifest.jsonl" ] || \
   stage "corpus ($HOURS h)" $PY -m tldr_core corpus build "$WORK/corpus" --hours "$HOURS" --seed 0
-stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --steps "$CODEC_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec")
+stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --steps "$CODEC_STEPS" --batch 12 --threads "$THREADS" \
+  $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS)
 stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" "$OUT/codec"
 stage "backbone" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
   --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
@@ -44,7 +46,7 @@ for K in $PATCH_SIZES; do
   ADAPTERS+=("$K=$WORK/tldr$K/checkpoint.pt")
 done
 cat > "$WORK/recipe.json" <<JSON
-{"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS,
+{"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }],
  "backbone_steps": $BACKBONE_STEPS, "tldr_steps": $TLDR_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON

@@ -195,15 +195,21 @@ def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path):
 def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "codec", str(tiny_corpus), "--out", str(out), "--steps", "4", "--batch", "2",
-                 "--validate-every", "2", "--threads", "1"]) == 0
+                 "--validate-every", "2", "--threads", "1", "--levels", "4", "4", "5"]) == 0
     wav = tiny_corpus / "audio" / "u5.wav"
     for extra in ([], ["--stream", "4"]):
         assert main(["codec", "roundtrip", str(wav), "--out", str(tmp_path / "rt.wav"),
                      "--model", str(out / "checkpoint.pt"), *extra]) == 0
         printed = capsys.readouterr().out
-        assert "tokens:" in printed and "RTF" in printed and "duration" in printed
+        assert "tokens:" in printed and "vocabulary 80" in printed and "RTF" in printed and "duration" in printed
         rebuilt, rate = read_audio(tmp_path / "rt.wav")
         assert rate == 16000 and len(rebuilt) == len(read_audio(wav)[0])
+
+
+@pytest.mark.parametrize("levels", [["1", "8"], ["16", "16", "16", "16"]])
+def test_impossible_fsq_levels_are_refused_before_training(tiny_corpus, tmp_path, capsys, levels):
+    assert main(["train", "codec", str(tiny_corpus), "--out", str(tmp_path / "run"), "--levels", *levels]) == 2
+    assert "at most 8192" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
-TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "PATCH_SIZES": "4",
+TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "PATCH_SIZES": "4",
        "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
@@ -27,5 +27,5 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(tmp_pat
     manifest = json.loads((tmp_path / "out" / "default_model" / "manifest.json").read_text())
     assert manifest["recipe"]["backbone_steps"] == 3 and set(manifest["tldr"]) == {"4"}
     synth = Synthesizer(tmp_path / "out" / "default_model", device="cpu", codec_dir=tmp_path / "out" / "codec")
-    assert synth.patch_sizes == [4]
+    assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert (tmp_path / "work" / "bench.json").is_file()

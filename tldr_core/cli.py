@@ -7,6 +7,7 @@ Expected failures (TldrError) print one clear line and exit with status 2, never
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -65,11 +66,20 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train_codec(args: argparse.Namespace) -> None:
+    from tldr_core.codec.model import CodecConfig
     from tldr_core.codec.train import TrainConfig, train_codec
+    from tldr_core.errors import CorpusError
 
+    if args.levels and (args.resume or args.decoder_only):
+        raise CorpusError("--levels sets up a new codec; a resumed or decoder-only run keeps its checkpoint's levels.")
+    if args.levels and (min(args.levels) < 2 or math.prod(args.levels) > 8192):
+        raise CorpusError(f"--levels {' '.join(map(str, args.levels))}: each level must be at least 2 and their "
+                          f"product (the vocabulary) at most 8192.")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every, shippable_only=not args.all_rows)
-    history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, decoder_only_from=args.decoder_only)
+    codec_cfg = CodecConfig(levels=tuple(args.levels)) if args.levels else None
+    history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
+                          decoder_only_from=args.decoder_only)
     if history:
         print(f"step {history[-1]['step']}: validation loss {history[-1]['val_total']:.4f}; "
               f"checkpoint in {args.out}")
@@ -288,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-only", type=Path, metavar="CKPT",
                    help="train only the decoder of this codec checkpoint; its tokenizer (and so the tokens a speech "
                         "model was trained on) stays as it is")
+    p.add_argument("--levels", type=int, nargs="+", metavar="L",
+                   help="FSQ levels of a new codec's token values; their product is the vocabulary "
+                        "(default 8 8 5 5 5 = 8000 codes)")
     p.set_defaults(run=cmd_train_codec)
 
     def lm_options(p: argparse.ArgumentParser, steps: int) -> None:

@@ -46,6 +46,11 @@ def _codec(codec_path: str):
     return CodecRuntime(Path(codec_path) if codec_path else None)
 
 
+def codec_vocab_size(codec_path: Path | None) -> int:
+    """How many codes the codec's tokens take: the LM's speech vocabulary (STOP apart)."""
+    return _codec(str(codec_path or "")).vocab_size
+
+
 def _tokenize_one(job: tuple[str, str, str]) -> None:
     torch.set_num_threads(1)
     from tldr_core.audio import read_audio, to_model_rate

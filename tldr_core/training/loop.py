@@ -179,6 +179,7 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
         model_cfg = ModelConfig(**state["model_config"])
     else:
         model_cfg.tokens_per_phoneme = data.tokens_per_phoneme(train)
+        model_cfg.speech_vocab = data.codec_vocab_size(codec)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = Backbone(model_cfg)
     if state is not None:
