@@ -11,6 +11,7 @@ import soundfile as sf
 from tldr_core import audio
 from tldr_core.cli import main
 from tldr_core.errors import ModelError, TextInputError
+from tldr_core.model_store import pack_model
 from tldr_core.paths import RESOURCES_DIR
 from tldr_core.synthesis import BASELINE, TLDR, Synthesizer
 
@@ -102,6 +103,17 @@ def test_a_model_paired_with_another_codec_is_refused(tiny_model, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="codec"):
         Synthesizer(copy, device="cpu")
+
+
+def test_an_adapter_is_packed_only_with_the_backbone_it_was_trained_on(tiny_model, tmp_path):
+    raw = tiny_model.parent / "raw"
+    other = tmp_path / "other_backbone.pt"
+    shutil.copy(raw / "backbone.pt", other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # the same weights, but not the file the adapters were trained on
+    with pytest.raises(ModelError, match="another backbone"):
+        pack_model(other, {2: raw / "tldr_k2.pt"}, tmp_path / "model", recipe={})
+    assert not (tmp_path / "model").exists()
 
 
 def test_speak_writes_a_wav_and_reports_the_figures(tiny_model, tmp_path, capsys):

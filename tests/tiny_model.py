@@ -10,7 +10,7 @@ import torch
 
 from tldr_core.codec.runtime import DEFAULT_CODEC
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
-from tldr_core.model_store import pack_model
+from tldr_core.model_store import file_sha256, pack_model
 from tldr_core.training.data import codec_fingerprint
 
 TINY = ModelConfig(dim=64, layers=2, heads=2, kv_heads=1, ffn=128, max_len=1024, tokens_per_phoneme=0.5)
@@ -27,8 +27,8 @@ def make_tiny_model(folder: Path) -> Path:
     adapters = {}
     for k in TINY_PATCH_SIZES:
         tcfg = TldrConfig(patch_size=k, lora_rank=4)
-        torch.save({"kind": "tldr", "tldr_config": tcfg.to_dict(), "model": Tldr(backbone, tcfg).state_dict()},
-                   raw / f"tldr_k{k}.pt")
+        torch.save({"kind": "tldr", "tldr_config": tcfg.to_dict(), "model": Tldr(backbone, tcfg).state_dict(),
+                    "backbone_sha256": file_sha256(raw / "backbone.pt")}, raw / f"tldr_k{k}.pt")
         adapters[k] = raw / f"tldr_k{k}.pt"
     pack_model(raw / "backbone.pt", adapters, folder / "model", recipe={"note": "untrained, for tests"})
     return folder / "model"

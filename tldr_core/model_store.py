@@ -123,8 +123,13 @@ def _pack_weights(checkpoint: Path, out: Path, keep: tuple[str, ...], what: str)
 def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict) -> dict:
     """Write a model folder from training checkpoints (optimiser state dropped, float16 weights)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     backbone_state = read_checkpoint(backbone_checkpoint, "backbone")
+    backbone_sha256 = file_sha256(backbone_checkpoint)
+    for path in tldr_checkpoints.values():  # before anything is written
+        if read_checkpoint(path, "TLDR adapter").get("backbone_sha256") != backbone_sha256:
+            raise ModelError(f"The TLDR adapter '{path}' was trained on another backbone than '{backbone_checkpoint}' "
+                             f"(or its file has changed since): train it again with --backbone {backbone_checkpoint}.")
+    out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"format": 1, "backbone": "backbone.pt", "tldr": {}, "files": {},
                       "codec_sha256": backbone_state.get("codec_sha256"), "recipe": recipe, "training": {}}
     manifest["training"]["backbone"] = _pack_weights(backbone_checkpoint, out / "backbone.pt",
