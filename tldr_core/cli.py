@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
                                                                                   required=True)
+    def all_rows_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--all-rows", action="store_true",
+                       help="also train on rows whose licence forbids shipping the weights")
+
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
     p.add_argument("corpus_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
@@ -290,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=12, help="whole clips per step")
     p.add_argument("--validate-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads and cache workers (keep <= idle cores)")
-    p.add_argument("--all-rows", action="store_true",
-                   help="also train on rows whose licence forbids shipping the weights")
+    all_rows_option(p)
     p.add_argument("--jobs", type=int, default=2, help="processes analysing the corpus (feature cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
@@ -315,8 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--all-rows", action="store_true",
-                       help="also train on rows whose licence forbids shipping the weights")
+        all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")

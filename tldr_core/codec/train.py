@@ -79,14 +79,14 @@ def _cache_one(job: tuple[str, str]) -> None:
         np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
 
 
-def build_cache(corpus: Path, cache: Path, splits: tuple[str, ...] = ("train", "validation", "test"),
-                jobs: int = 2, shippable_only: bool = True) -> None:
-    """Analyse every utterance of the splits not yet in the cache, in `jobs` processes."""
-    rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
+def build_cache(corpus: Path, cache: Path, shippable_only: bool, jobs: int = 2) -> None:
+    """Analyse every training and validation utterance not yet in the cache, in `jobs` processes (the test split
+    is judged from its audio by `codec evaluate`, never from here)."""
+    rows = [r for split in ("train", "validation") for r in read_split(corpus, split, shippable_only)]
     cache_utterances(corpus, rows, cache, _cache_one, jobs, "analysing corpus")
 
 
-def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool = True) -> list[dict]:
+def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> list[dict]:
     """[{frames, embedding, stats, phones, n_samples, id}] of a split, from the cache and the manifest."""
     items = []
     for row in read_split(corpus, split, shippable_only):
@@ -180,7 +180,7 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     if checkpoint.exists() and not resume:
         raise CorpusError(f"'{out}' already holds a codec checkpoint: pass --resume to continue it, or choose "
                           f"another --out folder.")
-    build_cache(corpus, out / "cache", jobs=cfg.jobs, shippable_only=cfg.shippable_only)
+    build_cache(corpus, out / "cache", cfg.shippable_only, cfg.jobs)
     train = load_split(corpus, out / "cache", "train", cfg.shippable_only)
     valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
 
