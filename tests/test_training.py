@@ -46,6 +46,7 @@ def train_backbone(out, steps, resume_state=None, process=Process(0, 1, torch.de
 def test_backbone_loss_falls_and_checkpoints_hold_the_history(tmp_path):
     _, history = train_backbone(tmp_path, steps=40)
     assert history[-1]["validation"] < history[0]["validation"] - 0.5
+    assert history[-1]["validation_wrong_text"] > history[-1]["validation"] + 0.03  # it has begun to read the text
     state = read_checkpoint(tmp_path / CHECKPOINT, "checkpoint")
     assert state["step"] == 40 and len(state["history"]) == 4
 

@@ -94,7 +94,9 @@ def _lm_train_config(args: argparse.Namespace):
 
 def _report(history: list[dict], out: Path) -> None:
     if history:
-        print(f"step {history[-1]['step']}: validation loss {history[-1]['validation']:.4f}; checkpoint in {out}")
+        last = history[-1]
+        print(f"step {last['step']}: validation loss {last['validation']:.4f} (with another utterance's text "
+              f"{last['validation_wrong_text']:.4f}); checkpoint in {out}")
 
 
 def cmd_train_backbone(args: argparse.Namespace) -> None:

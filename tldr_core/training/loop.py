@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +88,21 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: TrainConfig,
-             device: torch.device) -> float:
-    """Mean loss over fixed batches of the held-out speakers (the same batches at every validation)."""
+             device: torch.device) -> tuple[float, float]:
+    """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), and over
+    the same batches with each utterance given another one's text: the gap between the two is what the model
+    has learnt from reading the text (zero while it only continues the prompt's voice)."""
     objective.eval()
     rng = np.random.default_rng([cfg.seed, 999])
     index = data.speakers_index(items)
-    losses = [float(objective(data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng).to(device)))
-              for _ in range(max(1, min(8, len(items) // cfg.batch)))]
+    right, wrong = [], []
+    for _ in range(max(1, min(8, len(items) // cfg.batch))):
+        batch = data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng)
+        right.append(float(objective(batch.to(device))))
+        swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
+        wrong.append(float(objective(swapped.to(device))))
     objective.train()
-    return float(np.mean(losses))
+    return float(np.mean(right)), float(np.mean(wrong))
 
 
 def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, train_items, valid_items,
@@ -141,8 +147,9 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         if step % cfg.validate_every == 0 or step == cfg.steps:
             if process.main:
                 with amp:
-                    val = validate(objective, valid_items, cfg, process.device)
+                    val, val_wrong_text = validate(objective, valid_items, cfg, process.device)
                 history.append({"step": step, "train": loss.item(), "validation": val,
+                                "validation_wrong_text": val_wrong_text,
                                 "seconds": round(time.time() - started, 1)})
                 bar.write(json.dumps(history[-1]))
                 save()
