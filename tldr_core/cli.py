@@ -95,8 +95,9 @@ def _lm_train_config(args: argparse.Namespace):
 def _report(history: list[dict], out: Path) -> None:
     if history:
         last = history[-1]
-        print(f"step {last['step']}: validation loss {last['validation']:.4f} (with another utterance's text "
-              f"{last['validation_wrong_text']:.4f}); checkpoint in {out}")
+        wrong = (f" (with another utterance's text {last['validation_wrong_text']:.4f})"
+                 if "validation_wrong_text" in last else "")  # not in checkpoints from before it was measured
+        print(f"step {last['step']}: validation loss {last['validation']:.4f}{wrong}; checkpoint in {out}")
 
 
 def cmd_train_backbone(args: argparse.Namespace) -> None:
