@@ -14,7 +14,7 @@ from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint
 from tldr_core.training import data
 from tldr_core.training.loop import CHECKPOINT, Process, TrainConfig, run
-from tldr_core.training.objectives import BackboneObjective, TldrObjective
+from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective
 
 CFG = ModelConfig(speech_vocab=40, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256)
 
@@ -49,6 +49,18 @@ def test_backbone_loss_falls_and_checkpoints_hold_the_history(tmp_path):
     assert history[-1]["validation_wrong_text"] > history[-1]["validation"] + 0.03  # it has begun to read the text
     state = read_checkpoint(tmp_path / CHECKPOINT, "checkpoint")
     assert state["step"] == 40 and len(state["history"]) == 4
+
+
+def test_the_alignment_prior_makes_one_head_per_layer_read_the_text_along_its_diagonal():
+    objective = BackboneObjective(Backbone(CFG))
+    objective.prior = 1.0
+    n_text, sos, n_speech = 6, 10, 11  # 6 text positions at 1..6, SOS at 10, 11 speech tokens (and STOP) after it
+    bias = objective.alignment_bias([(n_text, sos, n_speech)], 30, torch.device("cpu"))[0]
+    speech_to_text = bias[0, sos:sos + n_speech + 1, 1:1 + n_text]
+    assert speech_to_text.argmax(1).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # the text, at an even pace
+    assert (bias[0, sos:sos + n_speech + 1, 0] == OFF_TEXT).all() and (bias[0, sos + 1, 7:sos + 2] == OFF_TEXT).all()  # not elsewhere
+    assert torch.equal(bias[1:], bias[1:2].expand(CFG.heads - 1, -1, -1))  # other heads: the causal mask alone
+    assert torch.isinf(bias[:, 3, 4:]).all() and not torch.isinf(bias[:, 4, :5]).any()
 
 
 def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch):

@@ -101,11 +101,14 @@ def _report(history: list[dict], out: Path) -> None:
 
 
 def cmd_train_backbone(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from tldr_core.model import ModelConfig
     from tldr_core.training.loop import train_backbone
 
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
-    _report(train_backbone(args.corpus_dir, args.out, _lm_train_config(args), model_cfg, codec=args.codec,
+    cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior)
+    _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec,
                            resume=args.resume, jobs=args.jobs, device=args.device), args.out)
 
 
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--ffn", type=int, default=768)
+    p.add_argument("--alignment-prior", type=float, default=0.0, metavar="FRACTION",
+                   help="guide one attention head per layer along the text for this fraction of the steps, fading "
+                        "(0: off)")
     p.set_defaults(run=cmd_train_backbone)
     p = train_cmds.add_parser("tldr", help="train one patch size's compressor, LoRA and extractor on a frozen backbone")
     lm_options(p, steps=2000)

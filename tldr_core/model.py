@@ -129,7 +129,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, causal: bool,
-                cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
+                cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`bias`: (B, heads, T, T) added to the attention logits, causal mask included (training only)."""
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -144,6 +146,8 @@ class Attention(nn.Module):
             if t > 1:  # new queries see the whole cache and the new keys up to themselves
                 mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
             causal = False
+        if bias is not None:
+            mask, causal = bias, False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and t > 1, enable_gqa=True)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -159,8 +163,8 @@ class Block(nn.Module):
         self.w_up = nn.Linear(dim, ffn, bias=False)
         self.w_down = nn.Linear(ffn, dim, bias=False)
 
-    def forward(self, x, cos, sin, causal=True, cache=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, causal, cache)
+    def forward(self, x, cos, sin, causal=True, cache=None, bias=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, causal, cache, bias)
         h = self.ffn_norm(x)
         return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
 
@@ -199,12 +203,14 @@ class Backbone(nn.Module):
     def sos(self, batch: int) -> torch.Tensor:
         return self.markers.weight[1].expand(batch, 1, -1)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, dim) embedded units -> (B, T, dim) final hidden states (normed).
 
-        Without a cache: a causal pass over whole sequences (training). With one: the T units continue the
-        cache from position `cache.length` (T > 1 scores several given units in one pass); the caller
-        advances `cache.length`."""
+        Without a cache: a causal pass over whole sequences (training), optionally with a (B, heads, T, T)
+        attention bias that includes the causal mask (the alignment prior of training). With a cache: the T
+        units continue it from position `cache.length` (T > 1 scores several given units in one pass); the
+        caller advances `cache.length`."""
         start = cache.length if cache is not None else 0
         t = x.shape[1]
         if start + t > self.cfg.max_len:
@@ -212,7 +218,7 @@ class Backbone(nn.Module):
         cos, sin = self.cos[start:start + t], self.sin[start:start + t]
         for i, block in enumerate(self.blocks):
             layer_cache = (cache.keys[i], cache.values[i], start) if cache is not None else None
-            x = block(x, cos, sin, causal=True, cache=layer_cache)
+            x = block(x, cos, sin, causal=True, cache=layer_cache, bias=attention_bias)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 8                 # utterances per process and step
     max_prompt: int = MAX_PROMPT_TOKENS
+    alignment_prior: float = 0.0   # backbone: fraction of the steps over which the alignment prior fades to zero
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -93,6 +94,9 @@ def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: Train
     the same batches with each utterance given another one's text: the gap between the two is what the model
     has learnt from reading the text (zero while it only continues the prompt's voice)."""
     objective.eval()
+    prior = getattr(objective, "prior", None)
+    if prior is not None:
+        objective.prior = 0.0  # the model as inference will use it
     rng = np.random.default_rng([cfg.seed, 999])
     index = data.speakers_index(items)
     right, wrong = [], []
@@ -102,6 +106,8 @@ def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: Train
         swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
         wrong.append(float(objective(swapped.to(device))))
     objective.train()
+    if prior is not None:
+        objective.prior = prior
     return float(np.mean(right)), float(np.mean(wrong))
 
 
@@ -135,6 +141,8 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         batch = data.sample_batch(train_items, index, cfg.batch, cfg.max_prompt, rng).to(process.device)
         for group in optimiser.param_groups:
             group["lr"] = _lr(cfg, step)
+        if hasattr(objective, "prior"):
+            objective.prior = max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
         with amp:
             loss = module(batch)
         optimiser.zero_grad(set_to_none=True)

@@ -17,27 +17,54 @@ from tldr_core.model import Backbone, Tldr
 from tldr_core.training.data import Batch
 
 IGNORE = -100
+OFF_TEXT = -20.0  # alignment prior: what the prior heads' speech queries pay for attending off the text
 
 
 class BackboneObjective(nn.Module):
-    """Token level: every speech position predicts the next token, the last one predicts STOP."""
+    """Token level: every speech position predicts the next token, the last one predicts STOP.
 
-    def __init__(self, backbone: Backbone):
+    While `prior` > 0 (the training loop lowers it to zero early in a run), the first `prior_heads` heads of
+    every layer read the text from each speech position, around the phoneme that an even pace through the text
+    would be at: an alignment prior in the manner of Neekhara et al. (2024), added to the attention logits. On a
+    few hours of speech a decoder-only model otherwise learns to continue the prompt's voice long before it
+    learns to read. Inference never uses it."""
+
+    def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5):
         super().__init__()
         self.backbone = backbone
+        self.prior, self.prior_heads, self.prior_width = 0.0, prior_heads, prior_width
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
-        rows, targets = [], []
+        rows, targets, spans = [], [], []
         for i, speech in enumerate(batch.speech):
             prefix = bb.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
             rows.append(torch.cat([prefix, bb.speech_embed(batch.prompt[i]), bb.sos(1)[0], bb.speech_embed(speech)]))
             ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
             targets.append(torch.cat([ignore, speech, speech.new_tensor([bb.cfg.stop])]))
-        logits = bb.logits(bb(pad_sequence(rows, batch_first=True)))
+            spans.append((len(batch.text_ids[i]), len(ignore), len(speech)))
+        x = pad_sequence(rows, batch_first=True)
+        bias = self.alignment_bias(spans, x.shape[1], x.device) if self.prior > 0 else None
+        logits = bb.logits(bb(x, attention_bias=bias))
         target = pad_sequence(targets, batch_first=True, padding_value=IGNORE)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
-        return loss
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+
+    def alignment_bias(self, spans: list[tuple[int, int, int]], length: int, device: torch.device) -> torch.Tensor:
+        """(B, heads, T, T): the causal mask, plus on the prior heads, from the query predicting speech token j,
+        -prior (p - c)^2 / 2 width^2 to text position p (c: where an even pace puts token j) and prior x OFF_TEXT
+        to every other position."""
+        causal = torch.full((length, length), float("-inf"), device=device).triu(1)
+        bias = causal.expand(len(spans), self.backbone.cfg.heads, length, length).clone()
+        for i, (n_text, sos, n_speech) in enumerate(spans):
+            j = torch.arange(n_speech + 1, device=device, dtype=torch.float32)  # SOS predicts token 0, ...
+            centre = 0.5 + (j + 0.5) * n_text / (n_speech + 1)                 # text sits at 1 .. n_text
+            p = torch.arange(1, 1 + n_text, device=device, dtype=torch.float32)
+            prior = -(p[None] - centre[:, None]) ** 2 / (2 * self.prior_width ** 2)
+            rows = bias[i, :self.prior_heads, sos:sos + n_speech + 1]  # a view: the prior heads' speech queries
+            rows[..., :1] += self.prior * OFF_TEXT
+            rows[..., 1 + n_text:] += self.prior * OFF_TEXT
+            rows[..., 1:1 + n_text] += self.prior * prior
+        return bias
 
 
 class TldrObjective(nn.Module):
