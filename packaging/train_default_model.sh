@@ -13,8 +13,9 @@ WORK=${WORK:-runs/default}            # corpus, caches and checkpoints
 OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a trial run can point elsewhere)
 HOURS=${HOURS:-4}                     # corpus size (training uses its shippable rows only)
 CODEC_STEPS=${CODEC_STEPS:-3000}
-CODEC_LEVELS=${CODEC_LEVELS:-"8 8 5 5 5"}  # FSQ levels: their product is the token vocabulary
+CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
 BACKBONE_STEPS=${BACKBONE_STEPS:-600}
+ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the backbone's steps with the fading alignment prior
 TLDR_STEPS=${TLDR_STEPS:-300}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
@@ -38,7 +39,7 @@ stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --
   $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS)
 stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" "$OUT/codec"
 stage "backbone" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
-  --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
+  --alignment-prior "$ALIGNMENT_PRIOR" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
 ADAPTERS=()
 for K in $PATCH_SIZES; do
   stage "TLDR k=$K" $LAUNCH train tldr "$WORK/corpus" --codec "$OUT/codec" --backbone "$WORK/backbone/checkpoint.pt" --patch-size "$K" \
@@ -47,7 +48,7 @@ for K in $PATCH_SIZES; do
 done
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }],
- "backbone_steps": $BACKBONE_STEPS, "tldr_steps": $TLDR_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
+ "backbone_steps": $BACKBONE_STEPS, "alignment_prior": $ALIGNMENT_PRIOR, "tldr_steps": $TLDR_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
 stage "pack" $PY -m tldr_core model pack --backbone "$WORK/backbone/checkpoint.pt" --tldr "${ADAPTERS[@]}" \

@@ -106,7 +106,7 @@ def _offline(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch
 def test_streaming_decoder_equals_offline(k):
     torch.manual_seed(0)
     codec = Codec(CodecConfig()).eval()
-    tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
+    tokens, emb, stats = torch.randint(0, CodecConfig().vocab_size, (70,)), torch.randn(256), torch.randn(42)
     offline = _offline(codec, tokens, emb, stats)
     streamed = _decode_stream(codec, tokens, emb, stats, k)
     assert streamed.shape == offline.shape == (70 * 4, codec.cfg.feature_dim)
@@ -118,7 +118,7 @@ def test_the_streaming_decoder_check_can_fail():
     """A stream that forgets the causal layers' past between pushes does not match: the state is needed."""
     torch.manual_seed(0)
     codec = Codec(CodecConfig()).eval()
-    tokens, emb, stats = torch.randint(0, 8000, (70,)), torch.randn(256), torch.randn(42)
+    tokens, emb, stats = torch.randint(0, CodecConfig().vocab_size, (70,)), torch.randn(256), torch.randn(42)
     offline = _offline(codec, tokens, emb, stats)
     stream = TokenDecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
     zero, step = stream.state, stream.step
@@ -243,7 +243,7 @@ def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
     train_codec(tiny_corpus, out, TrainConfig(steps=2, batch=2, validate_every=2, threads=1),
                 codec_cfg=CodecConfig(**TINY))
     meta = export_codec(out / "checkpoint.pt", tmp_path / "onnx")
-    assert meta["vocab_size"] == 8000 and meta["lookahead"] == 2
+    assert meta["vocab_size"] == CodecConfig(**TINY).vocab_size and meta["lookahead"] == 2
     samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
     torch_rt, onnx_rt = CodecRuntime(out / "checkpoint.pt"), CodecRuntime(tmp_path / "onnx")
     a, b = torch_rt.roundtrip(samples), onnx_rt.roundtrip(samples, stream_tokens=4)

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model was trained on) stays as it is")
     p.add_argument("--levels", type=int, nargs="+", metavar="L",
                    help="FSQ levels of a new codec's token values; their product is the vocabulary "
-                        "(default 8 8 5 5 5 = 8000 codes)")
+                        "(default 8 5 5 5 = 1000 codes)")
     p.set_defaults(run=cmd_train_codec)
 
     def lm_options(p: argparse.ArgumentParser, steps: int) -> None:

@@ -36,7 +36,7 @@ MAX_PROMPT_TOKENS = 72  # 2.9 s of reference speech: the longest prompt in train
 class ModelConfig:
     """Backbone sizes, plus what the training data said about speaking rate (for length bounds)."""
 
-    speech_vocab: int = 8000          # codec codes; STOP is speech_vocab
+    speech_vocab: int = 1000          # codec codes (training sets it from the codec); STOP is speech_vocab
     dim: int = 256                    # defaults: the CPU-trained default model; a GPU run passes bigger sizes
     layers: int = 12
     heads: int = 4

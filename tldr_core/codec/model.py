@@ -2,7 +2,8 @@
 
 Tokenizer: convolutions over speaker-normalised frames (log F0 minus the voice's mean, envelope minus the
 voice's mean envelope), downsampled 4x, then finite scalar quantisation (FSQ, Mentzer et al. 2023):
-5 bounded scalars rounded to (8, 8, 5, 5, 5) levels = 8000 codes, no codebook to collapse.
+4 bounded scalars rounded to (8, 5, 5, 5) levels = 1000 codes, no codebook to collapse (runs up to 5 used
+(8, 8, 5, 5, 5) = 8000; a language model trained on a few hours learns more from fewer codes, docs/CODEC.md).
 
 Decoder: the FSQ values of each token, plus the voice (256-d SpeakerEncoder embedding and the reference
 clip's measured F0 mean/std and mean envelope), -> frames. Only the first layer sees future tokens
@@ -61,7 +62,7 @@ class CodecConfig:
 
     feature_dim: int = FEATURES.dim
     n_env: int = FEATURES.n_env
-    levels: tuple[int, ...] = (8, 8, 5, 5, 5)
+    levels: tuple[int, ...] = (8, 5, 5, 5)
     frames_per_token: int = 4
     channels: int = 256           # token-rate width of both halves
     frame_channels: int = 128     # width of the decoder's frame-rate layers
