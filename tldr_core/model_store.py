@@ -110,8 +110,7 @@ def open_model_folder(folder: Path | None = None) -> ModelFolder:
     return ModelFolder(folder, manifest)
 
 
-def _pack_weights(checkpoint: Path, out: Path, keep: tuple[str, ...], what: str) -> dict:
-    state = read_checkpoint(checkpoint, what)
+def _pack_weights(state: dict, out: Path, keep: tuple[str, ...]) -> dict:
     packed = {key: state[key] for key in keep}
     packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     with atomic_path(out) as tmp:
@@ -125,19 +124,21 @@ def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out
     out = Path(out)
     backbone_state = read_checkpoint(backbone_checkpoint, "backbone")
     backbone_sha256 = file_sha256(backbone_checkpoint)
-    for path in tldr_checkpoints.values():  # before anything is written
-        if read_checkpoint(path, "TLDR adapter").get("backbone_sha256") != backbone_sha256:
-            raise ModelError(f"The TLDR adapter '{path}' was trained on another backbone than '{backbone_checkpoint}' "
-                             f"(or its file has changed since): train it again with --backbone {backbone_checkpoint}.")
+    adapter_states = {k: read_checkpoint(path, "TLDR adapter") for k, path in sorted(tldr_checkpoints.items())}
+    for k, state in adapter_states.items():  # before anything is written
+        if state.get("backbone_sha256") != backbone_sha256:
+            raise ModelError(f"The TLDR adapter '{tldr_checkpoints[k]}' was trained on another backbone than "
+                             f"'{backbone_checkpoint}' (or its file has changed since): train it again with "
+                             f"--backbone {backbone_checkpoint}.")
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"format": 1, "backbone": "backbone.pt", "tldr": {}, "files": {},
                       "codec_sha256": backbone_state.get("codec_sha256"), "recipe": recipe, "training": {}}
-    manifest["training"]["backbone"] = _pack_weights(backbone_checkpoint, out / "backbone.pt",
-                                                     ("kind", "model_config", "codec_sha256"), "backbone")
-    for k, path in sorted(tldr_checkpoints.items()):
+    manifest["training"]["backbone"] = _pack_weights(backbone_state, out / "backbone.pt",
+                                                     ("kind", "model_config", "codec_sha256"))
+    for k, state in adapter_states.items():
         name = f"tldr_k{k}.pt"
         manifest["tldr"][str(k)] = name
-        manifest["training"][name] = _pack_weights(path, out / name, ("kind", "tldr_config"), "TLDR adapter")
+        manifest["training"][name] = _pack_weights(state, out / name, ("kind", "tldr_config"))
     for name in ["backbone.pt", *manifest["tldr"].values()]:
         manifest["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")

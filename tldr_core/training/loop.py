@@ -87,16 +87,18 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _prior(cfg: TrainConfig, step: int) -> float:
+    """Strength of the backbone's alignment prior: 1 at the start, fading linearly to 0 at alignment_prior x steps."""
+    return max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
+
+
 @torch.no_grad()
 def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: TrainConfig,
              device: torch.device) -> tuple[float, float]:
     """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), and over
     the same batches with each utterance given another one's text: the gap between the two is what the model
     has learnt from reading the text (zero while it only continues the prompt's voice)."""
-    objective.eval()
-    prior = getattr(objective, "prior", None)
-    if prior is not None:
-        objective.prior = 0.0  # the model as inference will use it
+    objective.eval()  # also: no alignment prior, the model as inference will use it
     rng = np.random.default_rng([cfg.seed, 999])
     index = data.speakers_index(items)
     right, wrong = [], []
@@ -106,8 +108,6 @@ def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: Train
         swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
         wrong.append(float(objective(swapped.to(device))))
     objective.train()
-    if prior is not None:
-        objective.prior = prior
     return float(np.mean(right)), float(np.mean(wrong))
 
 
@@ -142,7 +142,7 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         for group in optimiser.param_groups:
             group["lr"] = _lr(cfg, step)
         if hasattr(objective, "prior"):
-            objective.prior = max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
+            objective.prior = _prior(cfg, step)
         with amp:
             loss = module(batch)
         optimiser.zero_grad(set_to_none=True)

@@ -23,11 +23,11 @@ OFF_TEXT = -20.0  # alignment prior: what the prior heads' speech queries pay fo
 class BackboneObjective(nn.Module):
     """Token level: every speech position predicts the next token, the last one predicts STOP.
 
-    While `prior` > 0 (the training loop lowers it to zero early in a run), the first `prior_heads` heads of
-    every layer read the text from each speech position, around the phoneme that an even pace through the text
-    would be at: an alignment prior in the manner of Neekhara et al. (2024), added to the attention logits. On a
-    few hours of speech a decoder-only model otherwise learns to continue the prompt's voice long before it
-    learns to read. Inference never uses it."""
+    While training with `prior` > 0 (the training loop lowers it to zero early in a run), the first `prior_heads`
+    heads of every layer read the text from each speech position, around the phoneme that an even pace through
+    the text would be at: an alignment prior in the manner of Neekhara et al. (2024), added to the attention
+    logits. On a few hours of speech a decoder-only model otherwise learns to continue the prompt's voice long
+    before it learns to read. Evaluation (eval mode) and inference never use it."""
 
     def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5):
         super().__init__()
@@ -44,7 +44,7 @@ class BackboneObjective(nn.Module):
             targets.append(torch.cat([ignore, speech, speech.new_tensor([bb.cfg.stop])]))
             spans.append((len(batch.text_ids[i]), len(ignore), len(speech)))
         x = pad_sequence(rows, batch_first=True)
-        bias = self.alignment_bias(spans, x.shape[1], x.device) if self.prior > 0 else None
+        bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
         target = pad_sequence(targets, batch_first=True, padding_value=IGNORE)
         return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
