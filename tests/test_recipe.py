@@ -1,4 +1,5 @@
-"""The default-model recipe runs from nothing to a model the app loads: every stage at toy size (~2 min)."""
+"""The default-model recipe runs from nothing to a model the app loads: every stage at toy size (~2 min); and a
+shipped model's training continues on a fresh machine from its packed weights (--init)."""
 
 import json
 import os
@@ -7,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from tldr_core.model_store import file_sha256, read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
@@ -15,17 +18,60 @@ TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "BACKBONE_S
        "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the corpus needs espeak-ng")
-def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(tmp_path):
-    env = {**os.environ, **TOY, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"), "PY": sys.executable,
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The script run once at toy size: (its output, WORK, OUT)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("the corpus needs espeak-ng")
+    root = tmp_path_factory.mktemp("recipe")
+    env = {**os.environ, **TOY, "WORK": str(root / "work"), "OUT": str(root / "out"), "PY": sys.executable,
            "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(["bash", "packaging/train_default_model.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, root / "work", root / "out"
+
+
+def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
+    stdout, work, out = recipe
     for stage in ("corpus", "codec", "backbone", "TLDR k=4", "pack", "bench"):
-        assert f"== {stage}" in done.stdout and " took " in done.stdout
-    manifest = json.loads((tmp_path / "out" / "default_model" / "manifest.json").read_text())
+        assert f"== {stage}" in stdout and " took " in stdout
+    manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     assert manifest["recipe"]["backbone_steps"] == 3 and set(manifest["tldr"]) == {"4"}
-    synth = Synthesizer(tmp_path / "out" / "default_model", device="cpu", codec_dir=tmp_path / "out" / "codec")
+    synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
-    assert (tmp_path / "work" / "bench.json").is_file()
+    assert (work / "bench.json").is_file()
+
+
+def tldr_voice(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tldr_core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_path):
+    _, work, out = recipe
+    packed = out / "default_model"
+    common = ["--steps", "1", "--lr", "0", "--batch", "2", "--jobs", "1"]  # lr 0: the weights stay the start's
+    done = tldr_voice("train", "backbone", work / "corpus", "--codec", out / "codec", "--out", tmp_path / "bb",
+                      "--init", packed / "backbone.pt", *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = read_checkpoint(tmp_path / "bb" / "checkpoint.pt", "checkpoint")
+    start = read_checkpoint(packed / "backbone.pt", "backbone")
+    assert state["init"] == {"path": str(packed / "backbone.pt"), "sha256": file_sha256(packed / "backbone.pt")}
+    assert all(torch.equal(v, start["model"][k].float()) for k, v in state["model"].items())
+    other_codec = tldr_voice("train", "backbone", work / "corpus", "--codec", REPO_ROOT / "resources" / "codec",
+                             "--out", tmp_path / "bb2", "--init", packed / "backbone.pt", *common)
+    assert other_codec.returncode == 2 and "tokens of another codec" in other_codec.stderr
+
+    done = tldr_voice("train", "tldr", work / "corpus", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+                      "checkpoint.pt", "--patch-size", "4", "--out", tmp_path / "k4", "--init", packed / "tldr_k4.pt",
+                      *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    adapter = read_checkpoint(tmp_path / "k4" / "checkpoint.pt", "checkpoint")
+    start = read_checkpoint(packed / "tldr_k4.pt", "TLDR adapter")
+    assert all(torch.equal(v, start["model"][k].float()) for k, v in adapter["model"].items())
+
+    wrong_size = tldr_voice("train", "tldr", work / "corpus", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+                            "checkpoint.pt", "--patch-size", "2", "--out", tmp_path / "k2", "--init",
+                            packed / "tldr_k4.pt", *common)
+    assert wrong_size.returncode == 2 and "patch size 4, not 2" in wrong_size.stderr

@@ -109,7 +109,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
     cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior)
     _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec,
-                           resume=args.resume, jobs=args.jobs, device=args.device), args.out)
+                           resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
 
 
 def cmd_train_tldr(args: argparse.Namespace) -> None:
@@ -118,7 +118,7 @@ def cmd_train_tldr(args: argparse.Namespace) -> None:
 
     tldr_cfg = TldrConfig(patch_size=args.patch_size, lora_rank=args.lora_rank)
     _report(train_tldr(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), tldr_cfg, codec=args.codec,
-                       resume=args.resume, jobs=args.jobs, device=args.device), args.out)
+                       resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
 
 
 def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+        p.add_argument("--init", type=Path, metavar="WEIGHTS",
+                       help="start from these weights (a checkpoint or a packed model file, e.g. the shipped "
+                            "model's) instead of random ones; a new schedule of --steps follows")
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
     lm_options(p, steps=4000)

@@ -186,41 +186,63 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
     return train, valid, state
 
 
+def _initial(init: Path, what: str) -> tuple[dict, dict]:
+    """Weights to start from instead of random ones (a training checkpoint or a packed model file, e.g. the
+    shipped model's): training continues across machines whose /tmp is gone. Returns (state, its record)."""
+    state = read_checkpoint(init, what, "Name a checkpoint.pt or a packed model file with --init.")
+    return state, {"path": str(init), "sha256": file_sha256(init)}
+
+
 def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
-                   resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
+                   resume: bool = False, jobs: int = 2, device: str = "auto", init: Path | None = None) -> list[dict]:
     process = start_process(device)
     train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
-    if state is not None:
-        model_cfg = ModelConfig(**state["model_config"])
+    codec_sha256 = (Path(out) / "tokens" / "codec.sha256").read_text().strip()
+    start, started_from = (state, state.get("init")) if state is not None else (None, None)
+    if start is None and init is not None:
+        start, started_from = _initial(init, "backbone")
+        if start.get("codec_sha256") != codec_sha256:
+            raise CorpusError(f"The backbone '{init}' was trained on the tokens of another codec than '{codec}': "
+                              f"continue it with the codec it was trained on (--codec).")
+    if start is not None:
+        model_cfg = ModelConfig(**start["model_config"])
     else:
         model_cfg.tokens_per_phoneme = data.tokens_per_phoneme(train)
         model_cfg.speech_vocab = data.codec_vocab_size(codec)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = Backbone(model_cfg)
-    if state is not None:
-        backbone.load_state_dict(state["model"])
+    if start is not None:
+        backbone.load_state_dict({k: v.float() for k, v in start["model"].items()})
     backbone.to(process.device)
-    describe = {"kind": "backbone", "model_config": model_cfg.to_dict(),
-                "codec_sha256": (Path(out) / "tokens" / "codec.sha256").read_text().strip()}
+    describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "codec_sha256": codec_sha256,
+                "init": started_from}
     return run(BackboneObjective(backbone), backbone, describe, train, valid, cfg, Path(out), process, state,
                "training backbone")
 
 
 def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
-               codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto") -> list[dict]:
+               codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto",
+               init: Path | None = None) -> list[dict]:
     process = start_process(device)
     # the adapters must see the very tokens the backbone saw: reuse its run's token folder when there is one
     shared = Path(backbone_path).parent / "tokens"
     tokens = shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
     train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
-    if state is not None:
-        tldr_cfg = TldrConfig(**state["tldr_config"])
+    start, started_from = (state, state.get("init")) if state is not None else (None, None)
+    if start is None and init is not None:  # an adapter of an earlier backbone: a head start, not a match
+        start, started_from = _initial(init, "TLDR adapter")
+        if start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
+            raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
+                              f"not {tldr_cfg.patch_size}: name the adapter of the same patch size.")
+    if start is not None:
+        tldr_cfg = TldrConfig(**start["tldr_config"])
     torch.manual_seed(cfg.seed)
     tldr = Tldr(backbone, tldr_cfg)
-    if state is not None:
-        tldr.load_state_dict(state["model"])
+    if start is not None:
+        tldr.load_state_dict({k: v.float() for k, v in start["model"].items()})
     tldr.to(process.device)
-    describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "backbone_sha256": file_sha256(backbone_path)}
+    describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "backbone_sha256": file_sha256(backbone_path),
+                "init": started_from}
     return run(TldrObjective(backbone, tldr), tldr, describe, train, valid, cfg, Path(out), process, state,
                f"training TLDR k={tldr_cfg.patch_size}")
