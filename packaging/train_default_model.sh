@@ -4,7 +4,7 @@
 # Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows.
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults
-#   DEVICE=cuda NPROC=8 HOURS=20 BACKBONE_STEPS=40000 DIM=512 bash packaging/train_default_model.sh
+#   DEVICE=cuda NPROC=8 HOURS=20 BACKBONE_STEPS=40000 BACKBONE_MORE_STEPS=0 TLDR_MORE_STEPS=0 DIM=512 bash packaging/train_default_model.sh
 #   WORK=/tmp/try OUT=/tmp/try/out HOURS=0.03 ... EVAL_LIMIT=0   # a trial that leaves resources/ alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,10 @@ CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the toke
 BACKBONE_STEPS=${BACKBONE_STEPS:-600}
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the backbone's steps with the fading alignment prior
 TLDR_STEPS=${TLDR_STEPS:-300}
+# a second phase from the first one's weights (--init: fresh optimiser, lr 5e-4): how the shipped model was continued
+# in a later session on a fresh machine; a run with the time for it in one go sets these to 0 and the steps above higher
+BACKBONE_MORE_STEPS=${BACKBONE_MORE_STEPS:-1600}
+TLDR_MORE_STEPS=${TLDR_MORE_STEPS:-250}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
 BATCH=${BATCH:-8}
@@ -46,12 +50,26 @@ for K in $PATCH_SIZES; do
     --out "$WORK/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/tldr$K")
   ADAPTERS+=("$K=$WORK/tldr$K/checkpoint.pt")
 done
+BACKBONE=$WORK/backbone/checkpoint.pt
+if [ "$BACKBONE_MORE_STEPS" -gt 0 ]; then
+  stage "backbone, continued" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone2" --init "$BACKBONE" \
+    --steps "$BACKBONE_MORE_STEPS" --lr 5e-4 --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone2")
+  BACKBONE=$WORK/backbone2/checkpoint.pt
+  ADAPTERS=()
+  for K in $PATCH_SIZES; do
+    stage "TLDR k=$K, continued" $LAUNCH train tldr "$WORK/corpus" --codec "$OUT/codec" --backbone "$BACKBONE" --patch-size "$K" \
+      --init "$WORK/tldr$K/checkpoint.pt" --out "$WORK/tldr${K}b" --steps "$TLDR_MORE_STEPS" --batch "$BATCH" --threads "$THREADS" \
+      --device "$DEVICE" $(RESUME "$WORK/tldr${K}b")
+    ADAPTERS+=("$K=$WORK/tldr${K}b/checkpoint.pt")
+  done
+fi
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }],
- "backbone_steps": $BACKBONE_STEPS, "alignment_prior": $ALIGNMENT_PRIOR, "tldr_steps": $TLDR_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
+ "backbone_steps": $BACKBONE_STEPS, "alignment_prior": $ALIGNMENT_PRIOR, "tldr_steps": $TLDR_STEPS,
+ "backbone_more_steps": $BACKBONE_MORE_STEPS, "tldr_more_steps": $TLDR_MORE_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
-stage "pack" $PY -m tldr_core model pack --backbone "$WORK/backbone/checkpoint.pt" --tldr "${ADAPTERS[@]}" \
+stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE" --tldr "${ADAPTERS[@]}" \
   --recipe "$WORK/recipe.json" --out "$OUT/default_model"
 MODEL=(--model "$OUT/default_model" --codec "$OUT/codec")
 [ "${EVAL_LIMIT:-40}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$WORK/corpus" --modes baseline 4 --limit "${EVAL_LIMIT:-40}" "${MODEL[@]}" --json "$WORK/evaluate.json"

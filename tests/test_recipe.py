@@ -14,7 +14,8 @@ from tldr_core.model_store import file_sha256, read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
-TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "PATCH_SIZES": "4",
+TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "BACKBONE_STEPS": "3", "TLDR_STEPS": "2",
+       "BACKBONE_MORE_STEPS": "2", "TLDR_MORE_STEPS": "1", "PATCH_SIZES": "4",
        "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
@@ -34,10 +35,12 @@ def recipe(tmp_path_factory):
 
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
-    for stage in ("corpus", "codec", "backbone", "TLDR k=4", "pack", "bench"):
+    for stage in ("corpus", "codec", "backbone", "TLDR k=4", "backbone, continued", "TLDR k=4, continued", "pack",
+                  "bench"):
         assert f"== {stage}" in stdout and " took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     assert manifest["recipe"]["backbone_steps"] == 3 and set(manifest["tldr"]) == {"4"}
+    assert manifest["training"]["backbone"]["steps"] == 2  # the continued backbone is the one packed
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert (work / "bench.json").is_file()
