@@ -78,3 +78,6 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
                             "checkpoint.pt", "--patch-size", "2", "--out", tmp_path / "k2", "--init",
                             packed / "tldr_k4.pt", *common)
     assert wrong_size.returncode == 2 and "patch size 4, not 2" in wrong_size.stderr
+    wrong_kind = tldr_voice("train", "backbone", work / "corpus", "--codec", out / "codec", "--out", tmp_path / "bb3",
+                            "--init", packed / "tldr_k4.pt", *common)
+    assert wrong_kind.returncode == 2 and "is not a backbone" in wrong_kind.stderr

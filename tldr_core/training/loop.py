@@ -186,10 +186,13 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
     return train, valid, state
 
 
-def _initial(init: Path, what: str) -> tuple[dict, dict]:
+def _initial(init: Path, kind: str, what: str) -> tuple[dict, dict]:
     """Weights to start from instead of random ones (a training checkpoint or a packed model file, e.g. the
     shipped model's): training continues across machines whose /tmp is gone. Returns (state, its record)."""
     state = read_checkpoint(init, what, "Name a checkpoint.pt or a packed model file with --init.")
+    if state.get("kind") != kind:
+        raise CorpusError(f"'{init}' is not a {what} (it holds a {state.get('kind', 'file of another kind')}): "
+                          f"name a {what} with --init.")
     return state, {"path": str(init), "sha256": file_sha256(init)}
 
 
@@ -200,7 +203,7 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     codec_sha256 = (Path(out) / "tokens" / "codec.sha256").read_text().strip()
     start, started_from = (state, state.get("init")) if state is not None else (None, None)
     if start is None and init is not None:
-        start, started_from = _initial(init, "backbone")
+        start, started_from = _initial(init, "backbone", "backbone")
         if start.get("codec_sha256") != codec_sha256:
             raise CorpusError(f"The backbone '{init}' was trained on the tokens of another codec than '{codec}': "
                               f"continue it with the codec it was trained on (--codec).")
@@ -231,7 +234,7 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
     backbone = load_backbone(backbone_path).to(process.device)
     start, started_from = (state, state.get("init")) if state is not None else (None, None)
     if start is None and init is not None:  # an adapter of an earlier backbone: a head start, not a match
-        start, started_from = _initial(init, "TLDR adapter")
+        start, started_from = _initial(init, "tldr", "TLDR adapter")
         if start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
             raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
                               f"not {tldr_cfg.patch_size}: name the adapter of the same patch size.")
