@@ -1,11 +1,6 @@
 """The command line answers bad input with one clear line and exit status 2, never a traceback."""
 
-import subprocess
-import sys
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tldr_core", *args], capture_output=True, text=True, timeout=120)
+from cli_runner import run_cli
 
 
 def test_help_lists_the_commands():

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tldr_core.errors import CorpusError
+from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint, file_sha256, load_backbone
@@ -186,14 +186,19 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
     return train, valid, state
 
 
-def _initial(init: Path, kind: str, what: str) -> tuple[dict, dict]:
-    """Weights to start from instead of random ones (a training checkpoint or a packed model file, e.g. the
-    shipped model's): training continues across machines whose /tmp is gone. Returns (state, its record)."""
-    state = read_checkpoint(init, what, "Name a checkpoint.pt or a packed model file with --init.")
-    if state.get("kind") != kind:
-        raise CorpusError(f"'{init}' is not a {what} (it holds a {state.get('kind', 'file of another kind')}): "
-                          f"name a {what} with --init.")
-    return state, {"path": str(init), "sha256": file_sha256(init)}
+def _start(state: dict | None, init: Path | None, kind: str, what: str) -> tuple[dict | None, dict | None]:
+    """The weights a run starts from, and the record of where they came from: a resumed run's own checkpoint;
+    else --init's (a training checkpoint or a packed model file, e.g. the shipped model's: training continues
+    across machines whose /tmp is gone); else none, i.e. random weights."""
+    if state is not None:
+        return state, state.get("init")
+    if init is None:
+        return None, None
+    start = read_checkpoint(init, what, "Name a checkpoint.pt or a packed model file with --init.")
+    if start.get("kind") != kind:
+        raise ModelError(f"'{init}' is not a {what} (it holds a {start.get('kind', 'file of another kind')}): "
+                         f"name a {what} with --init.")
+    return start, {"path": str(init), "sha256": file_sha256(init)}
 
 
 def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
@@ -201,12 +206,10 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     process = start_process(device)
     train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
     codec_sha256 = (Path(out) / "tokens" / "codec.sha256").read_text().strip()
-    start, started_from = (state, state.get("init")) if state is not None else (None, None)
-    if start is None and init is not None:
-        start, started_from = _initial(init, "backbone", "backbone")
-        if start.get("codec_sha256") != codec_sha256:
-            raise CorpusError(f"The backbone '{init}' was trained on the tokens of another codec than '{codec}': "
-                              f"continue it with the codec it was trained on (--codec).")
+    start, started_from = _start(state, init, "backbone", "backbone")
+    if state is None and start is not None and start.get("codec_sha256") != codec_sha256:
+        raise CorpusError(f"The backbone '{init}' was trained on the tokens of another codec than '{codec}': "
+                          f"continue it with the codec it was trained on (--codec).")
     if start is not None:
         model_cfg = ModelConfig(**start["model_config"])
     else:
@@ -232,12 +235,10 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
     tokens = shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
     train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
-    start, started_from = (state, state.get("init")) if state is not None else (None, None)
-    if start is None and init is not None:  # an adapter of an earlier backbone: a head start, not a match
-        start, started_from = _initial(init, "tldr", "TLDR adapter")
-        if start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
-            raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
-                              f"not {tldr_cfg.patch_size}: name the adapter of the same patch size.")
+    start, started_from = _start(state, init, "tldr", "TLDR adapter")  # --init: a head start, not a match
+    if state is None and start is not None and start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
+        raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
+                          f"not {tldr_cfg.patch_size}: name the adapter of the same patch size.")
     if start is not None:
         tldr_cfg = TldrConfig(**start["tldr_config"])
     torch.manual_seed(cfg.seed)

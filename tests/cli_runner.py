@@ -1,0 +1,9 @@
+"""Run the `tldr-voice` command line as a user would: a fresh process, its output and exit status."""
+
+import subprocess
+import sys
+
+
+def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tldr_core", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
