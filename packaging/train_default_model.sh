@@ -4,23 +4,21 @@
 # Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows.
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults
-#   DEVICE=cuda NPROC=8 HOURS=20 BACKBONE_STEPS=40000 BACKBONE_MORE_STEPS=0 TLDR_MORE_STEPS=0 DIM=512 bash packaging/train_default_model.sh
-#   WORK=/tmp/try OUT=/tmp/try/out HOURS=0.03 ... EVAL_LIMIT=0   # a trial that leaves resources/ alone
+#   DEVICE=cuda NPROC=8 PHASES="20:40000:8000" DIM=512 bash packaging/train_default_model.sh
+#   WORK=/tmp/try OUT=/tmp/try/out PHASES="0.03:3:2" ... EVAL_LIMIT=0   # a trial that leaves resources/ alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORK=${WORK:-runs/default}            # corpus, caches and checkpoints
+WORK=${WORK:-runs/default}            # corpora, caches and checkpoints
 OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a trial run can point elsewhere)
-HOURS=${HOURS:-4}                     # corpus size (training uses its shippable rows only)
-CODEC_STEPS=${CODEC_STEPS:-3000}
+# Training phases, HOURS:BACKBONE_STEPS:TLDR_STEPS each, on a corpus of that many hours (seed 0: the same speakers
+# and held-out humans whatever the hours). The first starts from random weights with the alignment prior; each
+# later one continues the previous one's backbone and adapters (--init: fresh optimiser, lr 5e-4). This is how
+# the shipped model was made, one phase per session on a fresh machine; a run with the time trains one long phase.
+PHASES=${PHASES-"4:600:300 4:1600:250 8:1500:250"}
+CODEC_STEPS=${CODEC_STEPS:-3000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
-BACKBONE_STEPS=${BACKBONE_STEPS:-600}
-ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the backbone's steps with the fading alignment prior
-TLDR_STEPS=${TLDR_STEPS:-300}
-# a second phase from the first one's weights (--init: fresh optimiser, lr 5e-4): how the shipped model was continued
-# in a later session on a fresh machine; a run with the time for it in one go sets these to 0 and the steps above higher
-BACKBONE_MORE_STEPS=${BACKBONE_MORE_STEPS:-1600}
-TLDR_MORE_STEPS=${TLDR_MORE_STEPS:-250}
+ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
 BATCH=${BATCH:-8}
@@ -33,44 +31,46 @@ if [ "$NPROC" -gt 1 ]; then LAUNCH="$PY -m torch.distributed.run --nproc_per_nod
 else LAUNCH="$PY -m tldr_core"; fi
 RESUME() { [ -f "$1/checkpoint.pt" ] && echo --resume || true; }
 stage() { local name=$1; shift; local t0=$SECONDS; echo "== $name"; "$@"; echo "== $name took $((SECONDS - t0)) s"; }
-mkdir -p "$WORK"
-
 # every installed voice is planned (so the held-out humans are those of docs/CORPUS.md); the stages below train on
 # the rows whose licence lets the weights ship
-[ -f "$WORK/corpus/manifest.jsonl" ] || \
-  stage "corpus ($HOURS h)" $PY -m tldr_core corpus build "$WORK/corpus" --hours "$HOURS" --seed 0
-stage "codec" $PY -m tldr_core train codec "$WORK/corpus" --out "$WORK/codec" --steps "$CODEC_STEPS" --batch 12 --threads "$THREADS" \
-  $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS)
+corpus() { [ -f "$WORK/corpus_$1h/manifest.jsonl" ] || \
+  stage "corpus ($1 h)" $PY -m tldr_core corpus build "$WORK/corpus_$1h" --hours "$1" --seed 0; }
+mkdir -p "$WORK"
+read -r -a PHASE_LIST <<< "$PHASES"
+[ "${#PHASE_LIST[@]}" -gt 0 ] || { echo "PHASES is empty: give at least one HOURS:BACKBONE_STEPS:TLDR_STEPS" >&2; exit 2; }
+
+FIRST_HOURS=${PHASE_LIST[0]%%:*}
+corpus "$FIRST_HOURS"
+stage "codec" $PY -m tldr_core train codec "$WORK/corpus_${FIRST_HOURS}h" --out "$WORK/codec" --steps "$CODEC_STEPS" --batch 12 \
+  --threads "$THREADS" $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS)
 stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" "$OUT/codec"
-stage "backbone" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone" --steps "$BACKBONE_STEPS" --batch "$BATCH" \
-  --alignment-prior "$ALIGNMENT_PRIOR" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone")
-ADAPTERS=()
-for K in $PATCH_SIZES; do
-  stage "TLDR k=$K" $LAUNCH train tldr "$WORK/corpus" --codec "$OUT/codec" --backbone "$WORK/backbone/checkpoint.pt" --patch-size "$K" \
-    --out "$WORK/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/tldr$K")
-  ADAPTERS+=("$K=$WORK/tldr$K/checkpoint.pt")
-done
-BACKBONE=$WORK/backbone/checkpoint.pt
-if [ "$BACKBONE_MORE_STEPS" -gt 0 ]; then
-  stage "backbone, continued" $LAUNCH train backbone "$WORK/corpus" --codec "$OUT/codec" --out "$WORK/backbone2" --init "$BACKBONE" \
-    --steps "$BACKBONE_MORE_STEPS" --lr 5e-4 --batch "$BATCH" --threads "$THREADS" --device "$DEVICE" $(RESUME "$WORK/backbone2")
-  BACKBONE=$WORK/backbone2/checkpoint.pt
-  ADAPTERS=()
+
+BACKBONE=""; declare -A ADAPTER=(); PHASES_JSON=""
+for i in "${!PHASE_LIST[@]}"; do
+  IFS=: read -r HOURS BACKBONE_STEPS TLDR_STEPS <<< "${PHASE_LIST[$i]}"
+  P=$((i + 1)); RUN=$WORK/phase$P; DATA=$WORK/corpus_${HOURS}h
+  corpus "$HOURS"
+  if [ -z "$BACKBONE" ]; then START=(--alignment-prior "$ALIGNMENT_PRIOR" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN")
+  else START=(--init "$BACKBONE" --lr 5e-4); fi
+  stage "backbone, phase $P" $LAUNCH train backbone "$DATA" --codec "$OUT/codec" --out "$RUN/backbone" --steps "$BACKBONE_STEPS" \
+    --batch "$BATCH" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/backbone")
+  BACKBONE=$RUN/backbone/checkpoint.pt
   for K in $PATCH_SIZES; do
-    stage "TLDR k=$K, continued" $LAUNCH train tldr "$WORK/corpus" --codec "$OUT/codec" --backbone "$BACKBONE" --patch-size "$K" \
-      --init "$WORK/tldr$K/checkpoint.pt" --out "$WORK/tldr${K}b" --steps "$TLDR_MORE_STEPS" --batch "$BATCH" --threads "$THREADS" \
-      --device "$DEVICE" $(RESUME "$WORK/tldr${K}b")
-    ADAPTERS+=("$K=$WORK/tldr${K}b/checkpoint.pt")
+    START=(); [ -n "${ADAPTER[$K]:-}" ] && START=(--init "${ADAPTER[$K]}")
+    stage "TLDR k=$K, phase $P" $LAUNCH train tldr "$DATA" --codec "$OUT/codec" --backbone "$BACKBONE" --patch-size "$K" \
+      --out "$RUN/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/tldr$K")
+    ADAPTER[$K]=$RUN/tldr$K/checkpoint.pt
   done
-fi
+  PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
+done
 cat > "$WORK/recipe.json" <<JSON
-{"script": "packaging/train_default_model.sh", "hours": $HOURS, "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }],
- "backbone_steps": $BACKBONE_STEPS, "alignment_prior": $ALIGNMENT_PRIOR, "tldr_steps": $TLDR_STEPS,
- "backbone_more_steps": $BACKBONE_MORE_STEPS, "tldr_more_steps": $TLDR_MORE_STEPS, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
+{"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
+ "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
+ADAPTERS=(); for K in $PATCH_SIZES; do ADAPTERS+=("$K=${ADAPTER[$K]}"); done
 stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE" --tldr "${ADAPTERS[@]}" \
   --recipe "$WORK/recipe.json" --out "$OUT/default_model"
 MODEL=(--model "$OUT/default_model" --codec "$OUT/codec")
-[ "${EVAL_LIMIT:-40}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$WORK/corpus" --modes baseline 4 --limit "${EVAL_LIMIT:-40}" "${MODEL[@]}" --json "$WORK/evaluate.json"
+[ "${EVAL_LIMIT:-40}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$DATA" --modes baseline 4 --limit "${EVAL_LIMIT:-40}" "${MODEL[@]}" --json "$WORK/evaluate.json"
 stage "bench" $PY -m tldr_core bench "${MODEL[@]}" --json "$WORK/bench.json"

@@ -15,8 +15,7 @@ from tldr_core.model_store import file_sha256, read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
-TOY = {"HOURS": "0.03", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "BACKBONE_STEPS": "3", "TLDR_STEPS": "2",
-       "BACKBONE_MORE_STEPS": "2", "TLDR_MORE_STEPS": "1", "PATCH_SIZES": "4",
+TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "PATCH_SIZES": "4",
        "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
@@ -36,12 +35,14 @@ def recipe(tmp_path_factory):
 
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
-    for stage in ("corpus", "codec", "backbone", "TLDR k=4", "backbone, continued", "TLDR k=4, continued", "pack",
-                  "bench"):
-        assert f"== {stage}" in stdout and " took " in stdout
+    for stage in ("corpus (0.03 h)", "codec", "backbone, phase 1", "TLDR k=4, phase 1", "corpus (0.05 h)",
+                  "backbone, phase 2", "TLDR k=4, phase 2", "pack", "bench"):
+        assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
-    assert manifest["recipe"]["backbone_steps"] == 3 and set(manifest["tldr"]) == {"4"}
-    assert manifest["training"]["backbone"]["steps"] == 2  # the continued backbone is the one packed
+    assert [p["backbone_steps"] for p in manifest["recipe"]["phases"]] == [3, 2] and set(manifest["tldr"]) == {"4"}
+    assert manifest["training"]["backbone"]["steps"] == 2  # the second phase's backbone is the one packed
+    assert read_checkpoint(work / "phase2" / "backbone" / "checkpoint.pt", "checkpoint")["init"]["path"] == str(
+        work / "phase1" / "backbone" / "checkpoint.pt")  # continued, not trained afresh
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert (work / "bench.json").is_file()
@@ -51,18 +52,18 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
     _, work, out = recipe
     packed = out / "default_model"
     common = ["--steps", "1", "--lr", "0", "--batch", "2", "--jobs", "1"]  # lr 0: the weights stay the start's
-    done = run_cli("train", "backbone", work / "corpus", "--codec", out / "codec", "--out", tmp_path / "bb",
+    done = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", out / "codec", "--out", tmp_path / "bb",
                       "--init", packed / "backbone.pt", *common)
     assert done.returncode == 0, done.stderr[-2000:]
     state = read_checkpoint(tmp_path / "bb" / "checkpoint.pt", "checkpoint")
     start = read_checkpoint(packed / "backbone.pt", "backbone")
     assert state["init"] == {"path": str(packed / "backbone.pt"), "sha256": file_sha256(packed / "backbone.pt")}
     assert all(torch.equal(v, start["model"][k].float()) for k, v in state["model"].items())
-    other_codec = run_cli("train", "backbone", work / "corpus", "--codec", REPO_ROOT / "resources" / "codec",
+    other_codec = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", REPO_ROOT / "resources" / "codec",
                              "--out", tmp_path / "bb2", "--init", packed / "backbone.pt", *common)
     assert other_codec.returncode == 2 and "tokens of another codec" in other_codec.stderr
 
-    done = run_cli("train", "tldr", work / "corpus", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+    done = run_cli("train", "tldr", work / "corpus_0.03h", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
                       "checkpoint.pt", "--patch-size", "4", "--out", tmp_path / "k4", "--init", packed / "tldr_k4.pt",
                       *common)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -70,10 +71,10 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
     start = read_checkpoint(packed / "tldr_k4.pt", "TLDR adapter")
     assert all(torch.equal(v, start["model"][k].float()) for k, v in adapter["model"].items())
 
-    wrong_size = run_cli("train", "tldr", work / "corpus", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+    wrong_size = run_cli("train", "tldr", work / "corpus_0.03h", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
                             "checkpoint.pt", "--patch-size", "2", "--out", tmp_path / "k2", "--init",
                             packed / "tldr_k4.pt", *common)
     assert wrong_size.returncode == 2 and "patch size 4, not 2" in wrong_size.stderr
-    wrong_kind = run_cli("train", "backbone", work / "corpus", "--codec", out / "codec", "--out", tmp_path / "bb3",
+    wrong_kind = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", out / "codec", "--out", tmp_path / "bb3",
                             "--init", packed / "tldr_k4.pt", *common)
     assert wrong_kind.returncode == 2 and "is not a backbone" in wrong_kind.stderr

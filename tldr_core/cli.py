@@ -332,11 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
     lm_options(p, steps=4000)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--ffn", type=int, default=768)
+    sizes = p.add_argument_group("size of a new backbone (with --init or --resume the file's sizes are kept)")
+    sizes.add_argument("--dim", type=int, default=256)
+    sizes.add_argument("--layers", type=int, default=12)
+    sizes.add_argument("--heads", type=int, default=4)
+    sizes.add_argument("--kv-heads", type=int, default=2)
+    sizes.add_argument("--ffn", type=int, default=768)
     p.add_argument("--alignment-prior", type=float, default=0.0, metavar="FRACTION",
                    help="guide one attention head per layer along the text for this fraction of the steps, fading "
                         "(0: off)")
@@ -345,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm_options(p, steps=2000)
     p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint or weights file")
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
-    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-rank", type=int, default=16,
+                   help="rank of a new adapter's LoRA (with --init or --resume the file's rank is kept)")
     p.set_defaults(run=cmd_train_tldr)
 
     codec_cmds = commands.add_parser("codec", help="speech codec tools").add_subparsers(dest="codec_command",

@@ -44,12 +44,17 @@ def read_checkpoint(path: Path, what: str, restore: str = REINSTALL) -> dict:
         raise ModelError(f"'{path}' is not a TLDR Voice {what} or is damaged ({error}). {restore}") from None
 
 
+def load_weights(module: torch.nn.Module, state: dict) -> None:
+    """A file's weights into a module: packed files hold float16, every module computes in float32."""
+    module.load_state_dict({k: v.float() for k, v in state["model"].items()})
+
+
 def load_backbone(path: Path) -> Backbone:
     """A backbone from a training checkpoint or a packed weights file (both hold model_config + model)."""
     state = read_checkpoint(path, "backbone")
     try:
         model = Backbone(ModelConfig(**state["model_config"]))
-        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        load_weights(model, state)
     except (KeyError, TypeError, RuntimeError) as error:
         raise ModelError(f"'{path}' is not a TLDR Voice backbone or is damaged ({error}). {REINSTALL}") from None
     return model.eval()
@@ -59,7 +64,7 @@ def load_tldr(path: Path, backbone: Backbone) -> Tldr:
     state = read_checkpoint(path, "TLDR adapter")
     try:
         tldr = Tldr(backbone, TldrConfig(**state["tldr_config"]))
-        tldr.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        load_weights(tldr, state)
     except (KeyError, TypeError, RuntimeError) as error:
         raise ModelError(f"'{path}' is not a TLDR adapter for this backbone or is damaged ({error}).") from None
     return tldr.eval()

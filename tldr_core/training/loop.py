@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
-from tldr_core.model_store import read_checkpoint, file_sha256, load_backbone
+from tldr_core.model_store import file_sha256, load_backbone, load_weights, read_checkpoint
 from tldr_core.training import data
 from tldr_core.training.objectives import BackboneObjective, TldrObjective
 
@@ -218,7 +218,7 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = Backbone(model_cfg)
     if start is not None:
-        backbone.load_state_dict({k: v.float() for k, v in start["model"].items()})
+        load_weights(backbone, start)
     backbone.to(process.device)
     describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "codec_sha256": codec_sha256,
                 "init": started_from}
@@ -244,7 +244,7 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
     torch.manual_seed(cfg.seed)
     tldr = Tldr(backbone, tldr_cfg)
     if start is not None:
-        tldr.load_state_dict({k: v.float() for k, v in start["model"].items()})
+        load_weights(tldr, start)
     tldr.to(process.device)
     describe = {"kind": "tldr", "tldr_config": tldr_cfg.to_dict(), "backbone_sha256": file_sha256(backbone_path),
                 "init": started_from}
