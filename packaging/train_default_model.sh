@@ -15,7 +15,7 @@ OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a tr
 # and held-out humans whatever the hours). The first starts from random weights with the alignment prior; each
 # later one continues the previous one's backbone and adapters (--init: fresh optimiser, lr 5e-4). This is how
 # the shipped model was made, one phase per session on a fresh machine; a run with the time trains one long phase.
-PHASES=${PHASES-"4:600:300 4:1600:250 8:1500:250"}
+PHASES=${PHASES-"4:600:300 4:1600:250 8:1400:250"}
 CODEC_STEPS=${CODEC_STEPS:-3000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior

@@ -63,10 +63,14 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
                              "--out", tmp_path / "bb2", "--init", packed / "backbone.pt", *common)
     assert other_codec.returncode == 2 and "tokens of another codec" in other_codec.stderr
 
+    stamp = tmp_path / "bb" / "tokens" / "codec.sha256"
+    before = stamp.stat()
     done = run_cli("train", "tldr", work / "corpus_0.03h", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
                       "checkpoint.pt", "--patch-size", "4", "--out", tmp_path / "k4", "--init", packed / "tldr_k4.pt",
                       *common)
     assert done.returncode == 0, done.stderr[-2000:]
+    # adapters read their backbone's tokens, side by side, so the folder's codec stamp is only read, never rewritten
+    assert (stamp.stat().st_ino, stamp.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     adapter = read_checkpoint(tmp_path / "k4" / "checkpoint.pt", "checkpoint")
     start = read_checkpoint(packed / "tldr_k4.pt", "TLDR adapter")
     assert all(torch.equal(v, start["model"][k].float()) for k, v in adapter["model"].items())

@@ -92,7 +92,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
             report.samples.append({
                 "id": row["id"], "reference": ref_row["id"], "text": refs[-1],
                 "heard": words_for_wer(judges.transcribe(output)), "similarity": judges.similarity(output, reference),
-                "stopped": bool(stats.stopped_by_model), "duration_ratio": len(output) / len(original),
+                "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model, "duration_ratio": len(output) / len(original),
                 "first_audio_ms": stats.first_audio_seconds * 1000, "wall_seconds": stats.wall_seconds,
                 "audio_seconds": stats.audio_seconds})
     for report in reports:

@@ -19,7 +19,7 @@ import torch
 from tldr_core import text
 from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.errors import CorpusError
-from tldr_core.files import atomic_path
+from tldr_core.files import atomic_path, write_text
 from tldr_core.model import PROMPT_MULTIPLE
 
 
@@ -67,9 +67,10 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
     folder.mkdir(parents=True, exist_ok=True)
     fingerprint = codec_fingerprint(codec_path or _default_codec())
     stamp = folder / "codec.sha256"
-    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+    if not stamp.exists():
+        write_text(stamp, fingerprint + "\n")  # atomic: runs sharing the folder (adapters of one backbone) read it
+    elif stamp.read_text().strip() != fingerprint:
         raise CorpusError(f"'{folder}' holds tokens of another codec: use a new --out folder for this codec.")
-    stamp.write_text(fingerprint + "\n")
     rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
     cache_utterances(corpus, rows, folder, _tokenize_one, jobs, "tokenizing corpus", str(codec_path or ""))
 
