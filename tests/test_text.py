@@ -168,6 +168,15 @@ def test_long_runs_without_punctuation_are_split_between_words():
     assert " ".join(chunks).split() == words
 
 
+def test_a_sentence_just_over_the_limit_is_cut_into_halves_not_a_full_chunk_and_a_lone_word():
+    sentence = ("The driver from Madrid noticed the lamp together before the hedgehog waited loudly outside the beach "
+                "next week but the shiny parrot slept beside the wallet and nobody knew why the telescope was so empty!")
+    assert MAX_SENTENCE_CHARS < len(sentence) < MAX_SENTENCE_CHARS + 10
+    chunks = split_sentences(sentence)
+    assert len(chunks) == 2 and all(abs(len(chunk) - len(sentence) / 2) < 10 for chunk in chunks)
+    assert " ".join(chunks) == sentence
+
+
 def test_a_single_overlong_token_is_cut_without_losing_characters():
     token = "x" * (2 * MAX_SENTENCE_CHARS + 7)
     chunks = split_sentences(token)

@@ -16,6 +16,7 @@ which is a guess at their sound, not a translation.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import threading
@@ -422,17 +423,21 @@ _BREAKS = (re.compile(r"(?<=[;:])\s+"), re.compile(r"(?<=,)\s+"), re.compile(r"\
 
 
 def _fit(chunk: str, level: int = 0) -> list[str]:
-    """Cut a chunk over MAX_SENTENCE_CHARS at ; or :, then at commas, then between words, packing the pieces
-    greedily; a single 'word' longer than the limit (a pasted hash, say) is cut where it reaches it."""
+    """Cut a chunk over MAX_SENTENCE_CHARS at ; or :, then at commas, then between words, into pieces of about
+    equal length (a sentence of 203 characters becomes two of ~100, not one of 197 and a lone word, which the
+    model would say with no context and struggle to end); a single 'word' longer than the limit (a pasted hash,
+    say) is cut where it reaches it."""
     if len(chunk) <= MAX_SENTENCE_CHARS:
         return [chunk]
     if level == len(_BREAKS):
         return [chunk[i:i + MAX_SENTENCE_CHARS] for i in range(0, len(chunk), MAX_SENTENCE_CHARS)]
+    target = len(chunk) / math.ceil(len(chunk) / MAX_SENTENCE_CHARS)
     out: list[str] = []
     current = ""
     for piece in _BREAKS[level].split(chunk):
         joined = f"{current} {piece}" if current else piece
-        if len(joined) <= MAX_SENTENCE_CHARS:
+        if len(joined) <= MAX_SENTENCE_CHARS and (len(joined) <= target or
+                                                  len(joined) - target < target - len(current)):
             current = joined
             continue
         if current:
