@@ -50,22 +50,22 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
 
 def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_path):
     _, work, out = recipe
-    packed = out / "default_model"
+    packed, corpus = out / "default_model", work / "corpus_0.03h"
     common = ["--steps", "1", "--lr", "0", "--batch", "2", "--jobs", "1"]  # lr 0: the weights stay the start's
-    done = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", out / "codec", "--out", tmp_path / "bb",
+    done = run_cli("train", "backbone", corpus, "--codec", out / "codec", "--out", tmp_path / "bb",
                       "--init", packed / "backbone.pt", *common)
     assert done.returncode == 0, done.stderr[-2000:]
     state = read_checkpoint(tmp_path / "bb" / "checkpoint.pt", "checkpoint")
     start = read_checkpoint(packed / "backbone.pt", "backbone")
     assert state["init"] == {"path": str(packed / "backbone.pt"), "sha256": file_sha256(packed / "backbone.pt")}
     assert all(torch.equal(v, start["model"][k].float()) for k, v in state["model"].items())
-    other_codec = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", REPO_ROOT / "resources" / "codec",
+    other_codec = run_cli("train", "backbone", corpus, "--codec", REPO_ROOT / "resources" / "codec",
                              "--out", tmp_path / "bb2", "--init", packed / "backbone.pt", *common)
     assert other_codec.returncode == 2 and "tokens of another codec" in other_codec.stderr
 
     stamp = tmp_path / "bb" / "tokens" / "codec.sha256"
     before = stamp.stat()
-    done = run_cli("train", "tldr", work / "corpus_0.03h", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+    done = run_cli("train", "tldr", corpus, "--codec", out / "codec", "--backbone", tmp_path / "bb" /
                       "checkpoint.pt", "--patch-size", "4", "--out", tmp_path / "k4", "--init", packed / "tldr_k4.pt",
                       *common)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -75,10 +75,10 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
     start = read_checkpoint(packed / "tldr_k4.pt", "TLDR adapter")
     assert all(torch.equal(v, start["model"][k].float()) for k, v in adapter["model"].items())
 
-    wrong_size = run_cli("train", "tldr", work / "corpus_0.03h", "--codec", out / "codec", "--backbone", tmp_path / "bb" /
+    wrong_size = run_cli("train", "tldr", corpus, "--codec", out / "codec", "--backbone", tmp_path / "bb" /
                             "checkpoint.pt", "--patch-size", "2", "--out", tmp_path / "k2", "--init",
                             packed / "tldr_k4.pt", *common)
     assert wrong_size.returncode == 2 and "patch size 4, not 2" in wrong_size.stderr
-    wrong_kind = run_cli("train", "backbone", work / "corpus_0.03h", "--codec", out / "codec", "--out", tmp_path / "bb3",
+    wrong_kind = run_cli("train", "backbone", corpus, "--codec", out / "codec", "--out", tmp_path / "bb3",
                             "--init", packed / "tldr_k4.pt", *common)
     assert wrong_kind.returncode == 2 and "is not a backbone" in wrong_kind.stderr

@@ -92,9 +92,9 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
             report.samples.append({
                 "id": row["id"], "reference": ref_row["id"], "text": refs[-1],
                 "heard": words_for_wer(judges.transcribe(output)), "similarity": judges.similarity(output, reference),
-                "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model, "duration_ratio": len(output) / len(original),
-                "first_audio_ms": stats.first_audio_seconds * 1000, "wall_seconds": stats.wall_seconds,
-                "audio_seconds": stats.audio_seconds})
+                "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model,
+                "duration_ratio": len(output) / len(original), "first_audio_ms": stats.first_audio_seconds * 1000,
+                "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds})
     for report in reports:
         samples = report.samples
         seconds = sum(x["audio_seconds"] for x in samples)
