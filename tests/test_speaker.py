@@ -1,16 +1,16 @@
 """Speaker encoder: the ONNX port equals resemblyzer, both encoders separate voices, failures are clear."""
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import soundfile as sf
+
+from espeak_speech import espeak, write_corpus
 
 from tldr_core import paths
-from tldr_core.audio import SAMPLE_RATE, to_model_rate, write_wav
+from tldr_core.audio import SAMPLE_RATE
 from tldr_core.errors import AudioInputError, CorpusError, ModelError
 from tldr_core.evaluation.similarity import EvaluationSpeakerEncoder, bundled_model_path, speaker_similarity
 from tldr_core.evaluation.speaker_encoder import equal_error_rate, evaluate_speaker_encoder
@@ -21,14 +21,6 @@ SENTENCES = [
     "She sells sea shells by the sea shore every single summer morning.",
     "Please call Stella and ask her to bring these things from the store.",
 ]
-
-
-def espeak(voice: str, text: str, tmp_path) -> np.ndarray:
-    """A real speech clip from espeak-ng, as mono float32 at 16 kHz."""
-    wav = tmp_path / f"{voice}.wav"  # read back at once, so reusing the name is fine
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
-    samples, sample_rate = sf.read(wav, dtype="float32")
-    return to_model_rate(samples, sample_rate)
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +140,11 @@ def test_equal_error_rate_is_zero_when_separated_and_half_when_identical():
     assert equal_error_rate(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == pytest.approx(0.5)
 
 
-def write_corpus(root, tmp_path):
-    """Three test speakers with three utterances each, and one train speaker that must be left out."""
-    rows = []
-    voices = {"en-us+m3": "test", "en-us+f4": "test", "en-gb+m1": "test", "en-us+f2": "train"}
-    for voice, split in voices.items():
-        for i, sentence in enumerate(SENTENCES):
-            path = f"wavs/{voice}-{i}.wav"
-            write_wav(root / path, espeak(voice, sentence, tmp_path), SAMPLE_RATE)
-            rows.append({"id": f"{voice}-{i}", "path": path, "speaker": voice, "source_human": f"espeak-{voice}",
-                         "split": split})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def test_evaluation_on_a_tiny_corpus_returns_sane_numbers(tmp_path, capsys):
     corpus = tmp_path / "corpus"
-    write_corpus(corpus, tmp_path)
+    # three test speakers with three utterances each, and one train speaker that must be left out
+    write_corpus(corpus, {"en-us+m3": "test", "en-us+f4": "test", "en-gb+m1": "test", "en-us+f2": "train"},
+                 SENTENCES, tmp_path)
     report = evaluate_speaker_encoder(corpus, split="test", per_speaker=2, seed=0)
     assert report["speakers"] == 3 and report["utterances"] == 6
     for name in ("speaker_encoder", "evaluation_encoder"):
