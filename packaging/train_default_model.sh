@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model from a fresh machine: corpus -> codec -> backbone -> TLDR adapters ->
-# resources/. Every stage is resumable (rerun the script after an interruption) and its wall time is printed.
+# Reproduce the shipped default model from a fresh machine: corpus -> codec -> backbone -> TLDR adapters -> codec
+# decoder -> resources/. Every stage is resumable (rerun the script after an interruption) and its wall time is printed.
 # Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows.
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults
@@ -18,6 +18,7 @@ OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a tr
 PHASES=${PHASES-"4:600:300 4:1600:250 8:1400:250"}
 CODEC_STEPS=${CODEC_STEPS:-3000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
+DECODER_STEPS=${DECODER_STEPS:-3000}  # the codec's decoder trained further on the last phase's corpus (same tokens)
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
@@ -63,8 +64,14 @@ for i in "${!PHASE_LIST[@]}"; do
   done
   PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
 done
+# more hours help the decoder too; its tokenizer stays, so tokenizer.onnx (the tokens' fingerprint) is not replaced
+stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
+  --steps "$DECODER_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec_decoder")
+stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
+cp "$WORK/codec_decoder/onnx/decoder.onnx" "$WORK/codec_decoder/onnx/codec.json" "$OUT/codec/"
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
+ "codec_decoder_steps": $DECODER_STEPS,
  "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON

@@ -173,16 +173,23 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
     assert [h["step"] for h in resumed] == [75, 150, 225]
 
 
-def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path):
-    """Retraining the decoder of a codec leaves its tokenizer, and so every token, as it was."""
+@pytest.mark.parametrize("source", ["checkpoint", "exported folder"])
+def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path, source):
+    """Retraining the decoder of a codec leaves its tokenizer, and so every token, as it was; the codec may be a
+    checkpoint or an exported folder such as the shipped one."""
+    from tldr_core.codec.export import export_codec
     from tldr_core.codec.train import load_split
 
     first = tmp_path / "first"
     train_codec(tiny_corpus, first, TrainConfig(steps=20, batch=4, lr=3e-3, warmup=5, validate_every=20, threads=1),
                 codec_cfg=CodecConfig(**TINY))
+    origin = first / "checkpoint.pt"
+    if source == "exported folder":
+        export_codec(origin, tmp_path / "exported")
+        origin = tmp_path / "exported"
     cfg = TrainConfig(steps=20, batch=4, lr=3e-3, warmup=5, validate_every=10, threads=1)
     second = tmp_path / "second"
-    train_codec(tiny_corpus, second, cfg, decoder_only_from=first / "checkpoint.pt")
+    train_codec(tiny_corpus, second, cfg, decoder_only_from=origin)
     train_codec(tiny_corpus, second, TrainConfig(**{**cfg.__dict__, "steps": 30}), resume=True)
     before, after = load_codec(first / "checkpoint.pt"), load_codec(second / "checkpoint.pt")
     clip = load_split(tiny_corpus, first / "cache", "validation", True)[0]
@@ -190,6 +197,24 @@ def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path):
     assert torch.equal(before.tokens(frames, stats), after.tokens(frames, stats))
     assert all(torch.equal(p, after.state_dict()[n]) for n, p in before.state_dict().items() if n.startswith("enc_"))
     assert not torch.equal(before.out.weight, after.out.weight)
+
+
+def test_the_shipped_codec_comes_back_from_its_onnx_graphs():
+    """`load_codec` on an exported folder rebuilds the network the graphs run: same tokens, same frames."""
+    from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime
+
+    samples = to_model_rate(*read_audio(DEFAULT_CODEC.parent / "voices" / "flite-rms.wav"))
+    runtime = CodecRuntime()
+    tokens, voice = runtime.encode(samples)
+    codec = load_codec(DEFAULT_CODEC)
+    frames = torch.from_numpy(runtime.frames(samples))[None]
+    assert torch.equal(codec.tokens(frames, torch.from_numpy(voice.stats)[None])[0], torch.from_numpy(tokens))
+    b = runtime.backend
+    from_onnx = TokenDecoderStream(lambda i, v, s: b.step(i, v, voice, s), b.zero_state(), b.margin)
+    from_torch = TokenDecoderStream.for_codec(codec, voice.embedding, voice.stats)
+    onnx_frames = np.concatenate([from_onnx.push(tokens), from_onnx.finish()])
+    torch_frames = np.concatenate([from_torch.push(tokens), from_torch.finish()])
+    assert np.abs(onnx_frames - torch_frames).max() < 1e-3
 
 
 def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):
@@ -218,6 +243,9 @@ def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="damaged"):
         load_codec(tmp_path / "bad.pt")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelError, match="does not hold an exported TLDR Voice codec"):
+        load_codec(tmp_path / "folder")
 
 
 def test_roundtrip_streamed_equals_offline(tiny_corpus, tmp_path):

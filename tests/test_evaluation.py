@@ -54,3 +54,30 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
         assert report["wer_original"] < 25  # the judge hears the originals; the model's own WER is what it is
         assert -1 <= report["similarity"] <= 1 and report["duration_ratio"] > 0.2
     assert "TLDR k=4: 2 utterances" in done.stdout and "stopped by itself in" in done.stdout
+
+
+def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_path):
+    """The shipped codec against an untrained one: the originals are scored once for both, and the judges rank
+    the trained codec above the one that has learnt nothing."""
+    import torch
+
+    from tldr_core.codec.model import Codec, CodecConfig
+    from tldr_core.codec.runtime import DEFAULT_CODEC
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, {"en-us": "test", "en-us+f3": "test"}, SENTENCES[:2], tmp_path)
+    torch.manual_seed(0)
+    untrained = CodecConfig(channels=32, frame_channels=16, decoder_blocks=2, frame_blocks=1)
+    torch.save({"codec_config": untrained.to_dict(), "model": Codec(untrained).state_dict()}, tmp_path / "untrained.pt")
+
+    done = run_cli("codec", "evaluate", corpus, "--model", DEFAULT_CODEC, tmp_path / "untrained.pt",
+                   "--json", tmp_path / "codecs.json", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = json.loads((tmp_path / "codecs.json").read_text())
+    shipped, noise = reports[str(DEFAULT_CODEC)], reports[str(tmp_path / "untrained.pt")]
+    for key in ("n_clips", "seconds", "wer_original", "dnsmos_original"):
+        assert shipped[key] == noise[key]
+    assert shipped["n_clips"] == 4 and shipped["wer_original"] < 25
+    assert shipped["similarity"] > noise["similarity"] + 0.1
+    assert shipped["wer_roundtrip"] < noise["wer_roundtrip"]
+    assert done.stdout.count("WER original") == 2

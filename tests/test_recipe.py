@@ -15,7 +15,7 @@ from tldr_core.model_store import file_sha256, read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
-TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "PATCH_SIZES": "4",
+TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4", "PATCH_SIZES": "4",
        "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
@@ -36,13 +36,15 @@ def recipe(tmp_path_factory):
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
     for stage in ("corpus (0.03 h)", "codec", "backbone, phase 1", "TLDR k=4, phase 1", "corpus (0.05 h)",
-                  "backbone, phase 2", "TLDR k=4, phase 2", "pack", "bench"):
+                  "backbone, phase 2", "TLDR k=4, phase 2", "codec decoder", "pack", "bench"):
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     assert [p["backbone_steps"] for p in manifest["recipe"]["phases"]] == [3, 2] and set(manifest["tldr"]) == {"4"}
     assert manifest["training"]["backbone"]["steps"] == 2  # the second phase's backbone is the one packed
     assert read_checkpoint(work / "phase2" / "backbone" / "checkpoint.pt", "checkpoint")["init"]["path"] == str(
         work / "phase1" / "backbone" / "checkpoint.pt")  # continued, not trained afresh
+    # the decoder retrained last keeps the tokenizer, so the model stays paired with the codec it was trained on
+    assert read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")["frozen_tokenizer"]
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert (work / "bench.json").is_file()

@@ -75,7 +75,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     if args.levels and (min(args.levels) < 2 or math.prod(args.levels) > 8192):
         raise CorpusError(f"--levels {' '.join(map(str, args.levels))}: each level must be at least 2 and their "
                           f"product (the vocabulary) at most 8192.")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads,
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every, shippable_only=not args.all_rows)
     codec_cfg = CodecConfig(levels=tuple(args.levels)) if args.levels else None
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
@@ -144,12 +144,17 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.codec.runtime import CodecRuntime
     from tldr_core.files import write_text
 
-    codec = CodecRuntime(args.model)
-    report = evaluate_split(args.corpus, lambda x: codec.roundtrip(x, stream_tokens=args.stream).audio,
-                            split=args.split, limit=args.limit)
-    print("\n".join(report.lines()))
+    codecs = {str(path) if path else "shipped": CodecRuntime(path) for path in args.model or [None]}
+
+    def roundtrip(codec: CodecRuntime):
+        return lambda samples: codec.roundtrip(samples, stream_tokens=args.stream).audio
+
+    reports = evaluate_split(args.corpus, {name: roundtrip(codec) for name, codec in codecs.items()},
+                             split=args.split, limit=args.limit)
+    for name, report in reports.items():
+        print(f"codec {name}:\n  " + "\n  ".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps(report.__dict__, indent=2) + "\n")
+        write_text(args.json, json.dumps({name: r.__dict__ for name, r in reports.items()}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -298,15 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=12, help="whole clips per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
     p.add_argument("--validate-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads and cache workers (keep <= idle cores)")
     all_rows_option(p)
     p.add_argument("--jobs", type=int, default=2, help="processes analysing the corpus (feature cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--decoder-only", type=Path, metavar="CKPT",
-                   help="train only the decoder of this codec checkpoint; its tokenizer (and so the tokens a speech "
-                        "model was trained on) stays as it is")
+    p.add_argument("--decoder-only", type=Path, metavar="CODEC",
+                   help="train only the decoder of this codec (checkpoint or exported folder, e.g. resources/codec); "
+                        "its tokenizer (and so the tokens a speech model was trained on) stays as it is")
     p.add_argument("--levels", type=int, nargs="+", metavar="L",
                    help="FSQ levels of a new codec's token values; their product is the vocabulary "
                         "(default 8 5 5 5 = 1000 codes)")
@@ -362,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_codec_roundtrip)
     p = codec_cmds.add_parser("evaluate", help="round-trip WER, speaker similarity and DNSMOS on held-out voices")
     p.add_argument("corpus", type=Path)
-    p.add_argument("--model", type=Path, help="exported codec folder or training checkpoint .pt "
-                   "(default: the shipped codec)")
+    p.add_argument("--model", type=Path, nargs="+", help="exported codec folders or training checkpoints .pt, "
+                   "judged in one run on the same clips (default: the shipped codec)")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="at most this many clips, spread over the speakers")
     p.add_argument("--stream", type=int, default=4, metavar="K", help="decode K tokens at a time (0: offline)")

@@ -66,6 +66,7 @@ def export_codec(checkpoint: Path, out_dir: Path) -> dict:
     meta = {"lookahead": cfg.lookahead, "window_margin": list(codec.window_margin),
             "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
-            "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25}
+            "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25,
+            "config": cfg.to_dict()}  # what `load_codec` needs to rebuild the network from the two graphs
     (out_dir / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

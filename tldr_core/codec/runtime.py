@@ -130,7 +130,8 @@ class CodecRuntime:
         self.speaker = SpeakerEncoder(device="cpu")
         self.vocab_size = self.backend.vocab_size
 
-    def _frames(self, samples: np.ndarray) -> np.ndarray:
+    def frames(self, samples: np.ndarray) -> np.ndarray:
+        """Vocoder frames of 16 kHz audio, padded to whole tokens (what the tokenizer reads)."""
         frames = analyze(samples)
         pad = -len(frames) % self.backend.frames_per_token  # whole tokens: repeat the last frame
         return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
@@ -141,7 +142,7 @@ class CodecRuntime:
 
     def encode(self, samples: np.ndarray) -> tuple[np.ndarray, Voice]:
         """16 kHz mono audio -> (token ids at 25/s, its voice)."""
-        frames = self._frames(samples)
+        frames = self.frames(samples)
         voice = Voice(self.speaker.embed(samples), reference_stats(frames))
         return self.backend.tokens(frames, voice.stats), voice
 

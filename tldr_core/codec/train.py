@@ -153,13 +153,47 @@ def _save(path: Path, state: dict) -> None:
 
 
 def load_codec(path: Path) -> Codec:
-    """A trained Codec from a checkpoint, in eval mode; a clear error for a missing or foreign file."""
+    """A trained Codec, in eval mode, from a training checkpoint (.pt) or an exported folder (so the shipped
+    codec's decoder can be retrained on its tokens); a clear error for a missing or foreign file."""
+    path = Path(path)
+    if path.is_dir():
+        return _codec_from_export(path)
     state = read_checkpoint(path, "codec checkpoint", "Train one with `tldr-voice train codec`.")
     try:
         model = Codec(CodecConfig.from_dict(state["codec_config"]))
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"'{path}' is not a TLDR Voice codec checkpoint or is damaged ({error}).") from None
+    return model.eval()
+
+
+def _codec_from_export(folder: Path) -> Codec:
+    """The Codec whose weights an exported folder holds: its config from codec.json, its weights from the two
+    ONNX graphs' initializers (named `codec.<parameter>`). The training-only phone head is not exported and
+    comes back untrained, which a decoder-only run never uses."""
+    try:
+        import onnx
+        from google.protobuf.message import DecodeError
+        from onnx import numpy_helper
+    except ImportError:
+        raise ModelError("Reading an exported codec's weights needs the onnx package: "
+                         "pip install -e '.[export]'.") from None
+    restore = "Export a codec checkpoint with `tldr-voice codec export`, or pass the checkpoint itself."
+    try:
+        meta = json.loads((folder / "codec.json").read_text())
+        model = Codec(CodecConfig.from_dict(meta["config"]))
+        weights = {}
+        for graph in ("tokenizer.onnx", "decoder.onnx"):
+            for tensor in onnx.load(str(folder / graph)).graph.initializer:
+                if tensor.name.startswith("codec."):
+                    weights[tensor.name.removeprefix("codec.")] = torch.from_numpy(numpy_helper.to_array(tensor).copy())
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, DecodeError) as error:
+        raise ModelError(f"'{folder}' does not hold an exported TLDR Voice codec ({error}). {restore}") from None
+    lost = [name for name in missing if not name.startswith("ctc_head.")]
+    if lost or unexpected:
+        raise ModelError(f"The codec in '{folder}' does not match its codec.json (missing {lost[:3]}, unexpected "
+                         f"{unexpected[:3]}). {restore}")
     return model.eval()
 
 
@@ -172,7 +206,9 @@ def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
 
 def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
                 codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None) -> list[dict]:
-    """Train (or resume) a codec on the corpus's train split; returns the validation history."""
+    """Train (or resume) a codec on the corpus's train split; returns the validation history.
+
+    With `decoder_only_from` (a checkpoint or an exported folder) only that codec's decoder learns further."""
     corpus, out = Path(corpus), Path(out)
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
