@@ -15,8 +15,9 @@ from tldr_core.model_store import file_sha256, read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
-TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4", "PATCH_SIZES": "4",
-       "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
+TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
+       "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
+       "EVAL_LIMIT": "0"}
 
 
 @pytest.fixture(scope="module")
