@@ -42,7 +42,7 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
     write_corpus(corpus, {"en-us": "test", "en-us+f3": "test"}, SENTENCES[:2], tmp_path)
 
     done = run_cli("evaluate", corpus, "--modes", "baseline", "4", "--limit", "2", "--json", tmp_path / "eval.json",
-                   "--threads", "1", timeout=600)
+                   "--threads", "1", "--temperature", "0.6", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     reports = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["mode"], r["patch_size"]) for r in reports] == [("baseline", 1), ("tldr", 4)]

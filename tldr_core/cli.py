@@ -216,13 +216,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from tldr_core.codec.evaluate import Judges
+    from tldr_core.decoding import Sampling
     from tldr_core.evaluation.model_eval import evaluate_model
     from tldr_core.files import write_text
 
     synth = _synthesizer(args)
     modes = [("baseline", 1) if mode == "baseline" else ("tldr", int(mode)) for mode in args.modes]
     reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
-                             judges=Judges())
+                             sampling=Sampling(temperature=args.temperature), judges=Judges())
     for report in reports:
         print("\n".join(report.lines()))
     if args.json:
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--seed", type=int, default=0)
+
+    def temperature_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
         all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
         p.add_argument("--init", type=Path, metavar="WEIGHTS",
@@ -393,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--mode", choices=["tldr", "baseline"], default="tldr")
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
-    p.add_argument("--temperature", type=float, default=0.8)
+    temperature_option(p)
     model_options(p)
     p.set_defaults(run=cmd_speak)
 
@@ -410,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=40, help="utterances per mode")
     p.add_argument("--modes", nargs="+", default=["baseline", "4"], choices=["baseline", "2", "4", "6", "8"])
     p.add_argument("--json", type=Path)
+    temperature_option(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from tldr_core import audio
 from tldr_core.codec.evaluate import Judges, words_for_wer
+from tldr_core.decoding import Sampling
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
 from tldr_core.errors import CorpusError
@@ -65,7 +66,8 @@ def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
 
 
 def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]], split: str = "test",
-                   limit: int = 40, seed: int = 0, judges: Judges | None = None) -> list[ModelReport]:
+                   limit: int = 40, seed: int = 0, sampling: Sampling | None = None,
+                   judges: Judges | None = None) -> list[ModelReport]:
     """One report per (mode, patch size). Every mode says the same utterances in the same prepared voices, and
     each original is transcribed once, so the modes' figures differ only by what the modes did."""
     import jiwer
@@ -84,7 +86,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         refs.append(words_for_wer(row["text"]))
         heard_original.append(words_for_wer(judges.transcribe(original)))
         for report in reports:
-            chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, seed=seed))
+            chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, sampling, seed=seed))
             output = np.concatenate(chunks) if chunks else np.zeros(audio.SAMPLE_RATE // 10, np.float32)
             stats = synth.last_stats
             report.stopped_by_model += stats.stopped_by_model
