@@ -331,9 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--seed", type=int, default=0)
-
-    def temperature_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
         all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
         p.add_argument("--init", type=Path, metavar="WEIGHTS",
@@ -390,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--seed", type=int, default=0)
+
+    def temperature_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
 
     p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
     p.add_argument("text")
