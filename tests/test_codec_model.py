@@ -209,8 +209,7 @@ def test_the_shipped_codec_comes_back_from_its_onnx_graphs():
     codec = load_codec(DEFAULT_CODEC)
     frames = torch.from_numpy(runtime.frames(samples))[None]
     assert torch.equal(codec.tokens(frames, torch.from_numpy(voice.stats)[None])[0], torch.from_numpy(tokens))
-    b = runtime.backend
-    from_onnx = TokenDecoderStream(lambda i, v, s: b.step(i, v, voice, s), b.zero_state(), b.margin)
+    from_onnx = runtime.stream(voice).decoder
     from_torch = TokenDecoderStream.for_codec(codec, voice.embedding, voice.stats)
     onnx_frames = np.concatenate([from_onnx.push(tokens), from_onnx.finish()])
     torch_frames = np.concatenate([from_torch.push(tokens), from_torch.finish()])

@@ -118,12 +118,13 @@ def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np
             hyp_rt[name].append(words_for_wer(judges.transcribe(rebuilt)))
             sims[name].append(judges.similarity(original, rebuilt))
             mos_r[name].append(judges.dnsmos(rebuilt))
+    wer_original, dnsmos_original = 100 * jiwer.wer(refs, hyp_orig), float(np.mean(mos_o))
     reports = {}
     for name in roundtrips:
         per_speaker = {s: float(np.mean([v for v, k in zip(sims[name], speakers) if k == s])) for s in set(speakers)}
         reports[name] = SplitReport(
-            n_clips=len(rows), seconds=seconds, wer_original=100 * jiwer.wer(refs, hyp_orig),
+            n_clips=len(rows), seconds=seconds, wer_original=wer_original,
             wer_roundtrip=100 * jiwer.wer(refs, hyp_rt[name]), similarity=float(np.mean(sims[name])),
-            dnsmos_original=float(np.mean(mos_o)), dnsmos_roundtrip=float(np.mean(mos_r[name])),
+            dnsmos_original=dnsmos_original, dnsmos_roundtrip=float(np.mean(mos_r[name])),
             rtf=compute[name] / seconds, per_speaker_similarity=per_speaker)
     return reports
