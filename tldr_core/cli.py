@@ -70,14 +70,21 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     from tldr_core.codec.train import TrainConfig, train_codec
     from tldr_core.errors import CorpusError
 
-    if args.levels and (args.resume or args.decoder_only):
-        raise CorpusError("--levels sets up a new codec; a resumed or decoder-only run keeps its checkpoint's levels.")
+    new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight}
+    for option, value in new_codec.items():
+        if value is not None and (args.resume or args.decoder_only):
+            raise CorpusError(f"{option} sets up a new codec; a resumed or decoder-only run keeps its checkpoint's.")
     if args.levels and (min(args.levels) < 2 or math.prod(args.levels) > 8192):
         raise CorpusError(f"--levels {' '.join(map(str, args.levels))}: each level must be at least 2 and their "
                           f"product (the vocabulary) at most 8192.")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                      jobs=args.jobs, validate_every=args.validate_every, shippable_only=not args.all_rows)
-    codec_cfg = CodecConfig(levels=tuple(args.levels)) if args.levels else None
+                      jobs=args.jobs, validate_every=args.validate_every, phone_warmup=args.phone_warmup,
+                      shippable_only=not args.all_rows)
+    codec_cfg = CodecConfig()
+    if args.levels:
+        codec_cfg.levels = tuple(args.levels)
+    if args.phone_weight is not None:
+        codec_cfg.ctc_weight = args.phone_weight
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
                           decoder_only_from=args.decoder_only)
     if history:
@@ -317,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, nargs="+", metavar="L",
                    help="FSQ levels of a new codec's token values; their product is the vocabulary "
                         "(default 8 5 5 5 = 1000 codes)")
+    p.add_argument("--phone-weight", type=float, metavar="W",
+                   help="weight of a new codec's phone (CTC) loss beside reconstruction (default 0.3)")
+    p.add_argument("--phone-warmup", type=int, default=0, metavar="STEPS",
+                   help="raise the phone loss weight from 0 over the first STEPS steps, so the codes form first")
     p.set_defaults(run=cmd_train_codec)
 
     def lm_options(p: argparse.ArgumentParser, steps: int) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     jobs: int = 2                 # processes analysing the corpus into the feature cache
     threads: int = 1             # torch threads; more than the idle cores makes each step many times slower
+    phone_warmup: int = 0         # steps over which the phone (CTC) loss weight rises from 0 to its full value
     shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
@@ -264,7 +265,9 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
         parts = model.loss(batch)
-        objective = parts["recon"] if frozen else parts["total"]  # fixed codes: the phone loss has no use
+        # fixed codes: the phone loss has no use; otherwise it may warm up after the codes have formed
+        phone_weight = 0.0 if frozen else codec_cfg.ctc_weight * min(1.0, (step + 1) / max(1, cfg.phone_warmup))
+        objective = parts["recon"] + phone_weight * parts["ctc"]
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
