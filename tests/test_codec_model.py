@@ -236,6 +236,13 @@ def test_impossible_fsq_levels_are_refused_before_training(tiny_corpus, tmp_path
     assert "at most 8192" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_decoder_only_run_refuses_a_new_phone_weight(tiny_corpus, tmp_path, capsys):
+    argv = ["train", "codec", str(tiny_corpus), "--out", str(tmp_path / "run"), "--decoder-only", "resources/codec",
+            "--phone-weight", "1.0"]
+    assert main(argv) == 2
+    assert "--phone-weight sets up a new codec" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="Train one"):
         load_codec(tmp_path / "none.pt")
