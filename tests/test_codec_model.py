@@ -16,7 +16,7 @@ from tldr_core.audio import read_audio, to_model_rate, write_wav
 from tldr_core.cli import main
 from tldr_core.codec.model import (FSQ, PHONES, Codec, CodecConfig, TokenDecoderStream, formant_postfilter,
                                    phone_targets)
-from tldr_core.codec.train import TrainConfig, load_codec, train_codec
+from tldr_core.codec.train import TrainConfig, load_codec, phone_weight_at, train_codec
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.text import normalize_text, phonemize
 
@@ -79,6 +79,12 @@ def test_ctc_loss_is_finite_and_learns_a_tiny_batch():
         parts["total"].backward()
         optimiser.step()
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_the_phone_weight_warms_up_linearly_then_holds():
+    weights = [phone_weight_at(step, 1.0, warmup=4) for step in range(6)]
+    assert weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert phone_weight_at(0, 0.3, warmup=0) == 0.3  # no warm-up: the full weight from the first step
 
 
 def test_formant_postfilter_raises_peaks_and_keeps_flat_envelopes():

@@ -205,6 +205,12 @@ def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
     return [param for param in model.parameters() if param.requires_grad]
 
 
+def phone_weight_at(step: int, full: float, warmup: int) -> float:
+    """Phone (CTC) loss weight at a step: rising linearly from 0 over `warmup` steps, so that the codes form before
+    the phone loss pulls on them (weight 1.0 from step 0 collapsed them in run 4)."""
+    return full * min(1.0, (step + 1) / max(1, warmup))
+
+
 def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
                 codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None) -> list[dict]:
     """Train (or resume) a codec on the corpus's train split; returns the validation history.
@@ -265,8 +271,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
         parts = model.loss(batch)
-        # fixed codes: the phone loss has no use; otherwise it may warm up after the codes have formed
-        phone_weight = 0.0 if frozen else codec_cfg.ctc_weight * min(1.0, (step + 1) / max(1, cfg.phone_warmup))
+        # fixed codes: the phone loss has no use
+        phone_weight = 0.0 if frozen else phone_weight_at(step, codec_cfg.ctc_weight, cfg.phone_warmup)
         objective = parts["recon"] + phone_weight * parts["ctc"]
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
