@@ -64,11 +64,14 @@ for i in "${!PHASE_LIST[@]}"; do
   done
   PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
 done
-# more hours help the decoder too; its tokenizer stays, so tokenizer.onnx (the tokens' fingerprint) is not replaced
+# more hours help the decoder too; its tokenizer stays, and its re-export must be byte-identical, since
+# tokenizer.onnx's sha256 is what pairs the model with its tokens
 stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
   --steps "$DECODER_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec_decoder")
 stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
-cp "$WORK/codec_decoder/onnx/decoder.onnx" "$WORK/codec_decoder/onnx/codec.json" "$OUT/codec/"
+cmp -s "$WORK/codec_decoder/onnx/tokenizer.onnx" "$OUT/codec/tokenizer.onnx" || \
+  { echo "the decoder-only codec exported another tokenizer.onnx: the model's tokens would not match" >&2; exit 1; }
+cp "$WORK/codec_decoder/onnx/"{decoder.onnx,codec.json,manifest.json} "$OUT/codec/"
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
  "codec_decoder_steps": $DECODER_STEPS,

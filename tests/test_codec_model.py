@@ -249,6 +249,16 @@ def test_a_decoder_only_run_refuses_a_new_phone_weight(tiny_corpus, tmp_path, ca
     assert "--phone-weight sets up a new codec" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_export_records_its_recipe_and_refuses_a_broken_one(tmp_path, capsys):
+    export = ["codec", "export", "resources/codec"]
+    (tmp_path / "recipe.json").write_text('{"corpus": "8 h, seed 0"}')
+    assert main([*export, str(tmp_path / "out"), "--recipe", str(tmp_path / "recipe.json")]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"] == {"corpus": "8 h, seed 0"}
+    (tmp_path / "broken.json").write_text('{"corpus": ')
+    assert main([*export, str(tmp_path / "other"), "--recipe", str(tmp_path / "broken.json")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
 def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="Train one"):
         load_codec(tmp_path / "none.pt")
@@ -256,7 +266,7 @@ def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="damaged"):
         load_codec(tmp_path / "bad.pt")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ModelError, match="does not hold an exported TLDR Voice codec"):
+    with pytest.raises(ModelError, match="No TLDR Voice codec .*manifest.json is missing"):
         load_codec(tmp_path / "folder")
 
 
@@ -284,6 +294,9 @@ def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
                 codec_cfg=CodecConfig(**TINY))
     meta = export_codec(out / "checkpoint.pt", tmp_path / "onnx")
     assert meta["vocab_size"] == CodecConfig(**TINY).vocab_size and meta["lookahead"] == 2
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"tokenizer.onnx", "decoder.onnx", "codec.json"}
+    assert manifest["training"]["steps"] == 2 and not manifest["training"]["decoder_only"]
     samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
     torch_rt, onnx_rt = CodecRuntime(out / "checkpoint.pt"), CodecRuntime(tmp_path / "onnx")
     a, b = torch_rt.roundtrip(samples), onnx_rt.roundtrip(samples, stream_tokens=4)
@@ -294,5 +307,22 @@ def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
 def test_a_folder_without_a_codec_is_a_clear_error(tmp_path):
     from tldr_core.codec.runtime import CodecRuntime
 
-    with pytest.raises(ModelError, match="codec.json is missing"):
+    with pytest.raises(ModelError, match="No TLDR Voice codec .*manifest.json is missing"):
         CodecRuntime(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.onnx", "decoder.onnx", "codec.json"])
+def test_a_damaged_codec_file_is_reported_before_it_is_read(tmp_path, name):
+    """A flipped byte among an ONNX graph's weights would load and decode garbage: the manifest catches it."""
+    from tldr_core.codec.export import export_codec
+    from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime
+
+    folder = tmp_path / "codec"
+    export_codec(DEFAULT_CODEC, folder)
+    CodecRuntime(folder)  # intact: opens
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / name).write_bytes(bytes(data))
+    for open_codec in (CodecRuntime, load_codec):
+        with pytest.raises(ModelError, match=f"{name}' is damaged"):
+            open_codec(folder)

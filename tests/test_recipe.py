@@ -11,7 +11,8 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from tldr_core.model_store import file_sha256, read_checkpoint
+from tldr_core.files import file_sha256
+from tldr_core.model_store import read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 

@@ -165,11 +165,25 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def read_recipe(path: Path | None) -> dict:
+    """The --recipe JSON file that a manifest records (how the weights were made, what they measured)."""
+    import json
+
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise TldrError(f"Cannot read the recipe '{path}' ({error.strerror}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TldrError(f"The recipe '{path}' is not valid JSON ({error}): fix it or leave --recipe out.") from None
+
+
 def cmd_codec_export(args: argparse.Namespace) -> None:
     from tldr_core.codec.export import export_codec
 
-    meta = export_codec(args.checkpoint, args.out_dir)
-    print(f"wrote tokenizer.onnx, decoder.onnx and codec.json to {args.out_dir} "
+    meta = export_codec(args.checkpoint, args.out_dir, read_recipe(args.recipe))
+    print(f"wrote tokenizer.onnx, decoder.onnx, codec.json and manifest.json to {args.out_dir} "
           f"(vocabulary {meta['vocab_size']}, look-ahead {meta['lookahead']} tokens)")
 
 
@@ -239,8 +253,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_model_pack(args: argparse.Namespace) -> None:
-    import json
-
     from tldr_core.model_store import pack_model
 
     adapters = {}
@@ -249,8 +261,7 @@ def cmd_model_pack(args: argparse.Namespace) -> None:
         if not k.isdigit() or not path:
             raise TldrError(f"--tldr takes K=CHECKPOINT (for example 4=runs/tldr4/checkpoint.pt), not '{item}'.")
         adapters[int(k)] = Path(path)
-    recipe = json.loads(args.recipe.read_text()) if args.recipe else {}
-    manifest = pack_model(args.backbone, adapters, args.out, recipe)
+    manifest = pack_model(args.backbone, adapters, args.out, read_recipe(args.recipe))
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {len(manifest['files'])} files ({total / 2**20:.1f} MB) and manifest.json to {args.out}")
 
@@ -390,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out_dir", type=Path)
+    p.add_argument("--recipe", type=Path, help="JSON file describing how the codec was made (goes in the manifest)")
     p.set_defaults(run=cmd_codec_export)
 
     def model_options(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ reported as damaged before torch ever reads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from dataclasses import dataclass
@@ -18,19 +17,10 @@ import torch
 
 from tldr_core import paths
 from tldr_core.errors import ModelError
-from tldr_core.files import atomic_path, write_text
+from tldr_core.files import MANIFEST, atomic_path, file_entries, file_sha256, verified_manifest, write_text
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 
-MANIFEST = "manifest.json"
 REINSTALL = "Reinstall TLDR Voice (git checkout resources/) or train a model with `tldr-voice train`."
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path, what: str, restore: str = REINSTALL) -> dict:
@@ -97,21 +87,7 @@ class ModelFolder:
 def open_model_folder(folder: Path | None = None) -> ModelFolder:
     """Read the manifest and check every file's sha256; a clear ModelError for anything missing or damaged."""
     folder = Path(folder) if folder else paths.DEFAULT_MODEL_DIR
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelError(f"No TLDR Voice model in '{folder}' (manifest.json is missing). {REINSTALL}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ModelError(f"The model manifest '{manifest_path}' is damaged. {REINSTALL}") from None
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelError(f"The model file '{path}' is missing. {REINSTALL}")
-        if file_sha256(path) != expected["sha256"]:
-            raise ModelError(f"The model file '{path}' is damaged (its sha256 does not match the manifest). "
-                             f"{REINSTALL}")
+    manifest = verified_manifest(folder, "model", REINSTALL)
     return ModelFolder(folder, manifest)
 
 
@@ -144,7 +120,6 @@ def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out
         name = f"tldr_k{k}.pt"
         manifest["tldr"][str(k)] = name
         manifest["training"][name] = _pack_weights(state, out / name, ("kind", "tldr_config"))
-    for name in ["backbone.pt", *manifest["tldr"].values()]:
-        manifest["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
+    manifest["files"] = file_entries(out, ["backbone.pt", *manifest["tldr"].values()])
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

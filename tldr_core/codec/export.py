@@ -5,7 +5,8 @@ ids (1, N)) and decoder.onnx, one step of a stream (a window of token ids (1, W)
 embedding (1, 256), stats and the carried state of the causal layers -> frames (1, 4(W - margins), dim)
 and the next state; a whole clip is one step from the zero state). The FSQ index arithmetic is inside the
 graphs, so callers only ever see integer token ids. codec.json keeps the numbers the runtime needs
-(look-ahead and window margins, state shapes, frames per token, vocabulary size).
+(look-ahead and window margins, state shapes, frames per token, vocabulary size); manifest.json the sha256 of
+the three files (checked whenever the folder is opened), how the weights were trained and an optional recipe.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 
 from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
 from tldr_core.codec.train import load_codec
+from tldr_core.files import MANIFEST, file_entries, write_text
+from tldr_core.model_store import read_checkpoint
 
 OPSET = 17
 
@@ -42,8 +45,9 @@ class _Decoder(nn.Module):
         return frames, state.tokens, state.frames
 
 
-def export_codec(checkpoint: Path, out_dir: Path) -> dict:
-    """Write tokenizer.onnx, decoder.onnx and codec.json into out_dir; returns the codec.json content."""
+def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) -> dict:
+    """Write tokenizer.onnx, decoder.onnx, codec.json and manifest.json into out_dir; returns the codec.json
+    content. `recipe` (how the codec was made, what it measured) goes into the manifest as it is."""
     codec = load_codec(checkpoint)
     cfg = codec.cfg
     out_dir = Path(out_dir)
@@ -68,5 +72,17 @@ def export_codec(checkpoint: Path, out_dir: Path) -> dict:
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
             "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25,
             "config": cfg.to_dict()}  # what `load_codec` needs to rebuild the network from the two graphs
-    (out_dir / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out_dir / "codec.json", json.dumps(meta, indent=2) + "\n")
+    manifest = {"format": 1, "files": file_entries(out_dir, ["tokenizer.onnx", "decoder.onnx", "codec.json"]),
+                "training": _training(Path(checkpoint)), "recipe": recipe or {}}
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return meta
+
+
+def _training(source: Path) -> dict:
+    """What a checkpoint says of its own training (an exported folder's manifest, when re-exporting one)."""
+    if source.is_dir():
+        return json.loads((source / MANIFEST).read_text()).get("training", {})
+    state = read_checkpoint(source, "codec checkpoint")
+    return {"steps": state.get("step"), "train_config": state.get("train_config"),
+            "decoder_only": state.get("frozen_tokenizer", False), "last_validation": state.get("history", [])[-1:]}

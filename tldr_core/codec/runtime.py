@@ -22,6 +22,7 @@ from tldr_core.codec.features import analyze
 from tldr_core.codec.model import TokenDecoderStream, numpy_step, reference_stats
 from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.errors import ModelError
+from tldr_core.files import verified_manifest
 from tldr_core.onnx_session import open_session
 
 DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json
@@ -70,12 +71,12 @@ class _OnnxBackend:
     """The exported codec (a folder from `export_codec`), run with onnxruntime on one CPU thread."""
 
     def __init__(self, folder: Path):
+        restore = "Reinstall TLDR Voice, or export a trained codec with `tldr-voice codec export`."
+        verified_manifest(folder, "codec", restore)  # sha256 of every file, before onnxruntime reads one
         meta_path = folder / "codec.json"
         if not meta_path.is_file():
-            raise ModelError(f"'{folder}' holds no codec (codec.json is missing): train one with "
-                             f"`tldr-voice train codec` and export it, or reinstall TLDR Voice.")
+            raise ModelError(f"'{folder}' holds no codec (codec.json is missing): {restore}")
         meta = json.loads(meta_path.read_text())
-        restore = "Reinstall TLDR Voice, or export a trained codec with `tldr-voice codec export`."
         if "state_shapes" not in meta:
             raise ModelError(f"The codec in '{folder}' was exported by an older TLDR Voice (its decoder carries "
                              f"no state): {restore}")

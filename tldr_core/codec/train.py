@@ -31,7 +31,7 @@ from tldr_core.codec.features import analyze
 from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
-from tldr_core.files import atomic_path
+from tldr_core.files import atomic_path, verified_manifest
 from tldr_core.model_store import read_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -180,6 +180,7 @@ def _codec_from_export(folder: Path) -> Codec:
         raise ModelError("Reading an exported codec's weights needs the onnx package: "
                          "pip install -e '.[export]'.") from None
     restore = "Export a codec checkpoint with `tldr-voice codec export`, or pass the checkpoint itself."
+    verified_manifest(folder, "codec", restore)
     try:
         meta = json.loads((folder / "codec.json").read_text())
         model = Codec(CodecConfig.from_dict(meta["config"]))

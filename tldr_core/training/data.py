@@ -8,7 +8,6 @@ another codec's tokens.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from tldr_core import text
 from tldr_core.corpus import cache_utterances, read_split
 from tldr_core.errors import CorpusError
-from tldr_core.files import atomic_path, write_text
+from tldr_core.files import atomic_path, file_sha256, write_text
 from tldr_core.model import PROMPT_MULTIPLE
 
 
@@ -36,7 +35,7 @@ def codec_fingerprint(codec_path: Path) -> str:
     """sha256 of what the speech tokens mean: an exported codec's tokenizer.onnx (its decoder may be re-exported
     or retrained without retraining the LM), or a whole training checkpoint."""
     path = Path(codec_path)
-    return hashlib.sha256((path / "tokenizer.onnx" if path.is_dir() else path).read_bytes()).hexdigest()
+    return file_sha256(path / "tokenizer.onnx" if path.is_dir() else path)
 
 
 @lru_cache(maxsize=1)

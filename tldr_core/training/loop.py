@@ -22,9 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tldr_core.errors import CorpusError, ModelError
-from tldr_core.files import atomic_path
+from tldr_core.files import atomic_path, file_sha256
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
-from tldr_core.model_store import file_sha256, load_backbone, load_weights, read_checkpoint
+from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training import data
 from tldr_core.training.objectives import BackboneObjective, TldrObjective
 
