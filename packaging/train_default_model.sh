@@ -18,7 +18,9 @@ OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a tr
 PHASES=${PHASES-"4:600:300 4:1600:250 8:1400:250"}
 CODEC_STEPS=${CODEC_STEPS:-3000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
-DECODER_STEPS=${DECODER_STEPS:-3000}  # the codec's decoder trained further on the last phase's corpus (same tokens)
+CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-0.3}  # weight of the codec's phone (CTC) loss: how phonetic the tokens are
+CODEC_PHONE_WARMUP=${CODEC_PHONE_WARMUP:-0}    # steps over which that weight rises from 0
+DECODER_STEPS=${DECODER_STEPS:-3000}  # the codec's decoder trained further on the last phase's corpus (same tokens; 0: not)
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
@@ -43,7 +45,8 @@ read -r -a PHASE_LIST <<< "$PHASES"
 FIRST_HOURS=${PHASE_LIST[0]%%:*}
 corpus "$FIRST_HOURS"
 stage "codec" $PY -m tldr_core train codec "$WORK/corpus_${FIRST_HOURS}h" --out "$WORK/codec" --steps "$CODEC_STEPS" --batch 12 \
-  --threads "$THREADS" $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS)
+  --threads "$THREADS" --phone-warmup "$CODEC_PHONE_WARMUP" \
+  $([ -f "$WORK/codec/checkpoint.pt" ] && echo --resume || echo --levels $CODEC_LEVELS --phone-weight "$CODEC_PHONE_WEIGHT")
 stage "codec export" $PY -m tldr_core codec export "$WORK/codec/checkpoint.pt" "$OUT/codec"
 
 BACKBONE=""; declare -A ADAPTER=(); PHASES_JSON=""
@@ -66,15 +69,17 @@ for i in "${!PHASE_LIST[@]}"; do
 done
 # more hours help the decoder too; its tokenizer stays, and its re-export must be byte-identical, since
 # tokenizer.onnx's sha256 is what pairs the model with its tokens
-stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
-  --steps "$DECODER_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec_decoder")
-stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
-cmp -s "$WORK/codec_decoder/onnx/tokenizer.onnx" "$OUT/codec/tokenizer.onnx" || \
-  { echo "the decoder-only codec exported another tokenizer.onnx: the model's tokens would not match" >&2; exit 1; }
-cp "$WORK/codec_decoder/onnx/"{decoder.onnx,codec.json,manifest.json} "$OUT/codec/"
+if [ "$DECODER_STEPS" -gt 0 ]; then
+  stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
+    --steps "$DECODER_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec_decoder")
+  stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
+  cmp -s "$WORK/codec_decoder/onnx/tokenizer.onnx" "$OUT/codec/tokenizer.onnx" || \
+    { echo "the decoder-only codec exported another tokenizer.onnx: the model's tokens would not match" >&2; exit 1; }
+  cp "$WORK/codec_decoder/onnx/"{decoder.onnx,codec.json,manifest.json} "$OUT/codec/"
+fi
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
- "codec_decoder_steps": $DECODER_STEPS,
+ "codec_decoder_steps": $DECODER_STEPS, "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP,
  "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON

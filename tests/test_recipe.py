@@ -17,6 +17,7 @@ from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
+       "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2",
        "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0"}
 
@@ -43,6 +44,9 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     assert [p["backbone_steps"] for p in manifest["recipe"]["phases"]] == [3, 2] and set(manifest["tldr"]) == {"4"}
     assert manifest["training"]["backbone"]["steps"] == 2  # the second phase's backbone is the one packed
+    codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
+    assert codec["codec_config"]["ctc_weight"] == 1.0 and codec["train_config"]["phone_warmup"] == 2
+    assert (manifest["recipe"]["codec_phone_weight"], manifest["recipe"]["codec_phone_warmup"]) == (1.0, 2)
     assert read_checkpoint(work / "phase2" / "backbone" / "checkpoint.pt", "checkpoint")["init"]["path"] == str(
         work / "phase1" / "backbone" / "checkpoint.pt")  # continued, not trained afresh
     # the decoder retrained last keeps the tokenizer, so the model stays paired with the codec it was trained on
