@@ -1,5 +1,6 @@
 """Training: losses fall on a tiny synthetic task, the TLDR stage never moves the backbone, resume continues
-the same run, and two gloo processes (torchrun's DDP, on CPU) end with identical weights."""
+the same run, batches are grouped by length, bfloat16 where the CPU has it, and two gloo processes (torchrun's
+DDP, on CPU) end with identical weights."""
 
 import os
 import socket
@@ -13,7 +14,7 @@ import torch.multiprocessing as mp
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint
 from tldr_core.training import data
-from tldr_core.training.loop import CHECKPOINT, Process, TrainConfig, run
+from tldr_core.training.loop import CHECKPOINT, Process, TrainConfig, autocast, run
 from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective
 
 CFG = ModelConfig(speech_vocab=40, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256)
@@ -68,11 +69,11 @@ def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch)
     straight, _ = train_backbone(tmp_path / "a", steps=20)
     calls, real_sample = [], data.sample_batch
 
-    def interrupted(*args):  # Ctrl+C during step 13, after the checkpoint of step 10
+    def interrupted(*args, **kwargs):  # Ctrl+C during step 13, after the checkpoint of step 10
         calls.append(1)
         if len(calls) == 13:
             raise KeyboardInterrupt
-        return real_sample(*args)
+        return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(data, "sample_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -94,6 +95,34 @@ def test_tldr_training_learns_and_leaves_the_backbone_identical(tmp_path):
                   tmp_path / "tldr", Process(0, 1, torch.device("cpu")), None, "test")
     assert history[-1]["validation"] < history[0]["validation"]
     assert all(torch.equal(before[k], v) for k, v in bb.state_dict().items())
+
+
+def test_training_batches_hold_utterances_of_similar_length_and_validation_batches_a_random_mix():
+    rng = np.random.default_rng(0)
+    utterances = [data.Utterance(str(i), f"spk{i % 10}", np.array([1, 5, 2]), np.zeros(n, dtype=np.int64),
+                                 np.zeros(256, dtype=np.float32)) for i, n in enumerate(rng.integers(25, 400, 500))]
+    index = data.speakers_index(utterances)
+
+    def spread(similar_length: bool) -> float:  # median over batches of longest / shortest utterance
+        batches = [data.sample_batch(utterances, index, 8, 20, np.random.default_rng(s), similar_length)
+                   for s in range(50)]
+        return float(np.median([max(map(len, b.speech)) / min(map(len, b.speech)) for b in batches]))
+
+    assert spread(similar_length=True) < 1.4   # little padding
+    assert spread(similar_length=False) > 3.0
+
+
+def test_precision_bfloat16_runs_matrix_products_in_bfloat16_float32_in_float32_and_auto_follows_the_hardware():
+    a = torch.randn(4, 8)
+    with autocast("bfloat16", torch.device("cpu")):
+        assert (a @ a.T).dtype == torch.bfloat16
+    with autocast("float32", torch.device("cpu")):
+        assert (a @ a.T).dtype == torch.float32
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    with autocast("auto", torch.device("cpu")):
+        assert (a @ a.T).dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(ValueError, match="float16"):
+        autocast("float16", torch.device("cpu"))
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:

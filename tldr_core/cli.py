@@ -96,7 +96,7 @@ def _lm_train_config(args: argparse.Namespace):
     from tldr_core.training.loop import TrainConfig
 
     return TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                       validate_every=args.validate_every, shippable_only=not args.all_rows)
+                       validate_every=args.validate_every, precision=args.precision, shippable_only=not args.all_rows)
 
 
 def _report(history: list[dict], out: Path) -> None:
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep <= idle cores)")
         p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                       help="auto: bfloat16 autocast on GPUs and on CPUs with native bfloat16 (AMX, AVX-512 BF16)")
         p.add_argument("--seed", type=int, default=0)
         all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")

@@ -25,7 +25,7 @@ from tldr_core.errors import ModelError
 from tldr_core.files import verified_manifest
 from tldr_core.onnx_session import open_session
 
-DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json
+DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json; manifest.json: their sha256
 
 
 @dataclass

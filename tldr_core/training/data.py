@@ -110,12 +110,20 @@ def prompt_crop(tokens: np.ndarray, length: int, rng: np.random.Generator) -> np
 
 
 def sample_batch(items: list[Utterance], by_speaker: dict[str, list[int]], batch: int, max_prompt: int,
-                 rng: np.random.Generator) -> Batch:
+                 rng: np.random.Generator, similar_length: bool = False) -> Batch:
     """Random utterances, each with a prompt cropped from another utterance of its speaker.
 
     The prompt length is drawn per batch from the multiples of PROMPT_MULTIPLE up to `max_prompt` that every
-    prompt source allows, so the model learns to continue from short and long references alike."""
-    chosen = rng.integers(0, len(items), size=batch)
+    prompt source allows, so the model learns to continue from short and long references alike.
+    `similar_length` (training) takes a random window of the utterances sorted by a +-15 % jittered length, as
+    the codec does: a batch is padded to its longest utterance, and a random mix of 1-16 s clips is about 40 %
+    padding."""
+    if similar_length:
+        jittered = np.array([len(it.tokens) for it in items]) * rng.uniform(0.85, 1.15, len(items))
+        start = int(rng.integers(0, max(1, len(items) - batch + 1)))
+        chosen = np.argsort(jittered)[start:start + batch]
+    else:
+        chosen = rng.integers(0, len(items), size=batch)
     sources = []
     for i in chosen:
         same = by_speaker[items[i].speaker]
