@@ -13,14 +13,14 @@ WORK=${WORK:-runs/default}            # corpora, caches and checkpoints
 OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a trial run can point elsewhere)
 # Training phases, HOURS:BACKBONE_STEPS:TLDR_STEPS each, on a corpus of that many hours (seed 0: the same speakers
 # and held-out humans whatever the hours). The first starts from random weights with the alignment prior; each
-# later one continues the previous one's backbone and adapters (--init: fresh optimiser, lr 5e-4). This is how
-# the shipped model was made, one phase per session on a fresh machine; a run with the time trains one long phase.
-PHASES=${PHASES-"4:600:300 4:1600:250 8:1400:250"}
-CODEC_STEPS=${CODEC_STEPS:-3000}      # the codec trains on the first phase's corpus
+# later one continues the previous one's backbone and adapters (--init: fresh optimiser, lr 5e-4), e.g. one phase
+# per session on machines whose disk does not survive. The shipped model is one phase, in one session of this CPU.
+PHASES=${PHASES-"8:2600:800"}
+CODEC_STEPS=${CODEC_STEPS:-4000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
-CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-0.3}  # weight of the codec's phone (CTC) loss: how phonetic the tokens are
-CODEC_PHONE_WARMUP=${CODEC_PHONE_WARMUP:-0}    # steps over which that weight rises from 0
-DECODER_STEPS=${DECODER_STEPS:-3000}  # the codec's decoder trained further on the last phase's corpus (same tokens; 0: not)
+CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-1.0}  # weight of the codec's phone (CTC) loss: how phonetic the tokens are
+CODEC_PHONE_WARMUP=${CODEC_PHONE_WARMUP:-1000} # steps over which that weight rises from 0 (from the start it collapses)
+DECODER_STEPS=${DECODER_STEPS:-0}     # the codec's decoder trained further on the last phase's corpus (same tokens; 0: not)
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
