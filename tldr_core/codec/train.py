@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from tldr_core.codec.features import analyze
-from tldr_core.corpus import cache_utterances, read_split
+from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path, verified_manifest
@@ -119,14 +119,10 @@ def collate(items: list[dict]) -> Batch:
 
 
 def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Batch:
-    """`batch` whole clips of similar length: a random window of the clips sorted by a jittered length.
-
-    Clips run from under 1 s to 16 s; a random mix would be mostly padding. The +-15 % jitter varies which
-    clips share a batch.
-    """
-    jittered = np.array([len(it["frames"]) for it in items]) * rng.uniform(0.85, 1.15, len(items))
-    start = int(rng.integers(0, max(1, len(items) - batch + 1)))
-    return collate([items[i] for i in np.argsort(jittered)[start:start + batch]])
+    """`batch` whole clips of similar length (clips run from under 1 s to 16 s; a random mix would be mostly
+    padding)."""
+    chosen = similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)
+    return collate([items[i] for i in chosen])
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@
   build.py      `tldr-voice corpus build`: runs the plan in parallel, resumably, and writes the manifests
 
 `read_split` is how every trainer and evaluator reads a built corpus, `cache_utterances` how they derive
-per-utterance files from it (features, tokens) once.
+per-utterance files from it (features, tokens) once, `similar_length_batch` how they batch its utterances.
 """
 
 import json
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from tldr_core.errors import CorpusError
@@ -45,3 +46,13 @@ def cache_utterances(corpus: Path, rows: list[dict], folder: Path, work: Callabl
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for _ in tqdm(pool.map(work, todo, chunksize=4), total=len(todo), desc=desc, unit="clip"):
             pass
+
+
+def similar_length_batch(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `batch` utterances of similar length: a random window of them sorted by a +-15 % jittered length.
+
+    A batch is padded to its longest utterance, and a random mix of 1-16 s clips is mostly padding; the jitter
+    varies which utterances share a batch."""
+    jittered = lengths * rng.uniform(0.85, 1.15, len(lengths))
+    start = int(rng.integers(0, max(1, len(lengths) - batch + 1)))
+    return np.argsort(jittered)[start:start + batch]

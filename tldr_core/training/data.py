@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tldr_core import text
-from tldr_core.corpus import cache_utterances, read_split
+from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path, file_sha256, write_text
 from tldr_core.model import PROMPT_MULTIPLE
@@ -115,13 +115,10 @@ def sample_batch(items: list[Utterance], by_speaker: dict[str, list[int]], batch
 
     The prompt length is drawn per batch from the multiples of PROMPT_MULTIPLE up to `max_prompt` that every
     prompt source allows, so the model learns to continue from short and long references alike.
-    `similar_length` (training) takes a random window of the utterances sorted by a +-15 % jittered length, as
-    the codec does: a batch is padded to its longest utterance, and a random mix of 1-16 s clips is about 40 %
-    padding."""
+    `similar_length` (training) groups utterances of similar length, as the codec does (a random mix of 1-16 s
+    utterances padded to the longest is about 40 % padding)."""
     if similar_length:
-        jittered = np.array([len(it.tokens) for it in items]) * rng.uniform(0.85, 1.15, len(items))
-        start = int(rng.integers(0, max(1, len(items) - batch + 1)))
-        chosen = np.argsort(jittered)[start:start + batch]
+        chosen = similar_length_batch(np.array([len(it.tokens) for it in items]), batch, rng)
     else:
         chosen = rng.integers(0, len(items), size=batch)
     sources = []
