@@ -9,11 +9,20 @@ import pytest
 from cli_runner import run_cli
 from espeak_speech import espeak, write_corpus
 
-from tldr_core.codec.evaluate import Judges, words_for_wer
+from tldr_core.codec.evaluate import Judges, WordErrors, words_for_wer
 
 SENTENCES = ["The weather was warm and the children played in the garden until dinner.",
              "Please bring the green book back to the library before Friday morning.",
              "Seven sailors crossed the river in a small wooden boat at sunrise."]
+
+
+def test_one_transcript_that_runs_on_shows_as_insertions_and_leaves_the_median_clip_alone():
+    references = ["the cat sat", "a dog ran home", "birds sing", "we go now", "the sun is up"]
+    heard = ["the cat sat", "a dog ran home", "birds sing " + "and sing " * 10, "we go", "the sun is up"]
+    errors = WordErrors.score(references, heard)
+    assert errors.wer == pytest.approx(100 * 21 / 16)
+    assert errors.inserted == pytest.approx(100 * 20 / 16) and errors.deleted == pytest.approx(100 / 16)
+    assert errors.substituted == 0 and errors.median_clip == 0
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,7 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
         assert all(s["reference"] == s["id"][:-1] + "1" for s in report["samples"])  # the speaker's other clip
         assert report["sentences"] == sum(s["sentences"] for s in report["samples"]) == 2
         assert report["stopped_by_model"] == sum(s["stopped_by_model"] for s in report["samples"])
-        assert report["wer_original"] < 25  # the judge hears the originals; the model's own WER is what it is
+        assert report["words_original"]["wer"] < 25  # the judge hears the originals; the model's own WER is what it is
         assert -1 <= report["similarity"] <= 1 and report["duration_ratio"] > 0.2
     assert "TLDR k=4: 2 utterances" in done.stdout and "stopped by itself in" in done.stdout
 
@@ -75,9 +84,10 @@ def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     reports = json.loads((tmp_path / "codecs.json").read_text())
     shipped, noise = reports[str(DEFAULT_CODEC)], reports[str(tmp_path / "untrained.pt")]
-    for key in ("n_clips", "seconds", "wer_original", "dnsmos_original"):
+    for key in ("n_clips", "seconds", "words_original", "dnsmos_original"):
         assert shipped[key] == noise[key]
-    assert shipped["n_clips"] == 4 and shipped["wer_original"] < 25
+    assert shipped["n_clips"] == 4 and shipped["words_original"]["wer"] < 25
     assert shipped["similarity"] > noise["similarity"] + 0.1
-    assert shipped["wer_roundtrip"] < noise["wer_roundtrip"]
+    assert shipped["words_roundtrip"]["wer"] < noise["words_roundtrip"]["wer"]
+    assert [clip["heard_original"] for clip in shipped["clips"]] == [clip["heard_original"] for clip in noise["clips"]]
     assert done.stdout.count("WER original") == 2

@@ -161,7 +161,7 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     for name, report in reports.items():
         print(f"codec {name}:\n  " + "\n  ".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps({name: r.__dict__ for name, r in reports.items()}, indent=2) + "\n")
+        write_text(args.json, json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -248,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for report in reports:
         print("\n".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps([report.__dict__ for report in reports], indent=2) + "\n")
+        write_text(args.json, json.dumps([report.to_dict() for report in reports], indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

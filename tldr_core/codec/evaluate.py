@@ -4,14 +4,14 @@ Three independent measures, each against the original clip: speaker similarity w
 encoder (never the one the codec is conditioned on), Whisper tiny.en word error rate (both clips scored
 against the manifest's text, normalised by `words_for_wer`, so the figure is the *increase* a round trip
 causes), and DNSMOS overall quality. `evaluate_split` runs audio -> audio functions (codecs) over a corpus
-split, all in one run.
+split, all in one run, and keeps every clip's transcripts.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -64,27 +64,63 @@ class Judges:
 
 
 @dataclass
+class WordErrors:
+    """Whisper's word errors over a set of clips, in percent of the reference words: pooled, split by kind, and the
+    median clip's WER. A few transcripts that run on (insertions) can make a pooled figure that most clips do not
+    share; the split and the median say whether they did."""
+
+    wer: float
+    substituted: float
+    deleted: float
+    inserted: float
+    median_clip: float
+
+    @classmethod
+    def score(cls, references: list[str], heard: list[str]) -> "WordErrors":
+        import jiwer
+
+        pairs = [(r, h) for r, h in zip(references, heard) if r]
+        if not pairs:
+            raise TldrError("No clip has words to judge: the corpus texts are empty.")
+        counts = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
+        words = counts.hits + counts.substitutions + counts.deletions
+        per_clip = [jiwer.wer(r, h) for r, h in pairs]
+        return cls(wer=100 * counts.wer, substituted=100 * counts.substitutions / words,
+                   deleted=100 * counts.deletions / words, inserted=100 * counts.insertions / words,
+                   median_clip=100 * float(np.median(per_clip)))
+
+    def text(self) -> str:
+        return (f"{self.wer:.2f} % (substituted {self.substituted:.1f}, deleted {self.deleted:.1f}, inserted "
+                f"{self.inserted:.1f}; median clip {self.median_clip:.1f})")
+
+
+@dataclass
 class SplitReport:
-    """Corpus-level figures; WER is pooled over all words (errors / reference words), in percent."""
+    """Corpus-level figures of one round trip, and per clip what Whisper heard and the similarity."""
 
     n_clips: int = 0
     seconds: float = 0.0
-    wer_original: float = 0.0
-    wer_roundtrip: float = 0.0
+    words_original: WordErrors | None = None
+    words_roundtrip: WordErrors | None = None
     similarity: float = 0.0
     dnsmos_original: float = 0.0
     dnsmos_roundtrip: float = 0.0
     rtf: float = 0.0
     per_speaker_similarity: dict[str, float] = field(default_factory=dict)
+    clips: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
+        increase = self.words_roundtrip.wer - self.words_original.wer
         return [f"clips: {self.n_clips} ({self.seconds:.0f} s), round-trip RTF {self.rtf:.4f}",
-                f"WER original {self.wer_original:.2f} %  round trip {self.wer_roundtrip:.2f} %  "
-                f"(+{self.wer_roundtrip - self.wer_original:.2f})",
+                f"WER original {self.words_original.text()}",
+                f"WER round trip {self.words_roundtrip.text()}: {increase:+.2f}",
                 f"speaker similarity (evaluation encoder) {self.similarity:.3f}  per source: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.per_speaker_similarity.items())),
                 f"DNSMOS original {self.dnsmos_original:.3f}  round trip {self.dnsmos_roundtrip:.3f}  "
                 f"({self.dnsmos_roundtrip - self.dnsmos_original:+.3f})"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np.ndarray]], split: str = "test",
@@ -93,8 +129,6 @@ def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np
 
     Several round trips are judged in one run on the same clips, with the original scored once: Whisper int8
     is not bit-stable across runs (the same originals read 35 and 38 %), so codecs are compared within a run."""
-    import jiwer
-
     rows = read_split(corpus, split)
     if limit is not None and limit < len(rows):
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
@@ -118,13 +152,15 @@ def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np
             hyp_rt[name].append(words_for_wer(judges.transcribe(rebuilt)))
             sims[name].append(judges.similarity(original, rebuilt))
             mos_r[name].append(judges.dnsmos(rebuilt))
-    wer_original, dnsmos_original = 100 * jiwer.wer(refs, hyp_orig), float(np.mean(mos_o))
+    words_original, dnsmos_original = WordErrors.score(refs, hyp_orig), float(np.mean(mos_o))
     reports = {}
     for name in roundtrips:
         per_speaker = {s: float(np.mean([v for v, k in zip(sims[name], speakers) if k == s])) for s in set(speakers)}
+        clips = [{"id": row["id"], "text": ref, "heard_original": orig, "heard": heard, "similarity": sim}
+                 for row, ref, orig, heard, sim in zip(rows, refs, hyp_orig, hyp_rt[name], sims[name])]
         reports[name] = SplitReport(
-            n_clips=len(rows), seconds=seconds, wer_original=wer_original,
-            wer_roundtrip=100 * jiwer.wer(refs, hyp_rt[name]), similarity=float(np.mean(sims[name])),
+            n_clips=len(rows), seconds=seconds, words_original=words_original,
+            words_roundtrip=WordErrors.score(refs, hyp_rt[name]), similarity=float(np.mean(sims[name])),
             dnsmos_original=dnsmos_original, dnsmos_roundtrip=float(np.mean(mos_r[name])),
-            rtf=compute[name] / seconds, per_speaker_similarity=per_speaker)
+            rtf=compute[name] / seconds, per_speaker_similarity=per_speaker, clips=clips)
     return reports

@@ -9,13 +9,13 @@ stopped by itself (the decoder cuts at twice the expected length).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tldr_core import audio
-from tldr_core.codec.evaluate import Judges, words_for_wer
+from tldr_core.codec.evaluate import Judges, WordErrors, words_for_wer
 from tldr_core.decoding import Sampling
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
@@ -28,8 +28,8 @@ class ModelReport:
     patch_size: int
     utterances: int = 0
     sentences: int = 0
-    wer_original: float = 0.0
-    wer: float = 0.0
+    words_original: WordErrors | None = None
+    words: WordErrors | None = None
     similarity: float = 0.0
     stopped_by_model: int = 0
     duration_ratio: float = 0.0     # output seconds / original seconds, mean
@@ -40,11 +40,15 @@ class ModelReport:
     def lines(self) -> list[str]:
         name = "baseline" if self.patch_size == 1 else f"TLDR k={self.patch_size}"
         return [f"{name}: {self.utterances} utterances",
-                f"  WER {self.wer:.1f} %   (the original recordings: {self.wer_original:.1f} %)",
+                f"  WER {self.words.text()}",
+                f"  WER of the original recordings {self.words_original.text()}",
                 f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f}",
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
@@ -70,8 +74,6 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
                    judges: Judges | None = None) -> list[ModelReport]:
     """One report per (mode, patch size). Every mode says the same utterances in the same prepared voices, and
     each original is transcribed once, so the modes' figures differ only by what the modes did."""
-    import jiwer
-
     judges = judges or Judges()
     pairs = pick_rows(Path(corpus), split, limit)
     if not pairs:
@@ -101,8 +103,8 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         samples = report.samples
         seconds = sum(x["audio_seconds"] for x in samples)
         report.utterances = len(samples)
-        report.wer = 100 * jiwer.wer(refs, [x["heard"] for x in samples])
-        report.wer_original = 100 * jiwer.wer(refs, heard_original)
+        report.words = WordErrors.score(refs, [x["heard"] for x in samples])
+        report.words_original = WordErrors.score(refs, heard_original)
         report.similarity = float(np.mean([x["similarity"] for x in samples]))
         report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
         report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
