@@ -90,3 +90,17 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
     wrong_kind = run_cli("train", "backbone", corpus, "--codec", out / "codec", "--out", tmp_path / "bb3",
                             "--init", packed / "tldr_k4.pt", *common)
     assert wrong_kind.returncode == 2 and "is not a backbone" in wrong_kind.stderr
+
+
+def test_train_speed_times_each_precision_and_batching_in_one_run_on_a_runs_tokens(recipe, tmp_path):
+    _, work, _ = recipe
+    corpus, tokens = work / "corpus_0.03h", work / "phase1" / "backbone" / "tokens"
+    sizes = ["--dim", "64", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "128", "--threads", "1"]
+    done = run_cli("train", "speed", corpus, "--tokens", tokens, "--batch", "2", "--steps", "2", *sizes)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if "s/step" in line]
+    assert [(r[0], " ".join(r[1:3])) for r in rows] == [("float32", "random mix"), ("bfloat16", "random mix"),
+                                                         ("bfloat16", "similar lengths")]
+    assert rows[0][5] == "1.00x" and all(float(r[3]) > 0 for r in rows)
+    missing = run_cli("train", "speed", corpus, "--tokens", tmp_path, *sizes)
+    assert missing.returncode == 2 and "holds no speech tokens" in missing.stderr

@@ -128,6 +128,21 @@ def cmd_train_tldr(args: argparse.Namespace) -> None:
                        resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
 
 
+def cmd_train_speed(args: argparse.Namespace) -> None:
+    import torch
+
+    from tldr_core.model import ModelConfig
+    from tldr_core.training.speed import measure_training_speed
+
+    torch.set_num_threads(args.threads)
+    model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
+    print(f"backbone d{args.dim} x {args.layers} layers, batch {args.batch}, {args.device}, {args.threads} threads, "
+          f"{args.steps} timed steps per setting, taking turns")
+    for result in measure_training_speed(args.corpus_dir, args.tokens, model_cfg, batch=args.batch, steps=args.steps,
+                                         device=args.device):
+        print(result.line())
+
+
 def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
     from tldr_core import audio
     from tldr_core.codec.runtime import CodecRuntime
@@ -361,14 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from these weights (a checkpoint or a packed model file, e.g. the shipped "
                             "model's) instead of random ones; a new schedule of --steps follows")
 
+    def size_options(p: argparse.ArgumentParser, title: str) -> None:
+        sizes = p.add_argument_group(title)
+        sizes.add_argument("--dim", type=int, default=256)
+        sizes.add_argument("--layers", type=int, default=12)
+        sizes.add_argument("--heads", type=int, default=4)
+        sizes.add_argument("--kv-heads", type=int, default=2)
+        sizes.add_argument("--ffn", type=int, default=768)
+
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
     lm_options(p, steps=4000)
-    sizes = p.add_argument_group("size of a new backbone (with --init or --resume the file's sizes are kept)")
-    sizes.add_argument("--dim", type=int, default=256)
-    sizes.add_argument("--layers", type=int, default=12)
-    sizes.add_argument("--heads", type=int, default=4)
-    sizes.add_argument("--kv-heads", type=int, default=2)
-    sizes.add_argument("--ffn", type=int, default=768)
+    size_options(p, "size of a new backbone (with --init or --resume the file's sizes are kept)")
     p.add_argument("--alignment-prior", type=float, default=0.0, metavar="FRACTION",
                    help="guide one attention head per layer along the text for this fraction of the steps, fading "
                         "(0: off)")
@@ -380,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=16,
                    help="rank of a new adapter's LoRA (with --init or --resume the file's rank is kept)")
     p.set_defaults(run=cmd_train_tldr)
+    p = train_cmds.add_parser("speed", help="seconds per backbone training step: float32 vs bfloat16, random vs "
+                                            "similar-length batches, measured in one run")
+    p.add_argument("corpus_dir", type=Path)
+    p.add_argument("--tokens", type=Path, required=True, help="the tokens folder of a training run on this corpus")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 untimed)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    size_options(p, "backbone size")
+    p.set_defaults(run=cmd_train_speed)
 
     codec_cmds = commands.add_parser("codec", help="speech codec tools").add_subparsers(dest="codec_command",
                                                                                        required=True)
