@@ -7,11 +7,14 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tldr_core import audio
 from tldr_core.cli import main
 from tldr_core.errors import ModelError, TextInputError
-from tldr_core.model_store import pack_model
+from tldr_core.files import file_sha256
+from tldr_core.model import Tldr, TldrConfig
+from tldr_core.model_store import load_backbone, pack_model
 from tldr_core.paths import RESOURCES_DIR
 from tldr_core.synthesis import BASELINE, TLDR, Synthesizer
 
@@ -145,3 +148,20 @@ def test_bench_compares_every_mode_in_one_run(tiny_model, tmp_path, capsys):
     assert results[0]["speedup"] == 1.0
     assert results[2]["kv_speech_saving"] > 0.6
     assert "TLDR k=4" in capsys.readouterr().out
+
+
+def test_packing_a_packed_backbone_with_new_adapters_keeps_its_file_and_training_record(tiny_model, tmp_path):
+    """New adapters join a shipped backbone: its file stays byte for byte (the adapters were trained against its
+    sha256) and the new folder's manifest keeps how it was trained."""
+    backbone = tiny_model / "backbone.pt"
+    torch.manual_seed(1)
+    tcfg = TldrConfig(patch_size=4, lora_rank=4)
+    adapter = {"kind": "tldr", "tldr_config": tcfg.to_dict(), "backbone_sha256": file_sha256(backbone),
+               "model": Tldr(load_backbone(backbone), tcfg).state_dict(), "step": 7, "history": [{"step": 7}]}
+    torch.save(adapter, tmp_path / "k4.pt")
+    manifest = pack_model(backbone, {4: tmp_path / "k4.pt"}, tmp_path / "model", recipe={})
+    assert file_sha256(tmp_path / "model" / "backbone.pt") == file_sha256(backbone)
+    shipped = json.loads((tiny_model / "manifest.json").read_text())
+    assert manifest["training"]["backbone"] == shipped["training"]["backbone"]
+    assert manifest["training"]["tldr_k4.pt"]["steps"] == 7
+    assert Synthesizer(tmp_path / "model", device="cpu").patch_sizes == [4]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,18 @@ def open_model_folder(folder: Path | None = None) -> ModelFolder:
     return ModelFolder(folder, manifest)
 
 
-def _pack_weights(state: dict, out: Path, keep: tuple[str, ...]) -> dict:
+def _pack_weights(state: dict, source: Path, out: Path, keep: tuple[str, ...], record: str) -> dict:
+    """One file of a model folder, and its training record. A training checkpoint is written in float16 without
+    its optimiser. A file that is packed already (new adapters joining a shipped backbone) is copied byte for
+    byte, so its sha256 stays what the adapters were trained against; its record comes from its folder's
+    manifest (`record`: its key there)."""
+    if all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point()):
+        if Path(source).resolve() != Path(out).resolve():
+            with atomic_path(out) as tmp:
+                shutil.copyfile(source, tmp)
+        manifest = Path(source).parent / MANIFEST
+        training = json.loads(manifest.read_text(encoding="utf-8")).get("training", {}) if manifest.is_file() else {}
+        return training.get(record, {"train_config": None, "steps": None, "history": []})
     packed = {key: state[key] for key in keep}
     packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     with atomic_path(out) as tmp:
@@ -101,7 +113,7 @@ def _pack_weights(state: dict, out: Path, keep: tuple[str, ...]) -> dict:
 
 
 def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict) -> dict:
-    """Write a model folder from training checkpoints (optimiser state dropped, float16 weights)."""
+    """Write a model folder from training checkpoints (optimiser state dropped, float16 weights) or packed files."""
     out = Path(out)
     backbone_state = read_checkpoint(backbone_checkpoint, "backbone")
     backbone_sha256 = file_sha256(backbone_checkpoint)
@@ -114,12 +126,13 @@ def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"format": 1, "backbone": "backbone.pt", "tldr": {}, "files": {},
                       "codec_sha256": backbone_state.get("codec_sha256"), "recipe": recipe, "training": {}}
-    manifest["training"]["backbone"] = _pack_weights(backbone_state, out / "backbone.pt",
-                                                     ("kind", "model_config", "codec_sha256"))
+    manifest["training"]["backbone"] = _pack_weights(backbone_state, backbone_checkpoint, out / "backbone.pt",
+                                                     ("kind", "model_config", "codec_sha256"), "backbone")
     for k, state in adapter_states.items():
         name = f"tldr_k{k}.pt"
         manifest["tldr"][str(k)] = name
-        manifest["training"][name] = _pack_weights(state, out / name, ("kind", "tldr_config"))
+        manifest["training"][name] = _pack_weights(state, tldr_checkpoints[k], out / name, ("kind", "tldr_config"),
+                                                   name)
     manifest["files"] = file_entries(out, ["backbone.pt", *manifest["tldr"].values()])
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
