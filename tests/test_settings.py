@@ -14,6 +14,12 @@ def test_defaults_when_nothing_was_saved():
     assert settings.patch_size == 4 and settings.decoding_mode == "tldr" and settings.device == "auto"
 
 
+def test_the_app_speaks_at_the_temperature_its_figures_were_measured_at():
+    from tldr_core.decoding import Sampling
+
+    assert Settings().temperature == Sampling().temperature  # what `evaluate` and `bench` use
+
+
 def test_settings_persist_in_the_user_config_folder():
     saved = Settings(patch_size="baseline", decoding_mode="speculative", device="cpu", input_device="USB Mic",
                      output_device="Speakers", temperature=0.7, seed=1234, last_voice="abc123")

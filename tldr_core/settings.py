@@ -32,7 +32,7 @@ class Settings:
     device: str = "auto"  # where the model runs: CUDA when available, else the CPU
     input_device: str | None = None  # sounddevice device name; None: the system default
     output_device: str | None = None
-    temperature: float = 1.0
+    temperature: float = 0.8  # decoding.Sampling's: the one the model's figures are measured at
     seed: int | None = None  # None: a new random seed every time
     last_voice: str | None = None  # id of the voice picked last (see tldr_core.voices)
 
