@@ -14,8 +14,9 @@ OUT=${OUT:-resources}                 # where codec/ and default_model/ go (a tr
 # Training phases, HOURS:BACKBONE_STEPS:TLDR_STEPS each, on a corpus of that many hours (seed 0: the same speakers
 # and held-out humans whatever the hours). The first starts from random weights with the alignment prior; each
 # later one continues the previous one's backbone and adapters (--init: fresh optimiser, lr 5e-4), e.g. one phase
-# per session on machines whose disk does not survive. The shipped model is one phase, in one session of this CPU.
-PHASES=${PHASES-"8:2600:800"}
+# per session on machines whose disk does not survive. The shipped model is one phase on this CPU (its adapters
+# were trained longer in a later session: k=4 2000 steps, k = 2, 6, 8 1000; its manifest says how).
+PHASES=${PHASES-"8:2600:2000"}
 CODEC_STEPS=${CODEC_STEPS:-4000}      # the codec trains on the first phase's corpus
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
 CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-1.0}  # weight of the codec's phone (CTC) loss: how phonetic the tokens are
