@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from tldr_core.errors import TldrError
@@ -129,12 +130,10 @@ def cmd_train_tldr(args: argparse.Namespace) -> None:
 
 
 def cmd_train_speed(args: argparse.Namespace) -> None:
-    import torch
-
     from tldr_core.model import ModelConfig
     from tldr_core.training.speed import measure_training_speed
 
-    torch.set_num_threads(args.threads)
+    torch_threads(args.threads)
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
     print(f"backbone d{args.dim} x {args.layers} layers, batch {args.batch}, {args.device}, {args.threads} threads, "
           f"{args.steps} timed steps per setting, taking turns")
@@ -176,7 +175,7 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     for name, report in reports.items():
         print(f"codec {name}:\n  " + "\n  ".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2) + "\n")
+        write_text(args.json, json.dumps({name: asdict(r) for name, r in reports.items()}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -263,7 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for report in reports:
         print("\n".join(report.lines()))
     if args.json:
-        write_text(args.json, json.dumps([report.to_dict() for report in reports], indent=2) + "\n")
+        write_text(args.json, json.dumps([asdict(report) for report in reports], indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -122,16 +122,11 @@ class SplitReport:
                 f"DNSMOS original {self.dnsmos_original:.3f}  round trip {self.dnsmos_roundtrip:.3f}  "
                 f"({self.dnsmos_roundtrip - self.dnsmos_original:+.3f})"]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np.ndarray]], split: str = "test",
                    limit: int | None = None, judges: Judges | None = None) -> dict[str, SplitReport]:
     """Score each roundtrip(original) against the original for (up to `limit`, spread over speakers) clips.
 
-    Several round trips are judged in one run on the same clips, with the original scored once: Whisper int8
-    is not bit-stable across runs (the same originals read 35 and 38 %), so codecs are compared within a run."""
+    Several round trips are judged in one run on the same clips, with each original transcribed and scored once."""
     rows = read_split(corpus, split)
     if limit is not None and limit < len(rows):
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]

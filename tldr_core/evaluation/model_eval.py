@@ -9,7 +9,7 @@ stopped by itself (the decoder cuts at twice the expected length).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,6 @@ class ModelReport:
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
     """(utterance, reference) pairs, round-robin over speakers, deterministic; the reference is the speaker's

@@ -124,6 +124,18 @@ def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: Train
     return float(np.mean(right)), float(np.mean(wrong))
 
 
+def train_step(module: torch.nn.Module, batch: data.Batch, optimiser: torch.optim.Optimizer,
+               trainable: list[torch.nn.Parameter], amp: torch.autocast) -> torch.Tensor:
+    """One update: the loss under `amp`, its gradients, clipped to norm 1, and the optimiser's step."""
+    with amp:
+        loss = module(batch)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimiser.step()
+    return loss
+
+
 def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, train_items, valid_items,
         cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
     """The loop shared by both commands: trains `weights` (the backbone, or one Tldr) through `objective`;
@@ -156,12 +168,7 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
             group["lr"] = _lr(cfg, step)
         if hasattr(objective, "prior"):
             objective.prior = _prior(cfg, step)
-        with amp:
-            loss = module(batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimiser.step()
+        loss = train_step(module, batch, optimiser, trainable, amp)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -5,13 +5,13 @@ step faster without changing what is learnt from each utterance. The settings ta
 untimed warm-up steps, so a busy spell of the machine falls on all of them alike and the speed-ups are ratios
 inside the run. Batches are drawn from real tokens (a training run's token folder) as training draws them; the
 backbone has the given sizes and random weights, since its speed does not depend on what it has learnt. A step is
-what the training loop does: forward, backward, gradient clipping and the optimiser's update.
+the training loop's own `train_step`: forward, backward, gradient clipping and the optimiser's update.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from tldr_core.errors import CorpusError
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig
 from tldr_core.training import data
-from tldr_core.training.loop import autocast
+from tldr_core.training.loop import autocast, train_step
 from tldr_core.training.objectives import BackboneObjective
 
 SETTINGS = (("float32", False), ("bfloat16", False), ("bfloat16", True))  # (precision, similar-length batches)
@@ -56,11 +56,12 @@ def measure_training_speed(corpus: Path, tokens: Path, model_cfg: ModelConfig, b
         raise CorpusError(f"'{tokens}' holds {len(items)} training utterances, fewer than one batch of {batch}.")
     index = data.speakers_index(items)
     torch.manual_seed(seed)
-    model_cfg.speech_vocab = 1 + max(int(it.tokens.max()) for it in items if len(it.tokens))
+    model_cfg = replace(model_cfg, speech_vocab=1 + max(int(it.tokens.max()) for it in items if len(it.tokens)))
     target = torch.device(device)
     backbone = Backbone(model_cfg).to(target)
     objective = BackboneObjective(backbone).train()
-    optimiser = torch.optim.AdamW(backbone.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    trainable = list(backbone.parameters())
+    optimiser = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95))
     times: dict[tuple[str, bool], list[float]] = {s: [] for s in SETTINGS}
     padding: dict[tuple[str, bool], list[float]] = {s: [] for s in SETTINGS}
     for step in range(warmup + steps):
@@ -70,12 +71,7 @@ def measure_training_speed(corpus: Path, tokens: Path, model_cfg: ModelConfig, b
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
             start = time.perf_counter()
-            with autocast(precision, target):
-                loss = objective(sample.to(target))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-            optimiser.step()
+            train_step(objective, sample.to(target), optimiser, trainable, autocast(precision, target))
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
             if step >= warmup:
