@@ -9,7 +9,7 @@ import pytest
 from cli_runner import run_cli
 from espeak_speech import espeak, write_corpus
 
-from tldr_core.codec.evaluate import Judges, WordErrors, words_for_wer
+from tldr_core.codec.evaluate import Judges, WerDifference, WordErrors, words_for_wer
 
 SENTENCES = ["The weather was warm and the children played in the garden until dinner.",
              "Please bring the green book back to the library before Friday morning.",
@@ -23,6 +23,17 @@ def test_one_transcript_that_runs_on_shows_as_insertions_and_leaves_the_median_c
     assert errors.wer == pytest.approx(100 * 21 / 16)
     assert errors.inserted == pytest.approx(100 * 20 / 16) and errors.deleted == pytest.approx(100 / 16)
     assert errors.substituted == 0 and errors.median_clip == 0
+
+
+def test_a_wer_difference_carried_by_one_clip_is_not_told_apart_from_chance_but_one_on_every_clip_is():
+    references = [f"word{i} two three four" for i in range(10)]
+    one_clip = ["totally wrong words here"] + references[1:]
+    every_clip = [r.replace("two", "too") for r in references]
+    by_one = WerDifference.paired(references, references, one_clip)
+    assert by_one.points == pytest.approx(10) and by_one.low == 0 and by_one.high > 10
+    by_all = WerDifference.paired(references, references, every_clip)
+    assert by_all.points == by_all.low == by_all.high == pytest.approx(25)
+    assert WerDifference.paired(references, every_clip, references).points == pytest.approx(-25)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +81,7 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
         assert report["stopped_by_model"] == sum(s["stopped_by_model"] for s in report["samples"])
         assert report["words_original"]["wer"] < 25  # the judge hears the originals; the model's own WER is what it is
         assert -1 <= report["similarity"] <= 1 and report["duration_ratio"] > 0.2
+    assert reports[0]["vs_baseline"] is None and reports[1]["vs_baseline"]["clips"] == 2
     assert "TLDR k=4: 2 utterances" in done.stdout and "stopped by itself in" in done.stdout
 
 
@@ -99,3 +111,5 @@ def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_p
     assert shipped["words_roundtrip"]["wer"] < noise["words_roundtrip"]["wer"]
     assert [clip["heard_original"] for clip in shipped["clips"]] == [clip["heard_original"] for clip in noise["clips"]]
     assert done.stdout.count("WER original") == 2
+    assert shipped["increase"]["points"] == pytest.approx(
+        shipped["words_roundtrip"]["wer"] - shipped["words_original"]["wer"])

@@ -98,6 +98,41 @@ class WordErrors:
 
 
 @dataclass
+class WerDifference:
+    """How much higher B's pooled WER is than A's on the same clips, in points, with a 95 % interval from a paired
+    bootstrap over clips: on a few dozen short clips of this speech a 4-point difference can be chance, and the
+    targets ("within 2 points") are differences."""
+
+    points: float
+    low: float
+    high: float
+    clips: int
+
+    @classmethod
+    def paired(cls, references: list[str], heard_a: list[str], heard_b: list[str], resamples: int = 4000,
+               seed: int = 0) -> "WerDifference":
+        import jiwer
+
+        def errors(ref: str, heard: str) -> int:
+            counts = jiwer.process_words(ref, heard)
+            return counts.substitutions + counts.deletions + counts.insertions
+
+        kept = [(r, a, b) for r, a, b in zip(references, heard_a, heard_b) if r]
+        if not kept:
+            raise TldrError("No clip has words to judge: the corpus texts are empty.")
+        words = np.array([len(r.split()) for r, _, _ in kept], float)
+        extra = np.array([errors(r, b) - errors(r, a) for r, a, b in kept], float)
+        picks = np.random.default_rng(seed).integers(0, len(kept), (resamples, len(kept)))
+        spread = 100 * extra[picks].sum(axis=1) / words[picks].sum(axis=1)
+        low, high = np.percentile(spread, [2.5, 97.5])
+        return cls(points=100 * extra.sum() / words.sum(), low=float(low), high=float(high), clips=len(kept))
+
+    def text(self) -> str:
+        return (f"{self.points:+.1f} points (95 % interval {self.low:+.1f} to {self.high:+.1f}, paired bootstrap over "
+                f"{self.clips} clips)")
+
+
+@dataclass
 class SplitReport:
     """Corpus-level figures of one round trip, and per clip what Whisper heard and the similarity."""
 
@@ -105,6 +140,7 @@ class SplitReport:
     seconds: float = 0.0
     words_original: WordErrors | None = None
     words_roundtrip: WordErrors | None = None
+    increase: WerDifference | None = None
     similarity: float = 0.0
     dnsmos_original: float = 0.0
     dnsmos_roundtrip: float = 0.0
@@ -113,10 +149,10 @@ class SplitReport:
     clips: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        increase = self.words_roundtrip.wer - self.words_original.wer
         return [f"clips: {self.n_clips} ({self.seconds:.0f} s), round-trip RTF {self.rtf:.4f}",
                 f"WER original {self.words_original.text()}",
-                f"WER round trip {self.words_roundtrip.text()}: {increase:+.2f}",
+                f"WER round trip {self.words_roundtrip.text()}",
+                f"  increase {self.increase.text()}",
                 f"speaker similarity (evaluation encoder) {self.similarity:.3f}  per source: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.per_speaker_similarity.items())),
                 f"DNSMOS original {self.dnsmos_original:.3f}  round trip {self.dnsmos_roundtrip:.3f}  "
@@ -158,7 +194,8 @@ def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np
                  for row, ref, orig, heard, sim in zip(rows, refs, hyp_orig, hyp_rt[name], sims[name])]
         reports[name] = SplitReport(
             n_clips=len(rows), seconds=seconds, words_original=words_original,
-            words_roundtrip=WordErrors.score(refs, hyp_rt[name]), similarity=float(np.mean(sims[name])),
+            words_roundtrip=WordErrors.score(refs, hyp_rt[name]),
+            increase=WerDifference.paired(refs, hyp_orig, hyp_rt[name]), similarity=float(np.mean(sims[name])),
             dnsmos_original=dnsmos_original, dnsmos_roundtrip=float(np.mean(mos_r[name])),
             rtf=compute[name] / seconds, per_speaker_similarity=per_speaker, clips=clips)
     return reports

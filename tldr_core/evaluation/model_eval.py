@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tldr_core import audio
-from tldr_core.codec.evaluate import Judges, WordErrors, words_for_wer
+from tldr_core.codec.evaluate import Judges, WerDifference, WordErrors, words_for_wer
 from tldr_core.decoding import Sampling
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
@@ -30,6 +30,7 @@ class ModelReport:
     sentences: int = 0
     words_original: WordErrors | None = None
     words: WordErrors | None = None
+    vs_baseline: WerDifference | None = None   # TLDR modes, when the baseline ran beside them
     similarity: float = 0.0
     stopped_by_model: int = 0
     duration_ratio: float = 0.0     # output seconds / original seconds, mean
@@ -41,6 +42,7 @@ class ModelReport:
         name = "baseline" if self.patch_size == 1 else f"TLDR k={self.patch_size}"
         return [f"{name}: {self.utterances} utterances",
                 f"  WER {self.words.text()}",
+                *([f"  WER above the baseline's {self.vs_baseline.text()}"] if self.vs_baseline else []),
                 f"  WER of the original recordings {self.words_original.text()}",
                 f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f}",
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
@@ -105,4 +107,9 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
         report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
         report.first_audio_ms = float(np.median([x["first_audio_ms"] for x in samples]))
+    baseline = next((r for r in reports if r.patch_size == 1), None)
+    for report in reports:
+        if baseline and report is not baseline:
+            report.vs_baseline = WerDifference.paired(refs, [x["heard"] for x in baseline.samples],
+                                                      [x["heard"] for x in report.samples])
     return reports
