@@ -34,6 +34,14 @@ def words_for_wer(text: str) -> str:
     return " ".join(re.sub(r"[^a-z' ]", " ", spoken.lower()).split())
 
 
+def clip_errors(reference: str, heard: str) -> int:
+    """Word errors of one clip: substituted + deleted + inserted words."""
+    import jiwer
+
+    counts = jiwer.process_words(reference, heard)
+    return counts.substitutions + counts.deletions + counts.insertions
+
+
 class Judges:
     """Loads the three scorers once (each takes a second or two) and scores one clip at a time."""
 
@@ -87,7 +95,7 @@ class WordErrors:
             raise TldrError("No clip has words to judge: the corpus texts are empty.")
         counts = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
         words = counts.hits + counts.substitutions + counts.deletions
-        per_clip = [jiwer.wer(r, h) for r, h in pairs]
+        per_clip = [clip_errors(r, h) / len(r.split()) for r, h in pairs]
         return cls(wer=100 * counts.wer, substituted=100 * counts.substitutions / words,
                    deleted=100 * counts.deletions / words, inserted=100 * counts.insertions / words,
                    median_clip=100 * float(np.median(per_clip)))
@@ -111,17 +119,11 @@ class WerDifference:
     @classmethod
     def paired(cls, references: list[str], heard_a: list[str], heard_b: list[str], resamples: int = 4000,
                seed: int = 0) -> "WerDifference":
-        import jiwer
-
-        def errors(ref: str, heard: str) -> int:
-            counts = jiwer.process_words(ref, heard)
-            return counts.substitutions + counts.deletions + counts.insertions
-
         kept = [(r, a, b) for r, a, b in zip(references, heard_a, heard_b) if r]
         if not kept:
             raise TldrError("No clip has words to judge: the corpus texts are empty.")
         words = np.array([len(r.split()) for r, _, _ in kept], float)
-        extra = np.array([errors(r, b) - errors(r, a) for r, a, b in kept], float)
+        extra = np.array([clip_errors(r, b) - clip_errors(r, a) for r, a, b in kept], float)
         picks = np.random.default_rng(seed).integers(0, len(kept), (resamples, len(kept)))
         spread = 100 * extra[picks].sum(axis=1) / words[picks].sum(axis=1)
         low, high = np.percentile(spread, [2.5, 97.5])
@@ -157,6 +159,7 @@ class SplitReport:
                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.per_speaker_similarity.items())),
                 f"DNSMOS original {self.dnsmos_original:.3f}  round trip {self.dnsmos_roundtrip:.3f}  "
                 f"({self.dnsmos_roundtrip - self.dnsmos_original:+.3f})"]
+
 
 def evaluate_split(corpus: Path, roundtrips: dict[str, Callable[[np.ndarray], np.ndarray]], split: str = "test",
                    limit: int | None = None, judges: Judges | None = None) -> dict[str, SplitReport]:

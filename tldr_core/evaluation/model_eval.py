@@ -49,6 +49,7 @@ class ModelReport:
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
 
+
 def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
     """(utterance, reference) pairs, round-robin over speakers, deterministic; the reference is the speaker's
     longest other utterance (a voice sample needs at least 2 s of speech)."""
