@@ -1,5 +1,5 @@
 """Training: losses fall on a tiny synthetic task, the TLDR stage never moves the backbone, resume continues
-the same run, batches are grouped by length, bfloat16 where the CPU has it, and two gloo processes (torchrun's
+the same run, batches are grouped by length or mixed as the recipe says, bfloat16 where the CPU has it, and two gloo processes (torchrun's
 DDP, on CPU) end with identical weights."""
 
 import os
@@ -110,6 +110,29 @@ def test_training_batches_hold_utterances_of_similar_length_and_validation_batch
 
     assert spread(similar_length=True) < 1.4   # little padding
     assert spread(similar_length=False) > 3.0
+
+
+def test_the_recipe_chooses_whether_training_batches_hold_similar_lengths_or_a_random_mix(tmp_path, monkeypatch):
+    spreads, real_sample = [], data.sample_batch
+
+    def watched(*args, **kwargs):  # longest / shortest utterance of each training batch (validation: a random mix)
+        batch = real_sample(*args, **kwargs)
+        spreads.append(max(map(len, batch.speech)) / min(map(len, batch.speech)))
+        return batch
+
+    monkeypatch.setattr(data, "sample_batch", watched)
+    varied = [data.Utterance(str(i), f"spk{i % 4}", np.array([1, 5, 2]), np.full(n, 3), np.zeros(256, np.float32))
+              for i, n in enumerate(np.random.default_rng(0).integers(10, 120, 60))]
+    median = {}
+    for batches in ("similar", "random"):
+        spreads.clear()
+        cfg = TrainConfig(steps=20, batch=4, max_prompt=8, validate_every=100, batches=batches)
+        bb = Backbone(CFG)
+        run(BackboneObjective(bb), bb, {"kind": "backbone"}, varied, varied[:8], cfg, tmp_path / batches,
+            Process(0, 1, torch.device("cpu")), None, "test")
+        median[batches] = float(np.median(spreads[:20]))
+        assert read_checkpoint(tmp_path / batches / CHECKPOINT, "checkpoint")["train_config"]["batches"] == batches
+    assert median["similar"] < 1.4 < 2.0 < median["random"]
 
 
 def test_precision_bfloat16_runs_matrix_products_in_bfloat16_float32_in_float32_and_auto_follows_the_hardware():

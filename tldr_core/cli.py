@@ -97,7 +97,8 @@ def _lm_train_config(args: argparse.Namespace):
     from tldr_core.training.loop import TrainConfig
 
     return TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                       validate_every=args.validate_every, precision=args.precision, shippable_only=not args.all_rows)
+                       validate_every=args.validate_every, precision=args.precision, shippable_only=not args.all_rows,
+                       batches=args.batches)
 
 
 def _report(history: list[dict], out: Path) -> None:
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
                        help="auto: bfloat16 autocast on GPUs and on CPUs with native bfloat16 (AMX, AVX-512 BF16)")
+        p.add_argument("--batches", choices=["similar", "random"], default="similar",
+                       help="similar: utterances of similar length (less padding, faster steps); random: a random "
+                            "mix (slower steps that learn more each)")
         p.add_argument("--seed", type=int, default=0)
         all_rows_option(p)
         p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
