@@ -26,6 +26,8 @@ ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbon
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
 BATCH=${BATCH:-8}
+# similar: utterances of similar length (faster steps); random: a random mix (slower steps that learn more each)
+BACKBONE_BATCHES=${BACKBONE_BATCHES:-similar}; TLDR_BATCHES=${TLDR_BATCHES:-similar}
 DEVICE=${DEVICE:-auto}
 NPROC=${NPROC:-1}                     # processes for torchrun (GPUs, or CPU processes with gloo)
 THREADS=${THREADS:-2}
@@ -58,12 +60,12 @@ for i in "${!PHASE_LIST[@]}"; do
   if [ -z "$BACKBONE" ]; then START=(--alignment-prior "$ALIGNMENT_PRIOR" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --ffn "$FFN")
   else START=(--init "$BACKBONE" --lr 5e-4); fi
   stage "backbone, phase $P" $LAUNCH train backbone "$DATA" --codec "$OUT/codec" --out "$RUN/backbone" --steps "$BACKBONE_STEPS" \
-    --batch "$BATCH" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/backbone")
+    --batch "$BATCH" --batches "$BACKBONE_BATCHES" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/backbone")
   BACKBONE=$RUN/backbone/checkpoint.pt
   for K in $PATCH_SIZES; do
     START=(); [ -n "${ADAPTER[$K]:-}" ] && START=(--init "${ADAPTER[$K]}")
     stage "TLDR k=$K, phase $P" $LAUNCH train tldr "$DATA" --codec "$OUT/codec" --backbone "$BACKBONE" --patch-size "$K" \
-      --out "$RUN/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/tldr$K")
+      --out "$RUN/tldr$K" --steps "$TLDR_STEPS" --batch "$BATCH" --batches "$TLDR_BATCHES" "${START[@]}" --threads "$THREADS" --device "$DEVICE" $(RESUME "$RUN/tldr$K")
     ADAPTER[$K]=$RUN/tldr$K/checkpoint.pt
   done
   PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
@@ -82,7 +84,7 @@ cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
  "codec_decoder_steps": $DECODER_STEPS, "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP,
  "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
- "ffn": $FFN, "batch": $BATCH, "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
+ "ffn": $FFN, "batch": $BATCH, "backbone_batches": "$BACKBONE_BATCHES", "tldr_batches": "$TLDR_BATCHES", "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
 ADAPTERS=(); for K in $PATCH_SIZES; do ADAPTERS+=("$K=${ADAPTER[$K]}"); done
 stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE" --tldr "${ADAPTERS[@]}" \

@@ -18,7 +18,7 @@ from tldr_core.synthesis import Synthesizer
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
        "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2",
-       "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
+       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0"}
 
 
@@ -49,6 +49,10 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     assert (manifest["recipe"]["codec_phone_weight"], manifest["recipe"]["codec_phone_warmup"]) == (1.0, 2)
     assert read_checkpoint(work / "phase2" / "backbone" / "checkpoint.pt", "checkpoint")["init"]["path"] == str(
         work / "phase1" / "backbone" / "checkpoint.pt")  # continued, not trained afresh
+    backbone_batches = read_checkpoint(work / "phase1" / "backbone" / "checkpoint.pt", "checkpoint")["train_config"]
+    adapter_batches = read_checkpoint(work / "phase1" / "tldr4" / "checkpoint.pt", "checkpoint")["train_config"]
+    assert (backbone_batches["batches"], adapter_batches["batches"]) == ("random", "similar")
+    assert (manifest["recipe"]["backbone_batches"], manifest["recipe"]["tldr_batches"]) == ("random", "similar")
     # the decoder retrained last keeps the tokenizer, so the model stays paired with the codec it was trained on
     assert read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")["frozen_tokenizer"]
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
