@@ -18,8 +18,8 @@ from tldr_core.synthesis import Synthesizer
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
        "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2",
-       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
-       "EVAL_LIMIT": "0"}
+       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",
+       "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
 @pytest.fixture(scope="module")
