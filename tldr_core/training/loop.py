@@ -50,6 +50,11 @@ class TrainConfig:
     batches: str = "similar"       # "similar": utterances of similar length (less padding, ~1.3x faster a step);
                                    # "random": a random mix (learns more per step: docs/MODEL.md)
 
+    def __post_init__(self) -> None:
+        # refused here, before a run spends minutes tokenizing the corpus
+        if self.batches not in ("similar", "random"):
+            raise ValueError(f"batches must be similar or random, not {self.batches!r}")
+
 
 # ------------------------------------------------------------------------------------------ processes
 
@@ -160,8 +165,6 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
             torch.save({**describe, "model": weights.state_dict(), "optimiser": optimiser.state_dict(),
                         "step": step, "history": history, "train_config": asdict(cfg)}, tmp)
 
-    if cfg.batches not in ("similar", "random"):
-        raise ValueError(f"batches must be similar or random, not {cfg.batches!r}")
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not process.main)
     started = time.time()
     while step < cfg.steps:
