@@ -81,8 +81,13 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
         assert report["stopped_by_model"] == sum(s["stopped_by_model"] for s in report["samples"])
         assert report["words_original"]["wer"] < 25  # the judge hears the originals; the model's own WER is what it is
         assert -1 <= report["similarity"] <= 1 and report["duration_ratio"] > 0.2
+        # the model's share of its WER is what it scores above the same utterances' tokens through the codec
+        assert report["vs_codec"]["points"] == pytest.approx(report["words"]["wer"] - report["words_codec"]["wer"])
+        assert report["vs_codec"]["clips"] == 2 and -1 <= report["similarity_codec"] <= 1
+    assert reports[0]["words_codec"] == reports[1]["words_codec"]  # one round trip per utterance, judged once
     assert reports[0]["vs_baseline"] is None and reports[1]["vs_baseline"]["clips"] == 2
     assert "TLDR k=4: 2 utterances" in done.stdout and "stopped by itself in" in done.stdout
+    assert "WER above that codec round trip (the model's own share)" in done.stdout
 
 
 def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_path):

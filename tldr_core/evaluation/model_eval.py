@@ -4,7 +4,9 @@ For each utterance of a split (spread over its speakers), the voice is prepared 
 the same speaker, and the utterance's text is said in it. Judges (codec/evaluate.py): Whisper tiny.en WER
 against the normalised text (the original recording's WER is given beside it: the corpus voices are partly
 robotic), similarity of the evaluation-only encoder between output and reference clip, and whether the model
-stopped by itself (the decoder cuts at twice the expected length).
+stopped by itself (the decoder cuts at twice the expected length). The original's own tokens are also decoded in
+the same prepared voice and judged the same way: the model speaks through that codec, so this round trip is about
+the best it can score, and the model's WER above it is what the model itself loses.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ class ModelReport:
     words_original: WordErrors | None = None
     words: WordErrors | None = None
     vs_baseline: WerDifference | None = None   # TLDR modes, when the baseline ran beside them
+    words_codec: WordErrors | None = None      # the original's tokens decoded in the same voice: the codec's share
+    vs_codec: WerDifference | None = None      # the model's WER above that round trip: the model's own share
     similarity: float = 0.0
+    similarity_codec: float = 0.0              # of that round trip to the reference clip
     stopped_by_model: int = 0
     duration_ratio: float = 0.0     # output seconds / original seconds, mean
     real_time_factor: float = 0.0
@@ -44,7 +49,10 @@ class ModelReport:
                 f"  WER {self.words.text()}",
                 *([f"  WER above the baseline's {self.vs_baseline.text()}"] if self.vs_baseline else []),
                 f"  WER of the original recordings {self.words_original.text()}",
-                f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f}",
+                f"  WER of their own tokens through the codec, in the same voice {self.words_codec.text()}",
+                f"  WER above that codec round trip (the model's own share) {self.vs_codec.text()}",
+                f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f} (codec round trip "
+                f"{self.similarity_codec:.3f})",
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
@@ -79,13 +87,17 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         raise CorpusError(f"The {split} split of '{corpus}' has no speaker with two or more utterances (one to say, "
                           f"one as the voice): build a larger corpus.")
     reports = [ModelReport(mode, 1 if mode == "baseline" else k) for mode, k in modes]
-    refs, heard_original = [], []
+    refs, heard_original, heard_codec, similarity_codec = [], [], [], []
     for row, ref_row in pairs:
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
         reference = audio.load_voice_sample(Path(corpus) / ref_row["path"]).samples
         voice = synth.prepare_voice(reference)
         refs.append(words_for_wer(row["text"]))
         heard_original.append(words_for_wer(judges.transcribe(original)))
+        tokens, _ = synth.codec.encode(original)
+        through_codec = synth.codec.decode(tokens, voice.codec_voice)[:len(original)]
+        heard_codec.append(words_for_wer(judges.transcribe(through_codec)))
+        similarity_codec.append(judges.similarity(through_codec, reference))
         for report in reports:
             chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, sampling, seed=seed))
             output = np.concatenate(chunks) if chunks else np.zeros(audio.SAMPLE_RATE // 10, np.float32)
@@ -104,6 +116,9 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         report.utterances = len(samples)
         report.words = WordErrors.score(refs, [x["heard"] for x in samples])
         report.words_original = WordErrors.score(refs, heard_original)
+        report.words_codec = WordErrors.score(refs, heard_codec)
+        report.vs_codec = WerDifference.paired(refs, heard_codec, [x["heard"] for x in samples])
+        report.similarity_codec = float(np.mean(similarity_codec))
         report.similarity = float(np.mean([x["similarity"] for x in samples]))
         report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
         report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
