@@ -85,6 +85,9 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
         assert report["vs_codec"]["points"] == pytest.approx(report["words"]["wer"] - report["words_codec"]["wer"])
         assert report["vs_codec"]["clips"] == 2 and -1 <= report["similarity_codec"] <= 1
     assert reports[0]["words_codec"] == reports[1]["words_codec"]  # one round trip per utterance, judged once
+    for first, second in zip(*(r["samples"] for r in reports)):   # every transcript is kept, for later comparisons
+        assert first["heard_codec"] == second["heard_codec"] and first["heard_original"] == second["heard_original"]
+        assert first["heard_original"] and isinstance(first["heard"], str)
     assert reports[0]["vs_baseline"] is None and reports[1]["vs_baseline"]["clips"] == 2
     assert "TLDR k=4: 2 utterances" in done.stdout and "stopped by itself in" in done.stdout
     assert "WER above that codec round trip (the model's own share)" in done.stdout

@@ -105,8 +105,9 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
             report.stopped_by_model += stats.stopped_by_model
             report.sentences += stats.sentences
             report.samples.append({
-                "id": row["id"], "reference": ref_row["id"], "text": refs[-1],
-                "heard": words_for_wer(judges.transcribe(output)), "similarity": judges.similarity(output, reference),
+                "id": row["id"], "reference": ref_row["id"], "text": refs[-1], "heard_original": heard_original[-1],
+                "heard_codec": heard_codec[-1], "heard": words_for_wer(judges.transcribe(output)),
+                "similarity": judges.similarity(output, reference),
                 "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model,
                 "duration_ratio": len(output) / len(original), "first_audio_ms": stats.first_audio_seconds * 1000,
                 "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds})
