@@ -111,13 +111,13 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
                 "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model,
                 "duration_ratio": len(output) / len(original), "first_audio_ms": stats.first_audio_seconds * 1000,
                 "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds})
+    words_original, words_codec = WordErrors.score(refs, heard_original), WordErrors.score(refs, heard_codec)
     for report in reports:
         samples = report.samples
         seconds = sum(x["audio_seconds"] for x in samples)
         report.utterances = len(samples)
         report.words = WordErrors.score(refs, [x["heard"] for x in samples])
-        report.words_original = WordErrors.score(refs, heard_original)
-        report.words_codec = WordErrors.score(refs, heard_codec)
+        report.words_original, report.words_codec = words_original, words_codec
         report.vs_codec = WerDifference.paired(refs, heard_codec, [x["heard"] for x in samples])
         report.similarity_codec = float(np.mean(similarity_codec))
         report.similarity = float(np.mean([x["similarity"] for x in samples]))
