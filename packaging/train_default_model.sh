@@ -21,7 +21,10 @@ CODEC_STEPS=${CODEC_STEPS:-4000}      # the codec trains on the first phase's co
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}  # FSQ levels: their product is the token vocabulary
 CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-1.0}  # weight of the codec's phone (CTC) loss: how phonetic the tokens are
 CODEC_PHONE_WARMUP=${CODEC_PHONE_WARMUP:-1000} # steps over which that weight rises from 0 (from the start it collapses)
-DECODER_STEPS=${DECODER_STEPS:-0}     # the codec's decoder trained further on the last phase's corpus (same tokens; 0: not)
+DECODER_STEPS=${DECODER_STEPS:-2000}  # the codec's decoder trained further on the last phase's corpus (same tokens; 0: not)
+DECODER_LR=${DECODER_LR:-1e-3}
+DECODER_LISTENER_WEIGHT=${DECODER_LISTENER_WEIGHT:-0.5}  # ... with a phone listener's loss on its frames (docs/CODEC.md)
+DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-2000}   # the listener's own training, on the originals
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
@@ -70,11 +73,12 @@ for i in "${!PHASE_LIST[@]}"; do
   done
   PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
 done
-# more hours help the decoder too; its tokenizer stays, and its re-export must be byte-identical, since
-# tokenizer.onnx's sha256 is what pairs the model with its tokens
+# the decoder learns further, with a phone listener's loss that keeps its phones apart; its tokenizer stays, and its
+# re-export must be byte-identical, since tokenizer.onnx's sha256 is what pairs the model with its tokens
 if [ "$DECODER_STEPS" -gt 0 ]; then
   stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
-    --steps "$DECODER_STEPS" --batch 12 --threads "$THREADS" $(RESUME "$WORK/codec_decoder")
+    --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 --validate-every 500 --threads "$THREADS" \
+    --listener-weight "$DECODER_LISTENER_WEIGHT" --listener-steps "$DECODER_LISTENER_STEPS" $(RESUME "$WORK/codec_decoder")
   stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
   cmp -s "$WORK/codec_decoder/onnx/tokenizer.onnx" "$OUT/codec/tokenizer.onnx" || \
     { echo "the decoder-only codec exported another tokenizer.onnx: the model's tokens would not match" >&2; exit 1; }
@@ -82,7 +86,9 @@ if [ "$DECODER_STEPS" -gt 0 ]; then
 fi
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,
- "codec_decoder_steps": $DECODER_STEPS, "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP,
+ "codec_decoder_steps": $DECODER_STEPS, "codec_decoder_lr": $DECODER_LR,
+ "codec_decoder_listener_weight": $DECODER_LISTENER_WEIGHT, "codec_decoder_listener_steps": $DECODER_LISTENER_STEPS,
+ "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP,
  "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
  "ffn": $FFN, "batch": $BATCH, "backbone_batches": "$BACKBONE_BATCHES", "tldr_batches": "$TLDR_BATCHES", "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON

@@ -205,6 +205,34 @@ def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path, source):
     assert not torch.equal(before.out.weight, after.out.weight)
 
 
+def test_a_listener_learns_the_phones_first_then_joins_the_decoders_loss(tiny_corpus, tmp_path):
+    """`listener_weight` trains a phone listener on the original frames into OUT/listener.pt, then trains the
+    decoder with the listener's loss on its decoded frames; the listener stays frozen, and a resumed run reuses it."""
+    from tldr_core.codec.listener import Listener, heard_frames, load_listener
+    from tldr_core.codec.train import collate, load_split
+
+    first = tmp_path / "first"
+    train_codec(tiny_corpus, first, TrainConfig(steps=10, batch=4, lr=3e-3, warmup=5, validate_every=10, threads=1),
+                codec_cfg=CodecConfig(**TINY))
+    cfg = TrainConfig(steps=10, batch=4, lr=3e-3, warmup=5, validate_every=10, threads=1, listener_weight=1.0,
+                      listener_steps=150)
+    second = tmp_path / "second"
+    history = train_codec(tiny_corpus, second, cfg, decoder_only_from=first / "checkpoint.pt")
+    assert np.isfinite(history[-1]["val_listener"])
+
+    listener = load_listener(second / "listener.pt")
+    batch = collate(load_split(tiny_corpus, second / "cache", "train", True))
+    torch.manual_seed(0)
+    untrained = Listener(listener.cfg)
+    with torch.no_grad():
+        assert float(listener.ctc(heard_frames(batch), batch)) < 0.5 * float(untrained.ctc(heard_frames(batch), batch))
+    assert not any(p.requires_grad for p in listener.parameters())
+
+    trained_at = (second / "listener.pt").stat().st_mtime_ns
+    resumed = train_codec(tiny_corpus, second, TrainConfig(**{**cfg.__dict__, "steps": 20}), resume=True)
+    assert [h["step"] for h in resumed] == [10, 20] and (second / "listener.pt").stat().st_mtime_ns == trained_at
+
+
 def test_the_shipped_codec_comes_back_from_its_onnx_graphs():
     """`load_codec` on an exported folder rebuilds the network the graphs run: same tokens, same frames."""
     from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime

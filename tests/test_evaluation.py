@@ -16,13 +16,14 @@ SENTENCES = ["The weather was warm and the children played in the garden until d
              "Seven sailors crossed the river in a small wooden boat at sunrise."]
 
 
-def test_one_transcript_that_runs_on_shows_as_insertions_and_leaves_the_median_clip_alone():
+def test_one_transcript_that_runs_on_shows_as_insertions_and_leaves_the_median_clip_and_the_capped_wer_alone():
     references = ["the cat sat", "a dog ran home", "birds sing", "we go now", "the sun is up"]
     heard = ["the cat sat", "a dog ran home", "birds sing " + "and sing " * 10, "we go", "the sun is up"]
     errors = WordErrors.score(references, heard)
     assert errors.wer == pytest.approx(100 * 21 / 16)
     assert errors.inserted == pytest.approx(100 * 20 / 16) and errors.deleted == pytest.approx(100 / 16)
     assert errors.substituted == 0 and errors.median_clip == 0
+    assert errors.capped == pytest.approx(100 * (2 + 1) / 16)  # the clip that ran on counts its 2 words, no more
 
 
 def test_a_wer_difference_carried_by_one_clip_is_not_told_apart_from_chance_but_one_on_every_clip_is():

@@ -17,7 +17,7 @@ from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
-       "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2",
+       "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2", "DECODER_LISTENER_STEPS": "3",
        "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",
        "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
@@ -54,7 +54,9 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     assert (backbone_batches["batches"], adapter_batches["batches"]) == ("random", "similar")
     assert (manifest["recipe"]["backbone_batches"], manifest["recipe"]["tldr_batches"]) == ("random", "similar")
     # the decoder retrained last keeps the tokenizer, so the model stays paired with the codec it was trained on
-    assert read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")["frozen_tokenizer"]
+    decoder = read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")
+    assert decoder["frozen_tokenizer"] and (work / "codec_decoder" / "listener.pt").is_file()
+    assert decoder["train_config"]["listener_weight"] == manifest["recipe"]["codec_decoder_listener_weight"] == 0.5
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert (work / "bench.json").is_file()

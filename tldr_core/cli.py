@@ -80,6 +80,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
                           f"product (the vocabulary) at most 8192.")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every, phone_warmup=args.phone_warmup,
+                      listener_weight=args.listener_weight, listener_steps=args.listener_steps,
                       shippable_only=not args.all_rows)
     codec_cfg = CodecConfig()
     if args.levels:
@@ -354,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of a new codec's phone (CTC) loss beside reconstruction (default 0.3)")
     p.add_argument("--phone-warmup", type=int, default=0, metavar="STEPS",
                    help="raise the phone loss weight from 0 over the first STEPS steps, so the codes form first")
+    p.add_argument("--listener-weight", type=float, default=0.0, metavar="W",
+                   help="add a phone listener's CTC loss on the decoded frames, so the decoder keeps phones apart "
+                        "(trained first into OUT/listener.pt from the originals; default 0: none)")
+    p.add_argument("--listener-steps", type=int, default=2000, metavar="STEPS", help="the listener's own training")
     p.set_defaults(run=cmd_train_codec)
 
     def lm_options(p: argparse.ArgumentParser, steps: int) -> None:

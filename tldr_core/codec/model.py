@@ -316,8 +316,11 @@ class Codec(nn.Module):
         """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips."""
+    def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None
+             ) -> dict[str, torch.Tensor]:
+        """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
+        `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; codec/listener.py)
+        also how well the decoded frames are heard."""
         frames, stats = batch.frames, batch.stats
         target = normalise(frames, stats) / self.scale
         q = self.encode(frames, stats)
@@ -338,6 +341,9 @@ class Codec(nn.Module):
         # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
         parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
         parts["total"] = parts["recon"] + self.cfg.ctc_weight * parts["ctc"]
+        if listener is not None:
+            heard = torch.cat([pred[..., :VUV], torch.sigmoid(pred[..., VUV:VUV + 1]), pred[..., VUV + 1:]], -1)
+            parts["listener"] = listener(heard * self.scale, batch)
         return parts
 
 

@@ -12,6 +12,8 @@ improves).
 
 `decoder_only_from` trains only the decoder of an existing codec, its tokenizer frozen: the tokens stay
 the same, so a speech model trained on them stays valid (the codec fingerprint is the tokenizer's).
+`listener_weight` adds the loss of a frozen phone listener on the decoded frames (codec/listener.py), trained
+first in the same folder and from the same cache if OUT/listener.pt is not there yet.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from tldr_core.codec.features import analyze
+from tldr_core.codec.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
 from tldr_core.errors import CorpusError, ModelError
@@ -52,6 +55,8 @@ class TrainConfig:
     jobs: int = 2                 # processes analysing the corpus into the feature cache
     threads: int = 1             # torch threads; more than the idle cores makes each step many times slower
     phone_warmup: int = 0         # steps over which the phone (CTC) loss weight rises from 0 to its full value
+    listener_weight: float = 0.0  # weight of the phone listener's loss on the decoded frames (0: no listener)
+    listener_steps: int = 2000    # steps of the listener's own training, when OUT/listener.pt does not exist
     shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
@@ -126,7 +131,7 @@ def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Bat
 
 
 @torch.no_grad()
-def validate(model: Codec, items: list[dict]) -> dict[str, float]:
+def validate(model: Codec, items: list[dict], listener: Listener | None = None) -> dict[str, float]:
     """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate."""
     import jiwer
 
@@ -135,7 +140,7 @@ def validate(model: Codec, items: list[dict]) -> dict[str, float]:
     refs, hyps = [], []
     for item in items:
         batch = collate([item])
-        for k, v in model.loss(batch).items():
+        for k, v in model.loss(batch, listener.ctc if listener else None).items():
             sums[k] = sums.get(k, 0.0) + float(v)
         best = model.phone_log_probs(model.encode(batch.frames, batch.stats))[0].argmax(-1).tolist()
         hyps.append(" ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1])))
@@ -223,6 +228,11 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     build_cache(corpus, out / "cache", cfg.shippable_only, cfg.jobs)
     train = load_split(corpus, out / "cache", "train", cfg.shippable_only)
     valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
+    listener = None
+    if cfg.listener_weight > 0:
+        listener = (load_listener(out / LISTENER) if (out / LISTENER).exists() else
+                    train_listener(train, valid, out / LISTENER, ListenerConfig(steps=cfg.listener_steps,
+                                                                                batch=cfg.batch), cfg.seed))
 
     state = (read_checkpoint(checkpoint, "training checkpoint", "Start again in a new --out folder (without --resume).")
              if resume and checkpoint.exists() else None)
@@ -267,10 +277,12 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         batch = sample_batch(train, cfg.batch, rng)
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
-        parts = model.loss(batch)
+        parts = model.loss(batch, listener.ctc if listener else None)
         # fixed codes: the phone loss has no use
         phone_weight = 0.0 if frozen else phone_weight_at(step, codec_cfg.ctc_weight, cfg.phone_warmup)
         objective = parts["recon"] + phone_weight * parts["ctc"]
+        if listener is not None:
+            objective = objective + cfg.listener_weight * parts["listener"]
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -279,7 +291,7 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         bar.update(1)
         bar.set_postfix(loss=f"{objective.item():.3f}")
         if step % cfg.validate_every == 0 or step == cfg.steps:
-            scores = validate(model, valid)
+            scores = validate(model, valid, listener)
             history.append({"step": step, "train": objective.item(), "seconds": time.time() - started,
                             **{f"val_{k}": v for k, v in scores.items()}})
             bar.write(json.dumps(history[-1]))
