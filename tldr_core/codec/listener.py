@@ -96,6 +96,7 @@ def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: Listene
     from tldr_core.codec.train import collate, sample_batch  # the codec's batching, without an import cycle
 
     cfg.scale = fit_scales([item["frames"] for item in train])
+    torch.manual_seed(seed)
     model = Listener(cfg)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     held_out = [(heard_frames(collate([item])), item["phones"]) for item in valid]
