@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tldr_core.codec.features import CONFIG as FEATURES
-from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, normalise
+from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, greedy_phones, normalise
 from tldr_core.errors import ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model_store import read_checkpoint
@@ -78,8 +78,7 @@ class Listener(nn.Module):
         refs, hyps = [], []
         with torch.no_grad():
             for frames, phones in clips:
-                best = self(frames)[0].argmax(-1).tolist()
-                hyps.append(" ".join(str(p) for i, p in enumerate(best) if p and (i == 0 or p != best[i - 1])))
+                hyps.append(greedy_phones(self(frames)[0]))
                 refs.append(" ".join(str(p) for p in phones))
         return 100 * jiwer.wer(refs, hyps)
 

@@ -44,6 +44,13 @@ def phone_targets(phonemes: str) -> np.ndarray:
     return np.array([_PHONE_ID[p] for p in phonemes.split() if p in _PHONE_ID], dtype=np.int64)
 
 
+def greedy_phones(log_probs: torch.Tensor) -> str:
+    """(T, classes) CTC log-probabilities -> the greedy reading as space-separated phone ids (repeats merged, blanks
+    dropped), the form a phone error rate compares."""
+    best = log_probs.argmax(-1).tolist()
+    return " ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1]))
+
+
 @dataclass
 class Batch:
     """Whole clips padded to the longest (frames by repeating the last one), with their true lengths."""

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from tldr_core.codec.features import analyze
 from tldr_core.codec.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
-from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_targets, reference_stats
+from tldr_core.codec.model import (Batch, Codec, CodecConfig, fit_scales, greedy_phones, phone_targets,
+                                   reference_stats)
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path, verified_manifest
 from tldr_core.model_store import read_checkpoint
@@ -142,8 +143,7 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None) 
         batch = collate([item])
         for k, v in model.loss(batch, listener.ctc if listener else None).items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        best = model.phone_log_probs(model.encode(batch.frames, batch.stats))[0].argmax(-1).tolist()
-        hyps.append(" ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1])))
+        hyps.append(greedy_phones(model.phone_log_probs(model.encode(batch.frames, batch.stats))[0]))
         refs.append(" ".join(str(p) for p in item["phones"]))
     model.train()
     return {**{k: v / len(items) for k, v in sums.items()}, "per": 100 * jiwer.wer(refs, hyps)}
