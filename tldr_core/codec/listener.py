@@ -88,8 +88,9 @@ def heard_frames(batch: Batch) -> torch.Tensor:
     return normalise(batch.frames, batch.stats)
 
 
-def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: ListenerConfig, seed: int = 0) -> Listener:
-    """Train a listener on cached clips (`codec.train.load_split` items), write it atomically to `out`, return it.
+def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: ListenerConfig, seed: int = 0) -> None:
+    """Train a listener on cached clips (`codec.train.load_split` items) and write it atomically to `out`
+    (`load_listener` gives it back, frozen).
 
     Validation (every 500 steps) prints the phone error rate on held-out voices' original frames."""
     from tldr_core.codec.train import collate, sample_batch  # the codec's batching, without an import cycle
@@ -121,7 +122,6 @@ def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: Listene
     bar.close()
     with atomic_path(out) as tmp:
         torch.save({"listener_config": asdict(cfg), "model": model.state_dict()}, tmp)
-    return model.eval()
 
 
 def load_listener(path: Path) -> Listener:

@@ -230,9 +230,10 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
     valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
     listener = None
     if cfg.listener_weight > 0:
-        listener = (load_listener(out / LISTENER) if (out / LISTENER).exists() else
-                    train_listener(train, valid, out / LISTENER, ListenerConfig(steps=cfg.listener_steps,
-                                                                                batch=cfg.batch), cfg.seed))
+        if not (out / LISTENER).exists():
+            train_listener(train, valid, out / LISTENER, ListenerConfig(steps=cfg.listener_steps, batch=cfg.batch),
+                           cfg.seed)
+        listener = load_listener(out / LISTENER)  # frozen, whether just trained or kept from an earlier run
 
     state = (read_checkpoint(checkpoint, "training checkpoint", "Start again in a new --out folder (without --resume).")
              if resume and checkpoint.exists() else None)

@@ -112,6 +112,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
                 "duration_ratio": len(output) / len(original), "first_audio_ms": stats.first_audio_seconds * 1000,
                 "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds})
     words_original, words_codec = WordErrors.score(refs, heard_original), WordErrors.score(refs, heard_codec)
+    mean_similarity_codec = float(np.mean(similarity_codec))
     for report in reports:
         samples = report.samples
         seconds = sum(x["audio_seconds"] for x in samples)
@@ -119,7 +120,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         report.words = WordErrors.score(refs, [x["heard"] for x in samples])
         report.words_original, report.words_codec = words_original, words_codec
         report.vs_codec = WerDifference.paired(refs, heard_codec, [x["heard"] for x in samples])
-        report.similarity_codec = float(np.mean(similarity_codec))
+        report.similarity_codec = mean_similarity_codec
         report.similarity = float(np.mean([x["similarity"] for x in samples]))
         report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
         report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
