@@ -90,8 +90,8 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
                           decoder_only_from=args.decoder_only)
     if history:
-        print(f"step {history[-1]['step']}: validation loss {history[-1]['val_total']:.4f}; "
-              f"checkpoint in {args.out}")
+        print(f"step {history[-1]['step']}: validation reconstruction {history[-1]['val_recon']:.4f} (best.pt: the "
+              f"lowest); checkpoint in {args.out}")
 
 
 def _lm_train_config(args: argparse.Namespace):

@@ -132,8 +132,12 @@ def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Bat
 
 
 @torch.no_grad()
-def validate(model: Codec, items: list[dict], listener: Listener | None = None) -> dict[str, float]:
-    """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate."""
+def validate(model: Codec, items: list[dict], listener: Listener | None = None,
+             phone_head: bool = True) -> dict[str, float]:
+    """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate.
+
+    `phone_head=False` (a decoder-only run: the phone head is not trained, nor exported) leaves out the figures
+    that read it: its CTC loss, the total that includes it, and the phone error rate."""
     import jiwer
 
     model.eval()
@@ -143,10 +147,14 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None) 
         batch = collate([item])
         for k, v in model.loss(batch, listener.ctc if listener else None).items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        hyps.append(greedy_phones(model.phone_log_probs(model.encode(batch.frames, batch.stats))[0]))
-        refs.append(" ".join(str(p) for p in item["phones"]))
+        if phone_head:
+            hyps.append(greedy_phones(model.phone_log_probs(model.encode(batch.frames, batch.stats))[0]))
+            refs.append(" ".join(str(p) for p in item["phones"]))
     model.train()
-    return {**{k: v / len(items) for k, v in sums.items()}, "per": 100 * jiwer.wer(refs, hyps)}
+    scores = {k: v / len(items) for k, v in sums.items()}
+    if not phone_head:
+        return {k: v for k, v in scores.items() if k not in ("ctc", "total")}
+    return {**scores, "per": 100 * jiwer.wer(refs, hyps)}
 
 
 def _save(path: Path, state: dict) -> None:
@@ -292,7 +300,7 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         bar.update(1)
         bar.set_postfix(loss=f"{objective.item():.3f}")
         if step % cfg.validate_every == 0 or step == cfg.steps:
-            scores = validate(model, valid, listener)
+            scores = validate(model, valid, listener, phone_head=not frozen)
             history.append({"step": step, "train": objective.item(), "seconds": time.time() - started,
                             **{f"val_{k}": v for k, v in scores.items()}})
             bar.write(json.dumps(history[-1]))
