@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tldr_core.codec.features import CONFIG as FEATURES
-from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, greedy_phones, normalise
+from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, normalise, phone_error_rate
 from tldr_core.errors import ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model_store import read_checkpoint
@@ -73,14 +73,8 @@ class Listener(nn.Module):
 
     def phone_error_rate(self, clips: list[tuple[torch.Tensor, np.ndarray]]) -> float:
         """Greedy phone error rate (%) over (frames (1, T, dim), phone ids) pairs."""
-        import jiwer
-
-        refs, hyps = [], []
         with torch.no_grad():
-            for frames, phones in clips:
-                hyps.append(greedy_phones(self(frames)[0]))
-                refs.append(" ".join(str(p) for p in phones))
-        return 100 * jiwer.wer(refs, hyps)
+            return phone_error_rate((self(frames)[0], phones) for frames, phones in clips)
 
 
 def heard_frames(batch: Batch) -> torch.Tensor:

@@ -22,7 +22,7 @@ head is not exported and not needed to encode or decode.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -44,11 +44,17 @@ def phone_targets(phonemes: str) -> np.ndarray:
     return np.array([_PHONE_ID[p] for p in phonemes.split() if p in _PHONE_ID], dtype=np.int64)
 
 
-def greedy_phones(log_probs: torch.Tensor) -> str:
-    """(T, classes) CTC log-probabilities -> the greedy reading as space-separated phone ids (repeats merged, blanks
-    dropped), the form a phone error rate compares."""
-    best = log_probs.argmax(-1).tolist()
-    return " ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1]))
+def phone_error_rate(readings: Iterable[tuple[torch.Tensor, np.ndarray]]) -> float:
+    """Greedy phone error rate (%) over clips, each given as ((T, classes) CTC log-probabilities, its phone ids):
+    the greedy reading merges repeats and drops blanks."""
+    import jiwer
+
+    refs, hyps = [], []
+    for log_probs, phones in readings:
+        best = log_probs.argmax(-1).tolist()
+        hyps.append(" ".join(str(p) for i, p in enumerate(best) if p != 0 and (i == 0 or p != best[i - 1])))
+        refs.append(" ".join(str(p) for p in phones))
+    return 100 * jiwer.wer(refs, hyps)
 
 
 @dataclass

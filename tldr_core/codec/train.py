@@ -32,7 +32,7 @@ from tqdm import tqdm
 from tldr_core.codec.features import analyze
 from tldr_core.codec.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
-from tldr_core.codec.model import (Batch, Codec, CodecConfig, fit_scales, greedy_phones, phone_targets,
+from tldr_core.codec.model import (Batch, Codec, CodecConfig, fit_scales, phone_error_rate, phone_targets,
                                    reference_stats)
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path, verified_manifest
@@ -138,23 +138,20 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
 
     `phone_head=False` (a decoder-only run: the phone head is not trained, nor exported) leaves out the figures
     that read it: its CTC loss, the total that includes it, and the phone error rate."""
-    import jiwer
-
     model.eval()
     sums: dict[str, float] = {}
-    refs, hyps = [], []
+    readings = []
     for item in items:
         batch = collate([item])
         for k, v in model.loss(batch, listener.ctc if listener else None).items():
             sums[k] = sums.get(k, 0.0) + float(v)
         if phone_head:
-            hyps.append(greedy_phones(model.phone_log_probs(model.encode(batch.frames, batch.stats))[0]))
-            refs.append(" ".join(str(p) for p in item["phones"]))
+            readings.append((model.phone_log_probs(model.encode(batch.frames, batch.stats))[0], item["phones"]))
     model.train()
     scores = {k: v / len(items) for k, v in sums.items()}
     if not phone_head:
         return {k: v for k, v in scores.items() if k not in ("ctc", "total")}
-    return {**scores, "per": 100 * jiwer.wer(refs, hyps)}
+    return {**scores, "per": phone_error_rate(readings)}
 
 
 def _save(path: Path, state: dict) -> None:
