@@ -1,5 +1,5 @@
 """Training: losses fall on a tiny synthetic task, the TLDR stage never moves the backbone, resume continues
-the same run, batches are grouped by length or mixed as the recipe says, bfloat16 where the CPU has it, and two
+the same run, one learning-rate schedule, batches are grouped by length or mixed as the recipe says, bfloat16 where the CPU has it, and two
 gloo processes (torchrun's DDP, on CPU) end with identical weights."""
 
 import os
@@ -16,6 +16,7 @@ from tldr_core.model_store import read_checkpoint
 from tldr_core.training import data
 from tldr_core.training.loop import CHECKPOINT, Process, TrainConfig, autocast, run
 from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective
+from tldr_core.training.schedule import warmup_cosine
 
 CFG = ModelConfig(speech_vocab=40, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256)
 
@@ -133,6 +134,15 @@ def test_the_recipe_chooses_whether_training_batches_hold_similar_lengths_or_a_r
         median[batches] = float(np.median(spreads[:20]))
         assert read_checkpoint(tmp_path / batches / CHECKPOINT, "checkpoint")["train_config"]["batches"] == batches
     assert median["similar"] < 1.4 < 2.0 < median["random"]
+
+
+def test_every_learning_rate_warms_up_linearly_then_falls_along_a_half_cosine_to_its_floor_and_stays_there():
+    lr = [warmup_cosine(s, peak=2e-3, steps=1000, warmup=100, floor=0.05) for s in range(1200)]
+    assert lr[0] == pytest.approx(2e-5) and lr[49] == pytest.approx(1e-3) and lr[99] == pytest.approx(2e-3)
+    assert lr[100] == pytest.approx(2e-3)
+    assert lr[550] == pytest.approx(2e-3 * (0.05 + 0.95 / 2))  # half way through the decay: half way to the floor
+    assert all(a >= b for a, b in zip(lr[100:], lr[101:]))
+    assert lr[1000] == lr[1199] == pytest.approx(1e-4)
 
 
 def test_precision_bfloat16_runs_matrix_products_in_bfloat16_float32_in_float32_and_auto_follows_the_hardware():

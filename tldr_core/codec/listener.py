@@ -14,7 +14,6 @@ needs it. It learns from the codec's feature cache and its own frames only, so o
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, normalise
 from tldr_core.errors import ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model_store import read_checkpoint
+from tldr_core.training.schedule import warmup_cosine
 
 LISTENER = "listener.pt"
 
@@ -43,6 +43,7 @@ class ListenerConfig:
     steps: int = 2000
     batch: int = 12
     lr: float = 2e-3
+    warmup: int = 100
     scale: list[float] | None = None  # per-dimension spread of the training frames (set by `train_listener`)
 
 
@@ -98,9 +99,8 @@ def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: Listene
     started = time.time()
     for step in range(cfg.steps):
         batch = sample_batch(train, cfg.batch, np.random.default_rng([seed, 1, step]))
-        for group in optimiser.param_groups:  # warm-up, then cosine decay to 5 %
-            decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / 100) * decay
+        for group in optimiser.param_groups:
+            group["lr"] = warmup_cosine(step, peak=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, floor=0.05)
         loss = model.ctc(heard_frames(batch), batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

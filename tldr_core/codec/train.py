@@ -37,6 +37,7 @@ from tldr_core.codec.model import (Batch, Codec, CodecConfig, fit_scales, phone_
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import atomic_path, verified_manifest
 from tldr_core.model_store import read_checkpoint
+from tldr_core.training.schedule import warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the checkpoint with the lowest validation reconstruction loss so far
@@ -262,12 +263,6 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         optimiser.load_state_dict(state["optimiser"])
         step, history = state["step"], state["history"]
 
-    def lr_at(s: int) -> float:  # linear warm-up, cosine decay to 5 %
-        if s < cfg.warmup:
-            return cfg.lr * (s + 1) / cfg.warmup
-        progress = min(1.0, (s - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
     def save() -> None:
         state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
                  "history": history, "codec_config": codec_cfg.to_dict(), "train_config": asdict(cfg),
@@ -282,7 +277,7 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         rng = np.random.default_rng([cfg.seed, step])
         batch = sample_batch(train, cfg.batch, rng)
         for group in optimiser.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = warmup_cosine(step, peak=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, floor=0.05)
         parts = model.loss(batch, listener.ctc if listener else None)
         # fixed codes: the phone loss has no use
         phone_weight = 0.0 if frozen else phone_weight_at(step, codec_cfg.ctc_weight, cfg.phone_warmup)

@@ -9,7 +9,6 @@ continues exactly the run that was interrupted. Checkpoints are written atomical
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +26,7 @@ from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, Tldr
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training import data
 from tldr_core.training.objectives import BackboneObjective, TldrObjective
+from tldr_core.training.schedule import warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -100,13 +100,6 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 
 # ---------------------------------------------------------------------------------------------- loop
 
-def _lr(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _prior(cfg: TrainConfig, step: int) -> float:
     """Strength of the backbone's alignment prior: 1 at the start, fading linearly to 0 at alignment_prior x steps."""
     return max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
@@ -172,7 +165,7 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         batch = data.sample_batch(train_items, index, cfg.batch, cfg.max_prompt, rng,
                                   similar_length=cfg.batches == "similar").to(process.device)
         for group in optimiser.param_groups:
-            group["lr"] = _lr(cfg, step)
+            group["lr"] = warmup_cosine(step, peak=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, floor=0.1)
         if hasattr(objective, "prior"):
             objective.prior = _prior(cfg, step)
         loss = train_step(module, batch, optimiser, trainable, amp)
