@@ -1,6 +1,6 @@
 """Training: losses fall on a tiny synthetic task, the TLDR stage never moves the backbone, resume continues
-the same run, one learning-rate schedule, batches are grouped by length or mixed as the recipe says, bfloat16 where the CPU has it, and two
-gloo processes (torchrun's DDP, on CPU) end with identical weights."""
+the same run, one learning-rate schedule, batches are grouped by length or mixed as the recipe says, bfloat16
+where the CPU has it, and two gloo processes (torchrun's DDP, on CPU) end with identical weights."""
 
 import os
 import socket
