@@ -27,11 +27,11 @@ from app.speech import (LOADING_MESSAGE, NO_MODEL_MESSAGE, SpeakOutcome, SpeakRe
                         load_synthesizer, model_dir_to_use, nothing_to_load, speak)
 from app.worker import Background, stream_to_player
 from tldr_core import paths, text
-from tldr_core.audio import SAMPLE_RATE, VoiceSample, write_wav
+from tldr_core.audio import SAMPLE_RATE, ReferenceClip, write_wav
 from tldr_core.errors import TldrError
 from tldr_core.settings import Settings, load_settings, save_settings
-from tldr_core.synthesis import PreparedVoice, Synthesizer
-from tldr_core.voices import Voice, VoiceLibrary
+from tldr_core.synthesis import Synthesizer, VoicePrompt
+from tldr_core.voices import SavedVoice, VoiceLibrary
 
 AUDIO_FILES = "Audio files (*.wav *.flac *.ogg *.mp3 *.m4a *.aiff *.aif);;All files (*)"
 EXPORT_FORMATS = {"WAV audio (*.wav)": ".wav", "FLAC audio (*.flac)": ".flac"}
@@ -61,7 +61,7 @@ class MainWindow(QMainWindow):
         self.model_dir = model_dir_to_use(model_dir)
         self.synth: Synthesizer | None = None
         self.model_problem: str | None = None  # why there is no model (None: loaded or loading)
-        self._prepared: dict[str, PreparedVoice] = {}  # per voice id, for the loaded model's codec
+        self._prepared: dict[str, VoicePrompt] = {}  # per voice id, for the loaded model's codec
         self._load_number = 0
         self._reload_wanted = False
         self._speak_number = 0
@@ -75,6 +75,12 @@ class MainWindow(QMainWindow):
         self._sound_jobs = Background(self)  # producing sound chunk by chunk (speech or a sample)
         self._model_jobs = Background(self)  # loading the speech model
 
+        self._make_widgets()
+        self._lay_out()
+        self._connect_signals()
+        self._start(notices)
+
+    def _make_widgets(self) -> None:
         self.voice_picker = QComboBox()
         self.voice_picker.setToolTip("The voice to speak with")
         self.voice_picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
@@ -99,6 +105,7 @@ class MainWindow(QMainWindow):
         self.engine = QLabel()  # the settings that shape speed, always in view
         self.engine.setToolTip("Change these in Settings…")
 
+    def _lay_out(self) -> None:
         voice_row = QHBoxLayout()
         voice_row.addWidget(QLabel("Voice:"))
         voice_row.addWidget(self.voice_picker, 1)
@@ -123,6 +130,7 @@ class MainWindow(QMainWindow):
         central.setLayout(layout)
         self.setCentralWidget(central)
 
+    def _connect_signals(self) -> None:
         self.speak_shortcuts = [QShortcut(QKeySequence(keys), self, self.speak)
                                 for keys in ("Ctrl+Return", "Ctrl+Enter")]  # Enter: the keypad's key
         self.stop_shortcut = QShortcut(QKeySequence("Esc"), self, self.stop)
@@ -141,16 +149,18 @@ class MainWindow(QMainWindow):
         self.player.finished.connect(self._sound_ended)
         self.editor.textChanged.connect(self._update_char_count)
 
+    def _start(self, notices: list[str]) -> None:
+        """Show the settings and voices, say what was noticed on the way, and start loading the model."""
         self._show_engine()
         self._update_char_count()
         self.refresh_voices(select=self.settings.last_voice)
-        notices = " ".join([*notices, *self.library.notices])
+        said = " ".join([*notices, *self.library.notices])
         if nothing_to_load(self.model_dir):
             self.model_problem = NO_MODEL_MESSAGE
-            self.show_status(notices or NO_MODEL_MESSAGE, error=bool(notices))
+            self.show_status(said or NO_MODEL_MESSAGE, error=bool(said))
         else:
-            if notices:
-                self.show_status(notices, error=True)
+            if said:
+                self.show_status(said, error=True)
             self.load_model()
         self._update_buttons()
 
@@ -173,7 +183,7 @@ class MainWindow(QMainWindow):
     def model_loading(self) -> bool:
         return self._model_jobs.busy
 
-    def current_voice(self) -> Voice | None:
+    def current_voice(self) -> SavedVoice | None:
         return self.voice_picker.currentData()
 
     def refresh_voices(self, select: str | None = None) -> None:
@@ -218,8 +228,8 @@ class MainWindow(QMainWindow):
 
     def _show_engine(self) -> None:
         s = self.settings
-        patch = "token by token" if s.patch_size == "baseline" else f"patch size {s.patch_size}"
-        self.engine.setText(f"{patch} · {s.decoding_mode} · {s.device}")
+        decoding = "token by token" if s.decoding_mode == "baseline" else f"TLDR, patch size {s.patch_size}"
+        self.engine.setText(f"{decoding} · {s.device}")
 
     def _update_char_count(self) -> None:
         n = len(self.editor.toPlainText())
@@ -251,7 +261,7 @@ class MainWindow(QMainWindow):
                                self._job_failed)
         self._update_buttons()
 
-    def save_recorded_voice(self, name: str, sample: VoiceSample) -> None:
+    def save_recorded_voice(self, name: str, sample: ReferenceClip) -> None:
         self.show_status(f"Saving the voice '{name}'…")
         library = self.library
         self._voice_jobs.start(lambda: library.create(name, sample), self._voice_saved, self._job_failed)
@@ -265,11 +275,11 @@ class MainWindow(QMainWindow):
                                self._starters_saved, self._job_failed)
         self._update_buttons()
 
-    def _starters_saved(self, voices: list[Voice]) -> None:
+    def _starters_saved(self, voices: list[SavedVoice]) -> None:
         self.refresh_voices(select=voices[0].id)
         self.show_status(f"Added {len(voices)} starter voices: {', '.join(v.name for v in voices)}.")
 
-    def _voice_saved(self, voice: Voice) -> None:
+    def _voice_saved(self, voice: SavedVoice) -> None:
         self.refresh_voices(select=voice.id)
         self.show_status(f"The voice '{voice.name}' is saved ({voice.speech_seconds:.1f} s of speech).")
 
@@ -468,9 +478,10 @@ class MainWindow(QMainWindow):
         if self.synth is None:
             return None
         try:
-            return decoding_for(self.settings, self.synth.patch_sizes).note
+            decoding_for(self.settings, self.synth.patch_sizes)
         except TldrError as error:
             return str(error)
+        return None
 
     # ---------------------------------------------------- dialogs (thin: the work is in the methods above)
 

@@ -1,6 +1,6 @@
 """Record a voice: countdown, live level meter, Stop (or the maximum length), play back, name it, save.
 
-The recording is checked as soon as it ends (tldr_core.audio.prepare_voice_sample, off the UI thread); a
+The recording is checked as soon as it ends (tldr_core.audio.prepare_reference_clip, off the UI thread); a
 recording that is too short, silent or clipped is refused right here, with the reason and a Record again
 button, before anything is saved.
 """
@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QLineEdit, QProgres
 
 from app.audio_io import SILENCE_DBFS, AudioDeviceError, Player, Recorder
 from app.worker import Background
-from tldr_core.audio import MAX_SAMPLE_SECONDS, VoiceSample, prepare_voice_sample
+from tldr_core.audio import MAX_SAMPLE_SECONDS, ReferenceClip, prepare_reference_clip
 from tldr_core.errors import TldrError
 from tldr_core.voices import VoiceLibrary
 
@@ -22,7 +22,7 @@ METER_UPDATES_PER_SECOND = 20
 
 
 class RecordDialog(QDialog):
-    """On accept, `name` and `sample` (a prepared VoiceSample) say what to save."""
+    """On accept, `name` and `sample` (a prepared ReferenceClip) say what to save."""
 
     def __init__(self, library: VoiceLibrary, player: Player, input_device: str | None = None,
                  countdown_seconds: int = 3, max_seconds: float = MAX_SAMPLE_SECONDS,
@@ -32,7 +32,7 @@ class RecordDialog(QDialog):
         self.library, self.player = library, player
         self.recorder = Recorder(input_device, max_seconds)
         self.countdown_seconds = countdown_seconds
-        self.sample: VoiceSample | None = None
+        self.sample: ReferenceClip | None = None
         self.name = ""
         self.recording = False  # from start to Stop; the stream itself may already have ended at the maximum
         self._count = 0
@@ -124,10 +124,10 @@ class RecordDialog(QDialog):
         samples, rate = self.recorder.stop(), self.recorder.sample_rate
         self.meter.setValue(METER_FLOOR_DBFS)
         self.message.setText("Checking the recording…")
-        self._checker.start(lambda: prepare_voice_sample(samples, rate), self._checked, self._show_problem)
+        self._checker.start(lambda: prepare_reference_clip(samples, rate), self._checked, self._show_problem)
         self._update_buttons()
 
-    def _checked(self, sample: VoiceSample) -> None:
+    def _checked(self, sample: ReferenceClip) -> None:
         self.sample = sample
         self.message.setStyleSheet("")
         notes = " ".join(sample.notices)

@@ -8,10 +8,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from app.audio_io import device_names
 from tldr_core.settings import DECODING_MODES, DEVICES, MAX_SEED, PATCH_SIZES, TEMPERATURE_RANGE, Settings
 
-PATCH_LABELS = {"baseline": "Token by token (baseline)", 2: "2 tokens per step", 4: "4 tokens per step (default)",
-                6: "6 tokens per step", 8: "8 tokens per step"}
-MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Baseline (one token per step)",
-               "speculative": "Speculative decoding"}
+PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
+                8: "8 tokens per step"}
+MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)"}
 DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
 SYSTEM_DEFAULT = "System default"
 
@@ -38,7 +37,7 @@ def _grey_out_missing(combo: QComboBox, available: list[int]) -> None:
     model = combo.model()
     for row in range(combo.count()):
         size = combo.itemData(row)
-        if isinstance(size, int) and size not in available:
+        if size not in available:
             combo.setItemText(row, f"{combo.itemText(row)}: not in this model")
             model.item(row).setEnabled(False)
 
@@ -49,12 +48,16 @@ class SettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self._base = settings
+        self.decoding_mode = _combo({m: MODE_LABELS[m] for m in DECODING_MODES}, settings.decoding_mode)
+        self.decoding_mode.setToolTip("TLDR writes a patch of speech tokens per model step; token by token is the "
+                                      "slower reference it is measured against.")
         self.patch_size = _combo({p: PATCH_LABELS[p] for p in PATCH_SIZES}, settings.patch_size)
-        self.patch_size.setToolTip("Speech tokens the model writes per step: larger patches speak sooner and "
-                                   "faster, token by token is the slow reference.")
+        self.patch_size.setToolTip("Speech tokens the model writes per TLDR step: larger patches speak sooner and "
+                                   "faster.")
         if patch_sizes is not None:
             _grey_out_missing(self.patch_size, patch_sizes)
-        self.decoding_mode = _combo({m: MODE_LABELS[m] for m in DECODING_MODES}, settings.decoding_mode)
+        self.decoding_mode.currentIndexChanged.connect(self._patch_size_applies)
+        self._patch_size_applies()
         self.device = _combo({d: DEVICE_LABELS[d] for d in DEVICES}, settings.device)
         self.device.setToolTip("Where the speech model runs. Automatic picks the GPU when one is usable.")
         self.input_device = _device_combo("input", settings.input_device)
@@ -80,14 +83,17 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form = QFormLayout(self)
-        form.addRow("Patch size:", self.patch_size)
         form.addRow("Decoding:", self.decoding_mode)
+        form.addRow("Patch size:", self.patch_size)
         form.addRow("Compute device:", self.device)
         form.addRow("Microphone:", self.input_device)
         form.addRow("Speakers:", self.output_device)
         form.addRow("Temperature:", self.temperature)
         form.addRow("Seed:", seed_row)
         form.addRow(buttons)
+
+    def _patch_size_applies(self) -> None:
+        self.patch_size.setEnabled(self.decoding_mode.currentData() == "tldr")
 
     def settings(self) -> Settings:
         """The settings as the dialog shows them (fields it does not show are kept)."""

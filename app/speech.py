@@ -20,16 +20,15 @@ from app.audio_io import Player
 from app.worker import stream_to_player
 from tldr_core import paths
 from tldr_core.decoding import Sampling
-from tldr_core.errors import ModelError, VoiceError
+from tldr_core.errors import ModelError
 from tldr_core.settings import Settings
-from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, SpeakStats, Synthesizer
-from tldr_core.voices import Voice, VoiceLibrary
+from tldr_core.synthesis import BASELINE, TLDR, SpeakStats, Synthesizer, VoicePrompt
+from tldr_core.voices import SavedVoice, VoiceLibrary
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
 NO_MODEL_MESSAGE = ("No speech model is installed (resources/default_model is missing), so Speak is unavailable. "
                     "Reinstall TLDR Voice, or train one with packaging/train_default_model.sh.")
 LOADING_MESSAGE = "The speech model is still loading…"
-SPECULATIVE_NOTE = "Speculative decoding is not available in the app yet, so TLDR patches were used."
 
 
 def model_dir_to_use(model_dir: str | Path | None = None) -> Path | None:
@@ -61,24 +60,22 @@ def load_synthesizer(model_dir: Path | None, device: str, progress: Callable[[st
 class Decoding:
     mode: str         # TLDR or BASELINE
     patch_size: int   # speech tokens per step (1 for the baseline)
-    note: str | None  # a setting that could not be honoured, said in the status line
 
 
 def decoding_for(settings: Settings, patch_sizes: list[int]) -> Decoding:
     """The settings as a decoding the loaded model can do; ModelError when its patch size has no adapter."""
-    if settings.patch_size == "baseline" or settings.decoding_mode == "baseline":
-        return Decoding(BASELINE, 1, None)
+    if settings.decoding_mode == BASELINE:
+        return Decoding(BASELINE, 1)
     if settings.patch_size not in patch_sizes:
         raise ModelError(f"This model has no TLDR adapter for patch size {settings.patch_size} (it has "
                          f"{', '.join(map(str, patch_sizes)) or 'none'}): choose another patch size in Settings.")
-    return Decoding(TLDR, int(settings.patch_size),
-                    SPECULATIVE_NOTE if settings.decoding_mode == "speculative" else None)
+    return Decoding(TLDR, settings.patch_size)
 
 
 @dataclass
 class SpeakRequest:
     text: str
-    voice: Voice
+    voice: SavedVoice
     decoding: Decoding
     temperature: float
     seed: int | None
@@ -91,38 +88,19 @@ class SpeakOutcome:
     problem: str | None             # why it was not heard (no sound card...), else None
     stats: SpeakStats | None        # None when stopped before generation began
     first_sound_seconds: float | None  # Speak click -> first chunk handed to the Player; None if none was
-    note: str | None = None
     stopped: bool = False           # Stop (or a new Speak) ended it before the text was all spoken
 
 
-def prepared_voice(synth: Synthesizer, voice: Voice, library: VoiceLibrary | None) -> PreparedVoice:
-    """The voice as the model needs it: from what the library kept for this codec, else made now and kept."""
-    if voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == synth.codec_sha256:
-        return PreparedVoice(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
-                             np.array(voice.codec_stats, dtype=np.float32))
-    try:
-        clip = voice.clip()
-    except (OSError, RuntimeError) as error:  # soundfile reports a damaged file as RuntimeError
-        raise VoiceError(f"The sample of '{voice.name}' could not be read ({error}).") from None
-    prepared = synth.prepare_voice(clip)
-    if library is not None:
-        try:
-            library.save_prompt(voice.id, prepared.prompt_tokens.tolist(), prepared.stats.tolist(), synth.codec_sha256)
-        except (OSError, VoiceError):  # deleted meanwhile, or a read-only disk: speaking still works
-            pass
-    return prepared
-
-
-def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, PreparedVoice], player: Player,
+def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, VoicePrompt], player: Player,
           session: int, on_first_sound: Callable[[float], None] | None = None,
           library: VoiceLibrary | None = None) -> SpeakOutcome:
-    """Generate and play; runs in a background job. `voices` caches PreparedVoice per voice id; the
+    """Generate and play; runs in a background job. `voices` caches VoicePrompt per voice id; the
     library (when given) keeps its prompt tokens and statistics across restarts."""
     prepared = voices.get(request.voice.id)
     if prepared is None:
-        prepared = voices[request.voice.id] = prepared_voice(synth, request.voice, library)
+        prepared = voices[request.voice.id] = synth.saved_voice_prompt(request.voice, library)
     if player.session != session:  # stopped while the voice was being prepared
-        return SpeakOutcome(np.zeros(0, np.float32), None, None, None, request.decoding.note, stopped=True)
+        return SpeakOutcome(np.zeros(0, np.float32), None, None, None, stopped=True)
     first_sound: list[float] = []
 
     def pushed() -> None:
@@ -138,8 +116,7 @@ def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, PreparedV
     finally:
         chunks.close()  # a stopped stream ends now, which completes its figures
     stopped = player.session != session or synth.last_stats.cancelled  # the player may notice first
-    return SpeakOutcome(audio, problem, synth.last_stats, first_sound[0] if first_sound else None,
-                        request.decoding.note, stopped)
+    return SpeakOutcome(audio, problem, synth.last_stats, first_sound[0] if first_sound else None, stopped)
 
 
 def describe(outcome: SpeakOutcome) -> str:
@@ -158,4 +135,4 @@ def describe(outcome: SpeakOutcome) -> str:
     parts.append(stats.device)
     head = (f"Stopped after {stats.audio_seconds:.1f} s of speech" if outcome.stopped
             else f"Spoke {stats.audio_seconds:.1f} s of speech")
-    return f"{head}: {' · '.join(parts)}." + (f" {outcome.note}" if outcome.note else "")
+    return f"{head}: {' · '.join(parts)}."

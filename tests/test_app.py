@@ -178,7 +178,6 @@ def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
         dialog = QApplication.activeModalWidget()
         assert isinstance(dialog, SettingsDialog)
         dialog.patch_size.setCurrentIndex(dialog.patch_size.findData(8))
-        dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("speculative"))
         dialog.device.setCurrentIndex(dialog.device.findData("cpu"))
         dialog.temperature.setValue(0.7)
         dialog.fixed_seed.setChecked(True)
@@ -187,10 +186,20 @@ def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
 
     QTimer.singleShot(0, choose_and_save)
     window.settings_button.click()
-    expected = Settings(patch_size=8, decoding_mode="speculative", device="cpu", temperature=0.7, seed=99)
+    expected = Settings(patch_size=8, device="cpu", temperature=0.7, seed=99)
     assert load_settings() == (expected, []) and window.settings == expected
     assert window.library.device == "cpu" and window.status.text() == "Settings saved."
-    assert window.engine.text() == "patch size 8 · speculative · cpu"
+    assert window.engine.text() == "TLDR, patch size 8 · cpu"
+
+
+def test_the_settings_dialog_offers_only_decoding_modes_that_exist(qtbot):
+    """TLDR patches or token by token; the patch size applies to TLDR alone, so it is off for token by token."""
+    dialog = SettingsDialog(Settings())
+    qtbot.addWidget(dialog)
+    modes = [dialog.decoding_mode.itemData(row) for row in range(dialog.decoding_mode.count())]
+    assert modes == ["tldr", "baseline"] and dialog.patch_size.isEnabled()
+    dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("baseline"))
+    assert not dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "baseline"
 
 
 def test_the_settings_dialog_lists_audio_devices_and_keeps_an_unplugged_one(qtbot, alsa_tap):
@@ -207,7 +216,7 @@ def test_the_settings_dialog_greys_out_patch_sizes_the_model_lacks(qtbot):
     qtbot.addWidget(dialog)
     combo, items = dialog.patch_size, dialog.patch_size.model()
     enabled = {combo.itemData(row): items.item(row).isEnabled() for row in range(combo.count())}
-    assert enabled == {"baseline": True, 2: True, 4: True, 6: False, 8: False}
+    assert enabled == {2: True, 4: True, 6: False, 8: False}
     assert combo.itemText(combo.findData(8)).endswith("not in this model")
     no_model = SettingsDialog(Settings())  # no model loaded: nothing is greyed out
     qtbot.addWidget(no_model)

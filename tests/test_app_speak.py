@@ -165,7 +165,7 @@ def test_a_patch_size_without_an_adapter_is_named(qtbot, window):
 
 
 def test_without_a_sound_card_the_speech_is_still_made_and_exported(qtbot, window, no_sound_card, tmp_path):
-    window.apply_settings(Settings(device="cpu", patch_size="baseline"))
+    window.apply_settings(Settings(device="cpu", decoding_mode="baseline"))
     window.editor.setPlainText(SHORT)
     window.speak()
     qtbot.waitUntil(lambda: not window._speaking, timeout=20000)
@@ -218,7 +218,7 @@ def test_a_voice_keeps_its_prompt_tokens_across_a_restart(qtbot, tiny_model, mon
     restarted = open_window(qtbot, tiny_model)  # a new session: nothing cached in memory
     qtbot.waitUntil(lambda: restarted.synth is not None, timeout=20000)
     prepared_again = []
-    monkeypatch.setattr(restarted.synth, "prepare_voice", lambda clip: prepared_again.append(clip))
+    monkeypatch.setattr(restarted.synth, "prepare_voice", lambda *clip: prepared_again.append(clip))
     speak_and_wait(qtbot, restarted)
     assert prepared_again == [] and len(restarted.last_audio) > 0
     restarted.close()

@@ -17,8 +17,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from tldr_core import audio
-from tldr_core.audio import (MAX_SAMPLE_SECONDS, MIN_SPEECH_SECONDS, SAMPLE_RATE, TARGET_LUFS, load_voice_sample,
-                             normalize_loudness, prepare_voice_sample, read_audio, to_model_rate, trim_silence)
+from tldr_core.audio import (MAX_SAMPLE_SECONDS, MIN_SPEECH_SECONDS, SAMPLE_RATE, TARGET_LUFS, load_reference_clip,
+                             normalize_loudness, prepare_reference_clip, read_audio, to_model_rate, trim_silence)
 from tldr_core.errors import AudioInputError
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs back home."
@@ -74,7 +74,7 @@ def test_every_common_format_reads_as_mono_float32_at_its_native_rate(speech, tm
     assert abs(len(got) - len(samples)) < 0.05 * rate
     n = min(len(got), len(samples))
     assert np.corrcoef(got[:n], samples[:n])[0, 1] > 0.9  # the same speech, through a lossy codec or not
-    assert load_voice_sample(path).speech_seconds > 3.0
+    assert load_reference_clip(path).speech_seconds > 3.0
 
 
 def test_stereo_is_mixed_down_to_mono(speech, tmp_path):
@@ -88,7 +88,7 @@ def test_stereo_is_mixed_down_to_mono(speech, tmp_path):
 def test_any_sample_rate_becomes_model_rate_with_the_same_speech(speech, tmp_path, rate):
     samples, native = speech
     sf.write(tmp_path / "clip.wav", _resample(samples, native, rate), rate)
-    clip = load_voice_sample(tmp_path / "clip.wav")
+    clip = load_reference_clip(tmp_path / "clip.wav")
     start, end = _speech_bounds(samples, native)
     assert clip.samples.dtype == np.float32 and clip.samples.ndim == 1
     assert abs(len(clip.samples) / SAMPLE_RATE - (end - start)) < 0.4
@@ -98,7 +98,7 @@ def test_any_sample_rate_becomes_model_rate_with_the_same_speech(speech, tmp_pat
 def test_a_recording_in_memory_may_be_int16_with_a_channel_axis(speech):
     samples, rate = speech
     int16 = (samples * 32767).astype(np.int16)[:, None]  # (frames, 1), as sounddevice records
-    clip = prepare_voice_sample(int16, rate)
+    clip = prepare_reference_clip(int16, rate)
     assert clip.speech_seconds > 3.0 and clip.notices == ()
 
 
@@ -106,7 +106,7 @@ def test_a_recording_in_memory_may_be_int16_with_a_channel_axis(speech):
 def test_speech_from_flite_is_found_too(tmp_path):
     samples, rate = _speak("flite", tmp_path / "flite.wav")
     start, end = _speech_bounds(samples, rate)
-    assert abs(prepare_voice_sample(samples, rate).speech_seconds - (end - start)) < 0.5
+    assert abs(prepare_reference_clip(samples, rate).speech_seconds - (end - start)) < 0.5
 
 
 # --------------------------------------------------------------------------------------- trimming, level
@@ -145,7 +145,7 @@ def test_trimming_pure_silence_leaves_nothing():
 @pytest.mark.parametrize("gain_db", [-35.0, 0.0])
 def test_voice_samples_are_normalised_to_target_loudness_without_clipping(speech, gain_db):
     samples, rate = speech
-    clip = prepare_voice_sample(samples * np.float32(10 ** (gain_db / 20)), rate)
+    clip = prepare_reference_clip(samples * np.float32(10 ** (gain_db / 20)), rate)
     assert abs(_lufs(clip.samples) - TARGET_LUFS) < 1.0
     assert np.abs(clip.samples).max() < 1.0
     assert abs(clip.loudness_lufs - (_lufs(to_model_rate(samples, rate)) + gain_db)) < 1.5  # before, not after
@@ -166,7 +166,7 @@ def test_a_long_sample_is_cut_to_the_maximum_with_a_notice(speech):
     voice = to_model_rate(samples, rate)
     pause = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
     long = np.concatenate([np.concatenate([voice, pause])] * 11)  # about 45 s
-    clip = prepare_voice_sample(long, SAMPLE_RATE)
+    clip = prepare_reference_clip(long, SAMPLE_RATE)
     assert MAX_SAMPLE_SECONDS - 5.0 <= len(clip.samples) / SAMPLE_RATE <= MAX_SAMPLE_SECONDS
     assert clip.speech_seconds <= MAX_SAMPLE_SECONDS
     assert len(clip.notices) == 1 and f"{MAX_SAMPLE_SECONDS:.0f} s" in clip.notices[0]
@@ -182,7 +182,7 @@ def test_a_missing_file_is_named_in_the_error(tmp_path):
 
 def test_a_folder_is_not_taken_for_a_file(tmp_path):
     with pytest.raises(AudioInputError, match="is a folder"):
-        load_voice_sample(tmp_path)
+        load_reference_clip(tmp_path)
 
 
 @pytest.mark.parametrize("content", [np.random.default_rng(0).bytes(5000), b"hello " * 200, b"RIFF\x00\x00"])
@@ -190,7 +190,7 @@ def test_a_folder_is_not_taken_for_a_file(tmp_path):
 def test_corrupt_or_non_audio_bytes_say_the_file_is_damaged(tmp_path, content, name):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(AudioInputError, match=f"{name}.*damaged or not in a supported format"):
-        load_voice_sample(tmp_path / name)
+        load_reference_clip(tmp_path / name)
 
 
 def test_an_empty_file_is_reported_as_empty(tmp_path):
@@ -217,20 +217,20 @@ def test_invalid_sample_values_are_refused(speech, bad):
     broken = samples.copy()
     broken[1000] = bad
     with pytest.raises(AudioInputError, match="NaN or infinity"):
-        prepare_voice_sample(broken, rate)
+        prepare_reference_clip(broken, rate)
 
 
 def test_a_sample_rate_below_telephone_quality_is_refused(speech):
     samples, rate = speech
     with pytest.raises(AudioInputError, match="6000 Hz is too low.*8000 Hz"):
-        prepare_voice_sample(_resample(samples, rate, 6000), 6000)
+        prepare_reference_clip(_resample(samples, rate, 6000), 6000)
 
 
 @pytest.mark.parametrize("recording", [np.zeros(5 * SAMPLE_RATE, np.float32), _noise(5.0, -75.0)],
                          ids=["digital silence", "microphone hiss"])
 def test_a_silent_recording_advises_checking_the_microphone(recording):
     with pytest.raises(AudioInputError, match="silent.*microphone"):
-        prepare_voice_sample(recording, SAMPLE_RATE)
+        prepare_reference_clip(recording, SAMPLE_RATE)
 
 
 @pytest.mark.parametrize("recording", [_noise(5.0, -30.0), _noise(5.0, -10.0),
@@ -238,29 +238,29 @@ def test_a_silent_recording_advises_checking_the_microphone(recording):
                          ids=["steady noise", "loud steady noise", "mains hum"])
 def test_steady_noise_or_hum_is_not_taken_for_speech(recording):
     with pytest.raises(AudioInputError, match="only noise.*microphone"):
-        prepare_voice_sample(recording.astype(np.float32), SAMPLE_RATE)
+        prepare_reference_clip(recording.astype(np.float32), SAMPLE_RATE)
 
 
 def test_a_recording_of_odd_shape_is_refused():
     with pytest.raises(AudioInputError, match="unexpected shape"):
-        prepare_voice_sample(np.zeros((2, 2, SAMPLE_RATE), np.float32), SAMPLE_RATE)
+        prepare_reference_clip(np.zeros((2, 2, SAMPLE_RATE), np.float32), SAMPLE_RATE)
 
 
 def test_an_empty_recording_is_refused():
     with pytest.raises(AudioInputError, match="empty"):
-        prepare_voice_sample(np.zeros(0, np.float32), SAMPLE_RATE)
+        prepare_reference_clip(np.zeros(0, np.float32), SAMPLE_RATE)
 
 
 def test_a_clipped_recording_advises_lowering_the_gain(speech):
     samples, rate = speech
     with pytest.raises(AudioInputError, match="clipped.*further from the microphone or lower the input gain"):
-        prepare_voice_sample(np.clip(4.0 * samples, -1.0, 1.0), rate)
+        prepare_reference_clip(np.clip(4.0 * samples, -1.0, 1.0), rate)
 
 
 def test_speech_touching_full_scale_once_is_not_called_clipped(speech):
     samples, rate = speech
     peak = samples / np.abs(samples).max()
-    assert prepare_voice_sample(peak, rate).speech_seconds > 3.0
+    assert prepare_reference_clip(peak, rate).speech_seconds > 3.0
 
 
 def test_too_little_speech_says_how_much_was_found_and_needed(speech):
@@ -268,21 +268,21 @@ def test_too_little_speech_says_how_much_was_found_and_needed(speech):
     start, _ = _speech_bounds(samples, rate)
     short = samples[: int((start + 1.2) * rate)]
     with pytest.raises(AudioInputError, match=rf"Only 1\.\d s of speech .* at least {MIN_SPEECH_SECONDS:.0f} s"):
-        prepare_voice_sample(short, rate)
+        prepare_reference_clip(short, rate)
 
 
 def test_faults_are_reported_most_basic_first(speech):
     samples, rate = speech
     short_and_clipped = np.clip(4.0 * samples[: rate], -1.0, 1.0)
     with pytest.raises(AudioInputError, match="clipped"):
-        prepare_voice_sample(short_and_clipped, rate)
+        prepare_reference_clip(short_and_clipped, rate)
     with pytest.raises(AudioInputError, match="NaN"):
-        prepare_voice_sample(np.full(6000, np.nan, np.float32), 6000)
+        prepare_reference_clip(np.full(6000, np.nan, np.float32), 6000)
     with pytest.raises(AudioInputError, match="too low"):
-        prepare_voice_sample(np.zeros(6000, np.float32), 6000)
+        prepare_reference_clip(np.zeros(6000, np.float32), 6000)
 
 
 def test_an_error_about_a_files_audio_names_the_file(tmp_path):
     sf.write(tmp_path / "quiet.wav", np.zeros(3 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
     with pytest.raises(AudioInputError, match="^quiet.wav: .*silent"):
-        load_voice_sample(tmp_path / "quiet.wav")
+        load_reference_clip(tmp_path / "quiet.wav")

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from tldr_core.audio import read_audio, to_model_rate, write_wav
 from tldr_core.cli import main
-from tldr_core.codec.model import (FSQ, PHONES, Codec, CodecConfig, TokenDecoderStream, formant_postfilter,
+from tldr_core.codec.model import (FSQ, PHONES, Codec, CodecConfig, DecoderStream, formant_postfilter,
                                    phone_targets)
-from tldr_core.codec.train import TrainConfig, load_codec, phone_weight_at, train_codec
+from tldr_core.codec.store import load_codec
+from tldr_core.training.codec import TrainConfig, phone_weight_at, train_codec
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.text import normalize_text, phonemize
 
@@ -59,7 +60,7 @@ def test_phone_targets_keep_only_phones():
 
 def test_ctc_loss_is_finite_and_learns_a_tiny_batch():
     """The phone loss on padded whole clips: finite, masks the padding, and a few steps lower it."""
-    from tldr_core.codec.train import collate
+    from tldr_core.training.codec_data import collate
 
     rng = np.random.default_rng(0)
     items = [{"frames": rng.normal(size=(4 * n, 47)).astype(np.float32), "embedding": np.zeros(256, np.float32),
@@ -98,7 +99,7 @@ def test_formant_postfilter_raises_peaks_and_keeps_flat_envelopes():
 
 
 def _decode_stream(codec: Codec, tokens: torch.Tensor, emb: torch.Tensor, stats: torch.Tensor, k: int):
-    stream = TokenDecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
+    stream = DecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
     parts = [stream.push(tokens[i:i + k].numpy()) for i in range(0, len(tokens), k)]
     return torch.from_numpy(np.concatenate(parts + [stream.finish()]))
 
@@ -126,7 +127,7 @@ def test_the_streaming_decoder_check_can_fail():
     codec = Codec(CodecConfig()).eval()
     tokens, emb, stats = torch.randint(0, CodecConfig().vocab_size, (70,)), torch.randn(256), torch.randn(42)
     offline = _offline(codec, tokens, emb, stats)
-    stream = TokenDecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
+    stream = DecoderStream.for_codec(codec, emb.numpy(), stats.numpy())
     zero, step = stream.state, stream.step
     stream.step = lambda ids, valid, state: step(ids, valid, zero)
     parts = [stream.push(tokens[i:i + 4].numpy()) for i in range(0, len(tokens), 4)]
@@ -159,7 +160,8 @@ def tiny_corpus(tmp_path_factory):
 
 
 def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
-    from tldr_core.codec.train import load_split, validate
+    from tldr_core.training.codec import validate
+    from tldr_core.training.codec_data import load_split
 
     out = tmp_path / "run"
     cfg = TrainConfig(steps=150, batch=4, lr=3e-3, warmup=5, validate_every=75, threads=1)
@@ -183,8 +185,8 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tiny_corpus, tmp_path):
 def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path, source):
     """Retraining the decoder of a codec leaves its tokenizer, and so every token, as it was; the codec may be a
     checkpoint or an exported folder such as the shipped one."""
-    from tldr_core.codec.export import export_codec
-    from tldr_core.codec.train import load_split
+    from tldr_core.training.codec_export import export_codec
+    from tldr_core.training.codec_data import load_split
 
     first = tmp_path / "first"
     train_codec(tiny_corpus, first, TrainConfig(steps=20, batch=4, lr=3e-3, warmup=5, validate_every=20, threads=1),
@@ -207,11 +209,12 @@ def test_decoder_only_training_keeps_the_tokens(tiny_corpus, tmp_path, source):
     assert not torch.equal(before.out.weight, after.out.weight)
 
 
+@pytest.mark.slow
 def test_a_listener_learns_the_phones_first_then_joins_the_decoders_loss(tiny_corpus, tmp_path):
     """`listener_weight` trains a phone listener on the original frames into OUT/listener.pt, then trains the
     decoder with the listener's loss on its decoded frames; the listener stays frozen, and a resumed run reuses it."""
-    from tldr_core.codec.listener import Listener, heard_frames, load_listener
-    from tldr_core.codec.train import collate, load_split
+    from tldr_core.training.listener import Listener, heard_frames, load_listener
+    from tldr_core.training.codec_data import collate, load_split
 
     first = tmp_path / "first"
     train_codec(tiny_corpus, first, TrainConfig(steps=10, batch=4, lr=3e-3, warmup=5, validate_every=10, threads=1),
@@ -246,7 +249,7 @@ def test_the_shipped_codec_comes_back_from_its_onnx_graphs():
     frames = torch.from_numpy(runtime.frames(samples))[None]
     assert torch.equal(codec.tokens(frames, torch.from_numpy(voice.stats)[None])[0], torch.from_numpy(tokens))
     from_onnx = runtime.stream(voice).decoder
-    from_torch = TokenDecoderStream.for_codec(codec, voice.embedding, voice.stats)
+    from_torch = DecoderStream.for_codec(codec, voice.embedding, voice.stats)
     onnx_frames = np.concatenate([from_onnx.push(tokens), from_onnx.finish()])
     torch_frames = np.concatenate([from_torch.push(tokens), from_torch.finish()])
     assert np.abs(onnx_frames - torch_frames).max() < 1e-3
@@ -316,7 +319,7 @@ def test_roundtrip_streamed_equals_offline(tiny_corpus, tmp_path):
 
 
 def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
-    from tldr_core.codec.export import export_codec
+    from tldr_core.training.codec_export import export_codec
     from tldr_core.codec.runtime import CodecRuntime
 
     out = tmp_path / "run"
@@ -344,7 +347,7 @@ def test_a_folder_without_a_codec_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("name", ["tokenizer.onnx", "decoder.onnx", "codec.json"])
 def test_a_damaged_codec_file_is_reported_before_it_is_read(tmp_path, name):
     """A flipped byte among an ONNX graph's weights would load and decode garbage: the manifest catches it."""
-    from tldr_core.codec.export import export_codec
+    from tldr_core.training.codec_export import export_codec
     from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime
 
     folder = tmp_path / "codec"

@@ -16,7 +16,7 @@ from tldr_core.corpus.build import build_corpus
 from tldr_core.corpus.plan import SPLITS, PlanConfig, Speaker, Utterance, make_plan
 from tldr_core.corpus.render import pyworld, render, wav_path, world_warp
 from tldr_core.corpus.sentences import make_sentences
-from tldr_core.corpus.voices import CATALOGUE, available_voices, installed_engine_voices, synthesize
+from tldr_core.corpus.engines import CATALOGUE, available_voices, installed_engine_voices, synthesize
 from tldr_core.errors import CorpusError
 from tldr_core.text import normalize_text
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from tldr_core.decoding import PatchDecoder, Request, Sampling, TokenDecoder, sample
+from tldr_core.decoding import PatchGenerator, Request, Sampling, TokenGenerator, sample
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 
 CFG = ModelConfig(speech_vocab=50, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256,
@@ -40,13 +40,13 @@ def run(decoder, req, seed=0):
 
 def test_a_model_that_never_stops_is_cut_at_twice_the_expected_length():
     req = request(phonemes=20)  # expected 40 tokens
-    groups, stats = run(TokenDecoder(backbone(-50.0), Sampling()), req)
+    groups, stats = run(TokenGenerator(backbone(-50.0), Sampling()), req)
     assert stats.tokens == 80 and not stats.stopped
     assert sum(len(g) for g in groups) == 80
 
 
 def test_stop_is_refused_before_half_the_expected_length():
-    groups, stats = run(TokenDecoder(backbone(+50.0), Sampling()), request(phonemes=20))
+    groups, stats = run(TokenGenerator(backbone(+50.0), Sampling()), request(phonemes=20))
     assert stats.stopped and stats.tokens == 20
 
 
@@ -71,9 +71,9 @@ def test_repetition_aware_sampling_escapes_a_loop():
 def test_tldr_takes_k_times_fewer_backbone_steps_and_keeps_k_times_less_speech_cache():
     bb = backbone(-50.0)
     req = request(phonemes=24, prompt=24)
-    _, base = run(TokenDecoder(bb, Sampling()), req)
+    _, base = run(TokenGenerator(bb, Sampling()), req)
     for k in (2, 4, 6, 8):
-        groups, stats = run(PatchDecoder(bb, Tldr(bb, TldrConfig(patch_size=k)), Sampling()), req)
+        groups, stats = run(PatchGenerator(bb, Tldr(bb, TldrConfig(patch_size=k)), Sampling()), req)
         assert all(len(g) == k for g in groups[:-1])
         assert stats.tokens == base.tokens == 96
         assert stats.backbone_steps == -(-base.tokens // k) + (base.tokens % k == 0)
@@ -83,5 +83,5 @@ def test_tldr_takes_k_times_fewer_backbone_steps_and_keeps_k_times_less_speech_c
 
 def test_the_same_seed_gives_the_same_tokens():
     bb = backbone()
-    dec = TokenDecoder(bb, Sampling(temperature=1.0))
+    dec = TokenGenerator(bb, Sampling(temperature=1.0))
     assert run(dec, request(), seed=3)[0] == run(dec, request(), seed=3)[0]

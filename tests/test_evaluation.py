@@ -9,7 +9,7 @@ import pytest
 from cli_runner import run_cli
 from espeak_speech import espeak, write_corpus
 
-from tldr_core.codec.evaluate import Judges, WerDifference, WordErrors, words_for_wer
+from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
 
 SENTENCES = ["The weather was warm and the children played in the garden until dinner.",
              "Please bring the green book back to the library before Friday morning.",
@@ -66,6 +66,7 @@ def test_the_evaluation_encoder_finds_a_voice_closer_to_itself_than_to_another(j
     assert same > 0.8 and same > different + 0.1
 
 
+@pytest.mark.slow
 def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_every_mode(tmp_path):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, {"en-us": "test", "en-us+f3": "test"}, SENTENCES[:2], tmp_path)
@@ -94,6 +95,7 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
     assert "WER above that codec round trip (the model's own share)" in done.stdout
 
 
+@pytest.mark.slow
 def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_path):
     """The shipped codec against an untrained one: the originals are scored once for both, and the judges rank
     the trained codec above the one that has learnt nothing."""

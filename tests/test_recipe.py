@@ -16,6 +16,8 @@ from tldr_core.model_store import read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
 
+pytestmark = pytest.mark.slow  # the whole recipe, every stage at toy size: minutes
+
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
        "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2", "DECODER_LISTENER_STEPS": "3",
        "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",

@@ -21,7 +21,7 @@ def test_the_app_speaks_at_the_temperature_its_figures_were_measured_at():
 
 
 def test_settings_persist_in_the_user_config_folder():
-    saved = Settings(patch_size="baseline", decoding_mode="speculative", device="cpu", input_device="USB Mic",
+    saved = Settings(patch_size=8, decoding_mode="baseline", device="cpu", input_device="USB Mic",
                      output_device="Speakers", temperature=0.7, seed=1234, last_voice="abc123")
     save_settings(saved)
     assert settings_path().parent == paths.user_config_dir()
@@ -52,7 +52,8 @@ def test_unknown_keys_are_ignored_and_known_ones_kept():
 
 
 @pytest.mark.parametrize("key, value", [("patch_size", 5), ("patch_size", True), ("patch_size", "4"),
-                                        ("decoding_mode", "fast"), ("device", "tpu"), ("temperature", 0),
+                                        ("decoding_mode", "fast"), ("decoding_mode", "speculative"),
+                                        ("device", "tpu"), ("temperature", 0),
                                         ("temperature", "hot"), ("seed", -1), ("seed", 2.5),
                                         ("output_device", ""), ("last_voice", 7)])
 def test_an_invalid_value_falls_back_to_its_default_alone(key, value):
@@ -63,6 +64,12 @@ def test_an_invalid_value_falls_back_to_its_default_alone(key, value):
     if key != "seed":
         assert settings.seed == 42  # the valid neighbour survives
     assert len(notices) == 1 and key in notices[0] and "default" in notices[0]
+
+
+def test_a_file_from_before_the_decoding_mode_keeps_its_token_level_choice():
+    """Token by token used to be the patch size "baseline"; it is the decoding mode "baseline" now."""
+    settings_path().write_text(json.dumps({"patch_size": "baseline", "seed": 7}), encoding="utf-8")
+    assert load_settings() == (Settings(decoding_mode="baseline", seed=7), [])
 
 
 def test_invalid_settings_are_never_written():

@@ -17,6 +17,7 @@ from tldr_core.model import Tldr, TldrConfig
 from tldr_core.model_store import load_backbone, pack_model
 from tldr_core.paths import RESOURCES_DIR
 from tldr_core.synthesis import BASELINE, TLDR, Synthesizer
+from tldr_core.voices import VoiceLibrary
 
 VOICE = RESOURCES_DIR / "voices" / "flite-rms.wav"
 
@@ -28,12 +29,33 @@ def synth(tiny_model):
 
 @pytest.fixture(scope="module")
 def voice(synth):
-    return synth.prepare_voice(audio.load_voice_sample(VOICE).samples)
+    return synth.prepare_voice(audio.load_reference_clip(VOICE).samples)
 
 
 def test_a_prepared_voice_has_a_whole_patch_prompt(voice):
     assert len(voice.prompt_tokens) in (24, 48, 72)
     assert voice.embedding.shape == (256,)
+
+
+def test_a_saved_voice_is_prepared_once_per_codec_with_the_embedding_it_was_saved_with(tiny_model):
+    """The library embedded the clip when the voice was saved: preparing it reuses that embedding (the codec's own
+    speaker encoder is never loaded), keeps the prompt in the library for this codec, and redoes it for another."""
+    library = VoiceLibrary(device="cpu")
+    saved = library.create_from_file("Rms", VOICE)
+    fresh = Synthesizer(tiny_model, device="cpu")
+    prompt = fresh.saved_voice_prompt(saved, library)
+    assert "speaker" not in vars(fresh.codec)  # cached_property: set only when loaded
+    np.testing.assert_array_equal(prompt.embedding, saved.embedding())
+    kept = library.get(saved.id)
+    assert kept.codec == fresh.codec_sha256 and kept.prompt_tokens == prompt.prompt_tokens.tolist()
+
+    made, make = [], fresh.prepare_voice
+    fresh.prepare_voice = lambda *args: made.append(args) or make(*args)  # from here on, making one is noticed
+    again = fresh.saved_voice_prompt(kept, library)
+    assert made == [] and np.array_equal(again.prompt_tokens, prompt.prompt_tokens)
+    library.save_prompt(saved.id, kept.prompt_tokens, kept.codec_stats, "another codec")
+    fresh.saved_voice_prompt(library.get(saved.id), library)
+    assert len(made) == 1
 
 
 def test_audio_streams_in_chunks_and_every_sentence_is_said(synth, voice):
@@ -48,7 +70,7 @@ def test_audio_streams_in_chunks_and_every_sentence_is_said(synth, voice):
 def test_the_codec_thread_renders_every_patch_in_order(synth, voice):
     """The audio is exactly what pushing each sentence's patches to the codec one after another gives."""
     streamed = np.concatenate(list(synth.stream("One sentence. Then another.", voice, TLDR, 4, seed=1)))
-    codec = synth.codec.stream(voice.codec_voice)
+    codec = synth.codec.stream(voice.timbre)
     expected = []
     for sentence in synth.last_stats.per_sentence:
         tokens = np.array(sentence.history)

@@ -13,22 +13,23 @@ import torch.multiprocessing as mp
 
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint
-from tldr_core.training import data
-from tldr_core.training.loop import CHECKPOINT, Process, TrainConfig, autocast, run
+from tldr_core.training import lm_data
+from tldr_core.training.lm import TrainConfig, run
 from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective
 from tldr_core.training.schedule import warmup_cosine
+from tldr_core.training.trainer import CHECKPOINT, Process, autocast
 
 CFG = ModelConfig(speech_vocab=40, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256)
 
 
-def items(n: int = 24, seed: int = 0) -> list[data.Utterance]:
+def items(n: int = 24, seed: int = 0) -> list[lm_data.Utterance]:
     """Speech that is a deterministic function of the text: learnable in a few dozen steps."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         ids = rng.integers(4, 20, size=int(rng.integers(5, 12)))
         tokens = np.repeat(ids * 2, 2)  # each phoneme -> two tokens
-        out.append(data.Utterance(str(i), f"spk{i % 4}", np.concatenate([[1], ids, [2]]), tokens,
+        out.append(lm_data.Utterance(str(i), f"spk{i % 4}", np.concatenate([[1], ids, [2]]), tokens,
                                   rng.standard_normal(256).astype(np.float32)))
     return out
 
@@ -68,7 +69,7 @@ def test_the_alignment_prior_makes_one_head_per_layer_read_the_text_along_its_di
 
 def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch):
     straight, _ = train_backbone(tmp_path / "a", steps=20)
-    calls, real_sample = [], data.sample_batch
+    calls, real_sample = [], lm_data.sample_batch
 
     def interrupted(*args, **kwargs):  # Ctrl+C during step 13, after the checkpoint of step 10
         calls.append(1)
@@ -76,10 +77,10 @@ def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(data, "sample_batch", interrupted)
+    monkeypatch.setattr(lm_data, "sample_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_backbone(tmp_path / "b", steps=20)
-    monkeypatch.setattr(data, "sample_batch", real_sample)
+    monkeypatch.setattr(lm_data, "sample_batch", real_sample)
     state = read_checkpoint(tmp_path / "b" / CHECKPOINT, "checkpoint")
     resumed, _ = train_backbone(tmp_path / "b", steps=20, resume_state=state)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -100,12 +101,12 @@ def test_tldr_training_learns_and_leaves_the_backbone_identical(tmp_path):
 
 def test_training_batches_hold_utterances_of_similar_length_and_validation_batches_a_random_mix():
     rng = np.random.default_rng(0)
-    utterances = [data.Utterance(str(i), f"spk{i % 10}", np.array([1, 5, 2]), np.zeros(n, dtype=np.int64),
+    utterances = [lm_data.Utterance(str(i), f"spk{i % 10}", np.array([1, 5, 2]), np.zeros(n, dtype=np.int64),
                                  np.zeros(256, dtype=np.float32)) for i, n in enumerate(rng.integers(25, 400, 500))]
-    index = data.speakers_index(utterances)
+    index = lm_data.speakers_index(utterances)
 
     def spread(similar_length: bool) -> float:  # median over batches of longest / shortest utterance
-        batches = [data.sample_batch(utterances, index, 8, 20, np.random.default_rng(s), similar_length)
+        batches = [lm_data.sample_batch(utterances, index, 8, 20, np.random.default_rng(s), similar_length)
                    for s in range(50)]
         return float(np.median([max(map(len, b.speech)) / min(map(len, b.speech)) for b in batches]))
 
@@ -114,15 +115,15 @@ def test_training_batches_hold_utterances_of_similar_length_and_validation_batch
 
 
 def test_the_recipe_chooses_whether_training_batches_hold_similar_lengths_or_a_random_mix(tmp_path, monkeypatch):
-    spreads, real_sample = [], data.sample_batch
+    spreads, real_sample = [], lm_data.sample_batch
 
     def watched(*args, **kwargs):  # longest / shortest utterance of each training batch (validation: a random mix)
         batch = real_sample(*args, **kwargs)
         spreads.append(max(map(len, batch.speech)) / min(map(len, batch.speech)))
         return batch
 
-    monkeypatch.setattr(data, "sample_batch", watched)
-    varied = [data.Utterance(str(i), f"spk{i % 4}", np.array([1, 5, 2]), np.full(n, 3), np.zeros(256, np.float32))
+    monkeypatch.setattr(lm_data, "sample_batch", watched)
+    varied = [lm_data.Utterance(str(i), f"spk{i % 4}", np.array([1, 5, 2]), np.full(n, 3), np.zeros(256, np.float32))
               for i, n in enumerate(np.random.default_rng(0).integers(10, 120, 60))]
     median = {}
     for batches in ("similar", "random"):
@@ -167,6 +168,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from tldr_core.codec.runtime import DEFAULT_CODEC
 from tldr_core.files import file_sha256
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import pack_model
-from tldr_core.training.data import codec_fingerprint
+from tldr_core.codec.store import codec_fingerprint
 
 TINY = ModelConfig(dim=64, layers=2, heads=2, kv_heads=1, ffn=128, max_len=1024, tokens_per_phoneme=0.5)
 TINY_PATCH_SIZES = (2, 4)

@@ -193,7 +193,7 @@ def normalize_loudness(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
 
 
 @dataclass(frozen=True)
-class VoiceSample:
+class ReferenceClip:
     """A voice sample ready for the speaker encoder and the model."""
 
     samples: np.ndarray  # mono float32 at SAMPLE_RATE, trimmed, loudness-normalised
@@ -212,8 +212,8 @@ def _cut_at_pause(samples: np.ndarray) -> np.ndarray:
     return samples[:end]
 
 
-def prepare_voice_sample(samples: np.ndarray, sample_rate: int) -> VoiceSample:
-    """Check a recording for the usual faults and turn it into clean model input (see VoiceSample).
+def prepare_reference_clip(samples: np.ndarray, sample_rate: int) -> ReferenceClip:
+    """Check a recording for the usual faults and turn it into clean model input (see ReferenceClip).
 
     Faults are checked in a fixed order, so a recording with several gets the most basic message first.
     """
@@ -254,14 +254,14 @@ def prepare_voice_sample(samples: np.ndarray, sample_rate: int) -> VoiceSample:
                        f"{len(trimmed) / SAMPLE_RATE:.1f} s are used, since a voice sample needs no more than "
                        f"{MAX_SAMPLE_SECONDS:.0f} s.")
     loudness = float(pyloudnorm.Meter(SAMPLE_RATE).integrated_loudness(trimmed.astype(np.float64)))
-    return VoiceSample(samples=normalize_loudness(trimmed), speech_seconds=speech_seconds,
+    return ReferenceClip(samples=normalize_loudness(trimmed), speech_seconds=speech_seconds,
                        loudness_lufs=loudness, notices=tuple(notices))
 
 
-def load_voice_sample(path: str | Path) -> VoiceSample:
+def load_reference_clip(path: str | Path) -> ReferenceClip:
     """A voice sample from an audio file; a fault found in the audio names the file in its message."""
     samples, sample_rate = read_audio(path)
     try:
-        return prepare_voice_sample(samples, sample_rate)
+        return prepare_reference_clip(samples, sample_rate)
     except AudioInputError as e:
         raise AudioInputError(f"{Path(path).name}: {e}") from None

@@ -28,7 +28,7 @@ def cmd_text(args: argparse.Namespace) -> None:
 def cmd_audio_check(args: argparse.Namespace) -> None:
     from tldr_core import audio
 
-    clip = audio.load_voice_sample(args.clip)
+    clip = audio.load_reference_clip(args.clip)
     for notice in clip.notices:
         print(f"notice: {notice}")
     print(f"ok: {clip.speech_seconds:.2f} s of speech at {audio.SAMPLE_RATE} Hz, "
@@ -43,7 +43,7 @@ def cmd_speaker_compare(args: argparse.Namespace) -> None:
     from tldr_core.speaker import SpeakerEncoder, cosine
 
     encoder = SpeakerEncoder(device=args.device)
-    a, b = (encoder.embed(audio.load_voice_sample(p).samples) for p in (args.a, args.b))
+    a, b = (encoder.embed(audio.load_reference_clip(p).samples) for p in (args.a, args.b))
     print(f"cosine similarity: {cosine(a, b):.4f}   (providers: {', '.join(encoder.providers)})")
 
 
@@ -54,7 +54,7 @@ def cmd_speaker_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_speaker_export(args: argparse.Namespace) -> None:
-    from tldr_core.speaker_export import export_speaker_encoder
+    from tldr_core.training.speaker_export import export_speaker_encoder
 
     export_speaker_encoder(args.out)
 
@@ -68,7 +68,7 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
 
 def cmd_train_codec(args: argparse.Namespace) -> None:
     from tldr_core.codec.model import CodecConfig
-    from tldr_core.codec.train import TrainConfig, train_codec
+    from tldr_core.training.codec import TrainConfig, train_codec
     from tldr_core.errors import CorpusError
 
     new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight}
@@ -95,7 +95,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
 
 
 def _lm_train_config(args: argparse.Namespace):
-    from tldr_core.training.loop import TrainConfig
+    from tldr_core.training.lm import TrainConfig
 
     return TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                        validate_every=args.validate_every, precision=args.precision, shippable_only=not args.all_rows,
@@ -114,7 +114,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from tldr_core.model import ModelConfig
-    from tldr_core.training.loop import train_backbone
+    from tldr_core.training.lm import train_backbone
 
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
     cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior)
@@ -124,7 +124,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
 def cmd_train_tldr(args: argparse.Namespace) -> None:
     from tldr_core.model import TldrConfig
-    from tldr_core.training.loop import train_tldr
+    from tldr_core.training.lm import train_tldr
 
     tldr_cfg = TldrConfig(patch_size=args.patch_size, lora_rank=args.lora_rank)
     _report(train_tldr(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), tldr_cfg, codec=args.codec,
@@ -163,7 +163,7 @@ def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
 def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from tldr_core.codec.evaluate import evaluate_split
+    from tldr_core.evaluation.codec_eval import evaluate_split
     from tldr_core.codec.runtime import CodecRuntime
     from tldr_core.files import write_text
 
@@ -196,7 +196,7 @@ def read_recipe(path: Path | None) -> dict:
 
 
 def cmd_codec_export(args: argparse.Namespace) -> None:
-    from tldr_core.codec.export import export_codec
+    from tldr_core.training.codec_export import export_codec
 
     meta = export_codec(args.checkpoint, args.out_dir, read_recipe(args.recipe))
     print(f"wrote tokenizer.onnx, decoder.onnx, codec.json and manifest.json to {args.out_dir} "
@@ -224,7 +224,7 @@ def cmd_speak(args: argparse.Namespace) -> None:
     from tldr_core.decoding import Sampling
 
     synth = _synthesizer(args)
-    voice = synth.prepare_voice(audio.load_voice_sample(args.voice).samples)
+    voice = synth.prepare_voice(audio.load_reference_clip(args.voice).samples)
     chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size,
                                Sampling(temperature=args.temperature), seed=args.seed))
     audio.write_wav(args.out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), audio.SAMPLE_RATE)
@@ -252,7 +252,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from tldr_core.codec.evaluate import Judges
+    from tldr_core.evaluation.judges import Judges
     from tldr_core.decoding import Sampling
     from tldr_core.evaluation.model_eval import evaluate_model
     from tldr_core.files import write_text
@@ -282,10 +282,88 @@ def cmd_model_pack(args: argparse.Namespace) -> None:
     print(f"wrote {len(manifest['files'])} files ({total / 2**20:.1f} MB) and manifest.json to {args.out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tldr-voice", description="TLDR Voice: voice cloning text-to-speech.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def all_rows_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all-rows", action="store_true",
+                   help="also train on rows whose licence forbids shipping the weights")
 
+
+def lm_options(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("corpus_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for the token cache and checkpoints")
+    p.add_argument("--codec", type=Path, help="codec folder or checkpoint (default: the shipped codec)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=8, help="utterances per process and step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--validate-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep <= idle cores)")
+    p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="auto: bfloat16 autocast on GPUs and on CPUs with native bfloat16 (AMX, AVX-512 BF16)")
+    p.add_argument("--batches", choices=["similar", "random"], default="similar",
+                   help="similar: utterances of similar length (less padding, faster steps); random: a random "
+                        "mix (slower steps that learn more each)")
+    p.add_argument("--seed", type=int, default=0)
+    all_rows_option(p)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--init", type=Path, metavar="WEIGHTS",
+                   help="start from these weights (a checkpoint or a packed model file, e.g. the shipped "
+                        "model's) instead of random ones; a new schedule of --steps follows")
+
+
+def size_options(p: argparse.ArgumentParser, title: str) -> None:
+    sizes = p.add_argument_group(title)
+    sizes.add_argument("--dim", type=int, default=256)
+    sizes.add_argument("--layers", type=int, default=12)
+    sizes.add_argument("--heads", type=int, default=4)
+    sizes.add_argument("--kv-heads", type=int, default=2)
+    sizes.add_argument("--ffn", type=int, default=768)
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped default model)")
+    p.add_argument("--codec", type=Path, help="codec folder the model was trained with (default: the shipped one)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def temperature_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+
+
+def add_speech_commands(commands: argparse._SubParsersAction) -> None:
+    """speak, bench, evaluate: the speech model at work."""
+    p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
+    p.add_argument("text")
+    p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=["tldr", "baseline"], default="tldr")
+    p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
+    temperature_option(p)
+    model_options(p)
+    p.set_defaults(run=cmd_speak)
+
+    p = commands.add_parser("bench", help="baseline vs TLDR k=2,4,6,8: speed, steps, KV cache, memory")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--patch-sizes", type=int, nargs="+", choices=[2, 4, 6, 8])
+    p.add_argument("--rounds", type=int, default=3, help="times each mode says every text in every voice")
+    model_options(p)
+    p.set_defaults(run=cmd_bench)
+
+    p = commands.add_parser("evaluate", help="WER, speaker similarity and stopping on held-out voices of a corpus")
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--limit", type=int, default=40, help="utterances per mode")
+    p.add_argument("--modes", nargs="+", default=["baseline", "4"], choices=["baseline", "2", "4", "6", "8"])
+    p.add_argument("--json", type=Path)
+    temperature_option(p)
+    model_options(p)
+    p.set_defaults(run=cmd_evaluate)
+
+
+def add_tool_commands(commands: argparse._SubParsersAction) -> None:
+    """text, audio, speaker: the front ends on their own."""
     p = commands.add_parser("text", help="show how text is normalised and turned into phonemes")
     p.add_argument("text")
     p.set_defaults(run=cmd_text)
@@ -314,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.set_defaults(run=cmd_speaker_export)
 
+
+def add_corpus_commands(commands: argparse._SubParsersAction) -> None:
+    """corpus build."""
     corpus_cmds = commands.add_parser("corpus", help="training corpus").add_subparsers(dest="corpus_command",
                                                                                          required=True)
     p = corpus_cmds.add_parser("build", help="synthesise a reproducible multi-speaker corpus")
@@ -327,12 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only these engines (espeak-ng flite festival rhvoice pico kokoro); default: all installed")
     p.set_defaults(run=cmd_corpus_build)
 
+
+def add_train_commands(commands: argparse._SubParsersAction) -> None:
+    """train codec | backbone | tldr | speed."""
     train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
                                                                                   required=True)
-    def all_rows_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--all-rows", action="store_true",
-                       help="also train on rows whose licence forbids shipping the weights")
-
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
     p.add_argument("corpus_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
@@ -361,37 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listener-steps", type=int, default=2000, metavar="STEPS", help="the listener's own training")
     p.set_defaults(run=cmd_train_codec)
 
-    def lm_options(p: argparse.ArgumentParser, steps: int) -> None:
-        p.add_argument("corpus_dir", type=Path)
-        p.add_argument("--out", type=Path, required=True, help="folder for the token cache and checkpoints")
-        p.add_argument("--codec", type=Path, help="codec folder or checkpoint (default: the shipped codec)")
-        p.add_argument("--steps", type=int, default=steps)
-        p.add_argument("--batch", type=int, default=8, help="utterances per process and step")
-        p.add_argument("--lr", type=float, default=1e-3)
-        p.add_argument("--validate-every", type=int, default=200)
-        p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep <= idle cores)")
-        p.add_argument("--jobs", type=int, default=2, help="processes tokenizing the corpus")
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-        p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
-                       help="auto: bfloat16 autocast on GPUs and on CPUs with native bfloat16 (AMX, AVX-512 BF16)")
-        p.add_argument("--batches", choices=["similar", "random"], default="similar",
-                       help="similar: utterances of similar length (less padding, faster steps); random: a random "
-                            "mix (slower steps that learn more each)")
-        p.add_argument("--seed", type=int, default=0)
-        all_rows_option(p)
-        p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-        p.add_argument("--init", type=Path, metavar="WEIGHTS",
-                       help="start from these weights (a checkpoint or a packed model file, e.g. the shipped "
-                            "model's) instead of random ones; a new schedule of --steps follows")
-
-    def size_options(p: argparse.ArgumentParser, title: str) -> None:
-        sizes = p.add_argument_group(title)
-        sizes.add_argument("--dim", type=int, default=256)
-        sizes.add_argument("--layers", type=int, default=12)
-        sizes.add_argument("--heads", type=int, default=4)
-        sizes.add_argument("--kv-heads", type=int, default=2)
-        sizes.add_argument("--ffn", type=int, default=768)
-
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
     lm_options(p, steps=4000)
     size_options(p, "size of a new backbone (with --init or --resume the file's sizes are kept)")
@@ -417,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     size_options(p, "backbone size")
     p.set_defaults(run=cmd_train_speed)
 
+
+def add_codec_commands(commands: argparse._SubParsersAction) -> None:
+    """codec roundtrip | evaluate | export."""
     codec_cmds = commands.add_parser("codec", help="speech codec tools").add_subparsers(dest="codec_command",
                                                                                        required=True)
     p = codec_cmds.add_parser("roundtrip", help="encode a clip to tokens and decode it back")
@@ -442,43 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", type=Path, help="JSON file describing how the codec was made (goes in the manifest)")
     p.set_defaults(run=cmd_codec_export)
 
-    def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", type=Path, help="model folder (default: the shipped default model)")
-        p.add_argument("--codec", type=Path, help="codec folder the model was trained with (default: the shipped one)")
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-        p.add_argument("--seed", type=int, default=0)
 
-    def temperature_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-
-    p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
-    p.add_argument("text")
-    p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", choices=["tldr", "baseline"], default="tldr")
-    p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
-    temperature_option(p)
-    model_options(p)
-    p.set_defaults(run=cmd_speak)
-
-    p = commands.add_parser("bench", help="baseline vs TLDR k=2,4,6,8: speed, steps, KV cache, memory")
-    p.add_argument("--json", type=Path, help="also write the figures here")
-    p.add_argument("--patch-sizes", type=int, nargs="+", choices=[2, 4, 6, 8])
-    p.add_argument("--rounds", type=int, default=3, help="times each mode says every text in every voice")
-    model_options(p)
-    p.set_defaults(run=cmd_bench)
-
-    p = commands.add_parser("evaluate", help="WER, speaker similarity and stopping on held-out voices of a corpus")
-    p.add_argument("corpus", type=Path)
-    p.add_argument("--split", default="test", choices=["validation", "test"])
-    p.add_argument("--limit", type=int, default=40, help="utterances per mode")
-    p.add_argument("--modes", nargs="+", default=["baseline", "4"], choices=["baseline", "2", "4", "6", "8"])
-    p.add_argument("--json", type=Path)
-    temperature_option(p)
-    model_options(p)
-    p.set_defaults(run=cmd_evaluate)
-
+def add_model_commands(commands: argparse._SubParsersAction) -> None:
+    """model pack."""
     model_cmds = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command",
                                                                                  required=True)
     p = model_cmds.add_parser("pack", help="pack training checkpoints into a model folder the app loads")
@@ -487,6 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", type=Path, help="JSON file describing how the model was made (goes in the manifest)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=cmd_model_pack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tldr-voice", description="TLDR Voice: voice cloning text-to-speech.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_speech_commands, add_tool_commands, add_corpus_commands, add_train_commands, add_codec_commands,
+                add_model_commands):
+        add(commands)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Generation with an explicit KV cache: token by token (baseline) or patch by patch (TLDR).
 
-Both decoders prefill [speaker, phonemes, PROMPT, prompt units, SOS] in one forward pass, then extend the
+Both generators prefill [speaker, phonemes, PROMPT, prompt units, SOS] in one forward pass, then extend the
 cache one unit per backbone step, and yield speech tokens as soon as they exist so the codec can turn
 them into sound while generation goes on. Length is bounded by the text: STOP is masked until half the
 expected length, and output is cut at twice it, so a model can neither swallow a sentence nor babble on.
@@ -42,7 +42,7 @@ class Request:
 
 
 @dataclass
-class DecodeStats:
+class GenerationStats:
     """What a benchmark reports about one generation."""
 
     backbone_steps: int = 0        # forward passes of the backbone (prefill counts as one)
@@ -81,7 +81,7 @@ def _bounds(request: Request, tokens_per_phoneme: float) -> tuple[int, int]:
     return int(0.5 * expected), max(2, int(2.0 * expected))
 
 
-def _next_token(logits: torch.Tensor, stats: DecodeStats, sampling: Sampling, generator: torch.Generator | None,
+def _next_token(logits: torch.Tensor, stats: GenerationStats, sampling: Sampling, generator: torch.Generator | None,
                 bounds: tuple[int, int], stop: int) -> int | None:
     """Sample within the length bounds and count the token; None once the utterance has ended."""
     min_tokens, max_tokens = bounds
@@ -94,12 +94,12 @@ def _next_token(logits: torch.Tensor, stats: DecodeStats, sampling: Sampling, ge
     return token
 
 
-class TokenDecoder:
+class TokenGenerator:
     """The token-level baseline: one backbone step per speech token."""
 
     def __init__(self, backbone: Backbone, sampling: Sampling):
         self.backbone, self.sampling = backbone, sampling
-        self.stats = DecodeStats()
+        self.stats = GenerationStats()
 
     @torch.inference_mode()
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
@@ -110,7 +110,7 @@ class TokenDecoder:
         x = torch.cat([prefix, bb.speech_embed(request.prompt[None].to(device)), bb.sos(1)], dim=1)
         speech_start = prefix.shape[1]
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1])
-        self.stats = stats = DecodeStats()
+        self.stats = stats = GenerationStats()
         while True:
             hidden = bb(x, cache)
             cache.length += x.shape[1]
@@ -124,13 +124,13 @@ class TokenDecoder:
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
 
 
-class PatchDecoder:
+class PatchGenerator:
     """TLDR: one backbone step per patch of k tokens; the extractor fills in the tokens of each patch."""
 
     def __init__(self, backbone: Backbone, tldr: Tldr, sampling: Sampling):
         """`backbone`: the frozen backbone; its LoRA-adapted copy is made here once."""
         self.backbone, self.tldr, self.sampling = tldr.adapted(backbone), tldr.eval(), sampling
-        self.stats = DecodeStats()
+        self.stats = GenerationStats()
 
     @torch.inference_mode()
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
@@ -142,7 +142,7 @@ class PatchDecoder:
         x = torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1)
         speech_start = prefix.shape[1]
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1] // k + 1)
-        self.stats = stats = DecodeStats()
+        self.stats = stats = GenerationStats()
         done = False
         while not done:
             hidden = bb(x, cache)

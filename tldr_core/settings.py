@@ -18,8 +18,8 @@ from tldr_core.files import write_text
 
 SETTINGS_FILE = "settings.json"
 
-PATCH_SIZES: tuple[str | int, ...] = ("baseline", 2, 4, 6, 8)  # "baseline": one speech token per step
-DECODING_MODES = ("tldr", "baseline", "speculative")
+DECODING_MODES = ("tldr", "baseline")  # TLDR patches, or the token-level backbone one speech token per step
+PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise
 MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
@@ -27,8 +27,8 @@ MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
 
 @dataclass
 class Settings:
-    patch_size: str | int = 4  # speech tokens per decoding step; 4 is TLDR's speed/quality sweet spot
     decoding_mode: str = "tldr"
+    patch_size: int = 4  # speech tokens per TLDR step; 4 is TLDR's speed/quality sweet spot
     device: str = "auto"  # where the model runs: CUDA when available, else the CPU
     input_device: str | None = None  # sounddevice device name; None: the system default
     output_device: str | None = None
@@ -47,7 +47,7 @@ def _optional_text(value: Any) -> bool:
 
 # For each setting: a test of a value and the words that say what is allowed.
 _RULES: dict[str, tuple[Any, str]] = {
-    "patch_size": (lambda v: v in PATCH_SIZES and (v == "baseline" or _is_int(v)), "baseline, 2, 4, 6 or 8"),
+    "patch_size": (lambda v: _is_int(v) and v in PATCH_SIZES, "2, 4, 6 or 8"),
     "decoding_mode": (lambda v: v in DECODING_MODES, ", ".join(DECODING_MODES)),
     "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
     "input_device": (_optional_text, "a device name or null"),
@@ -83,6 +83,8 @@ def load_settings(path: Path | None = None) -> tuple[Settings, list[str]]:
         return defaults, [f"The settings file {path} could not be read ({error}), so the default settings are "
                           f"used; saving the settings replaces it."]
     values, notices = {}, []
+    if data.get("patch_size") == "baseline":  # before 0.2 the token-level mode was a patch size
+        data = {**data, "patch_size": defaults.patch_size, "decoding_mode": "baseline"}
     for field in fields(Settings):
         if field.name not in data:
             continue

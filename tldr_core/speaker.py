@@ -2,7 +2,7 @@
 
 The TTS model is conditioned on the embedding of the reference clip. The network is resemblyzer's
 pretrained GE2E voice encoder (Apache-2.0), exported once to resources/speaker_encoder.onnx by
-speaker_export.py; the ONNX graph takes power spectrogram frames and holds the mel filterbank, the
+training/speaker_export.py; the ONNX graph takes power spectrogram frames and holds the mel filterbank, the
 3-layer LSTM, the projection, the ReLU and the L2 norm. What stays here in numpy is what resemblyzer does
 around its network: volume normalisation, the STFT, cutting the utterance into overlapping 1.6 s
 partials and averaging their embeddings. The result matches resemblyzer's

@@ -1,7 +1,7 @@
 """Streaming synthesis: load a model once, prepare a voice once, then text -> audio chunks as it is generated.
 
     synth = Synthesizer()                                 # the shipped default model, CUDA when available
-    voice = synth.prepare_voice(samples)                  # 16 kHz clip -> embedding, prompt tokens, statistics
+    voice = synth.prepare_voice(samples)                  # 16 kHz clip -> VoicePrompt (embedding, prompt tokens...)
     for chunk in synth.stream("Hello there.", voice):     # float32 16 kHz chunks, one per patch (or group)
         play(chunk)
     print(synth.last_stats)
@@ -10,6 +10,10 @@ Long text is split into sentences; all sentences go through one codec stream, so
 (no gap, no click at a sentence boundary). The codec (token decoder and vocoder) runs on its own thread, in
 order, while the model goes on generating: a chunk is yielded as soon as it is ready, and the model never
 waits for the codec. `cancel` is checked between patches, so Stop takes effect within one patch.
+
+A saved voice (voices.py) is prepared once: `saved_voice_prompt` keeps its prompt tokens and statistics in the
+library, tagged with the codec's fingerprint, and makes them again only for another codec; the embedding the
+library computed when the voice was saved is used as it is.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import torch
 
 from tldr_core import text
 from tldr_core.audio import SAMPLE_RATE
-from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Voice as CodecVoice
-from tldr_core.decoding import DecodeStats, PatchDecoder, Request, Sampling, TokenDecoder
-from tldr_core.errors import ModelError
+from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre
+from tldr_core.codec.store import codec_fingerprint
+from tldr_core.decoding import GenerationStats, PatchGenerator, Request, Sampling, TokenGenerator
+from tldr_core.errors import ModelError, VoiceError
 from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
 from tldr_core.model_store import load_backbone, load_tldr, open_model_folder
-from tldr_core.training.data import codec_fingerprint
+from tldr_core.voices import SavedVoice, VoiceLibrary
 
 BASELINE_GROUP = 4        # the baseline hands the codec 4 tokens (160 ms) at a time; TLDR hands it each patch
 BASELINE = "baseline"
@@ -39,16 +44,16 @@ TLDR = "tldr"
 
 
 @dataclass
-class PreparedVoice:
-    """Everything synthesis needs from a reference clip, computed once."""
+class VoicePrompt:
+    """Everything synthesis needs from a reference clip, computed once: whom to speak like, and how they sound."""
 
     embedding: np.ndarray      # (256,) SpeakerEncoder embedding
     prompt_tokens: np.ndarray  # codec tokens of the clip's middle, a multiple of PROMPT_MULTIPLE long
     stats: np.ndarray          # the codec decoder's reference statistics
 
     @property
-    def codec_voice(self) -> CodecVoice:
-        return CodecVoice(self.embedding, self.stats)
+    def timbre(self) -> Timbre:
+        return Timbre(self.embedding, self.stats)
 
 
 @dataclass
@@ -68,7 +73,7 @@ class SpeakStats:
     kv_bytes: int = 0          # largest whole cache of any sentence
     kv_speech_bytes: int = 0   # its speech part (prompt + generated units)
     cancelled: bool = False
-    per_sentence: list[DecodeStats] = field(default_factory=list, repr=False)
+    per_sentence: list[GenerationStats] = field(default_factory=list, repr=False)
 
     @property
     def real_time_factor(self) -> float:
@@ -103,7 +108,7 @@ class Synthesizer:
         say("loading the codec")
         self.codec = CodecRuntime(codec_dir)
         self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")  # one: pushes in order
-        self._decoders: dict[int, PatchDecoder] = {}
+        self._generators: dict[int, PatchGenerator] = {}
         self.last_stats: SpeakStats | None = None
         say("ready")
 
@@ -112,26 +117,45 @@ class Synthesizer:
         return self.folder.patch_sizes
 
     def load_adapter(self, patch_size: int) -> None:
-        """Build a TLDR decoder now rather than on its first use (it bakes its LoRA into a backbone copy,
+        """Build a TLDR generator now rather than on its first use (it bakes its LoRA into a backbone copy,
         a fraction of a second that would otherwise land in the time to first audio)."""
-        self._patch_decoder(patch_size, Sampling())
+        self._patch_generator(patch_size, Sampling())
 
-    def _patch_decoder(self, patch_size: int, sampling: Sampling) -> PatchDecoder:
-        if patch_size not in self._decoders:
+    def _patch_generator(self, patch_size: int, sampling: Sampling) -> PatchGenerator:
+        if patch_size not in self._generators:
             tldr: Tldr = load_tldr(self.folder.tldr_path(patch_size), self.backbone).to(self.device)
-            self._decoders[patch_size] = PatchDecoder(self.backbone, tldr, sampling)
-        decoder = self._decoders[patch_size]
-        decoder.sampling = sampling
-        return decoder
+            self._generators[patch_size] = PatchGenerator(self.backbone, tldr, sampling)
+        generator = self._generators[patch_size]
+        generator.sampling = sampling
+        return generator
 
-    def prepare_voice(self, samples: np.ndarray) -> PreparedVoice:
-        """A 16 kHz mono reference clip (already trimmed and normalised) -> its PreparedVoice."""
-        tokens, voice = self.codec.encode(samples)
+    def prepare_voice(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> VoicePrompt:
+        """A 16 kHz mono reference clip (already trimmed and normalised) -> its VoicePrompt; `embedding`: the
+        clip's speaker embedding when it is known already (else it is computed here)."""
+        tokens, timbre = self.codec.encode(samples, embedding)
         length = min(MAX_PROMPT_TOKENS, len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
         start = (len(tokens) - length) // 2  # the middle: away from breaths and trimmed edges
-        return PreparedVoice(voice.embedding, tokens[start:start + length].astype(np.int64), voice.stats)
+        return VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64), timbre.stats)
 
-    def stream(self, text_input: str, voice: PreparedVoice, mode: str = TLDR, patch_size: int = 4,
+    def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None) -> VoicePrompt:
+        """A saved voice's VoicePrompt: what the library kept for this codec, else made now (and kept when a
+        library is given; a read-only or vanished voice folder only costs making it again next time)."""
+        if voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256:
+            return VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
+                               np.array(voice.codec_stats, dtype=np.float32))
+        try:
+            clip, embedding = voice.clip(), voice.embedding()
+        except (OSError, RuntimeError, ValueError) as error:  # soundfile reports a damaged file as RuntimeError
+            raise VoiceError(f"The sample of '{voice.name}' could not be read ({error}).") from None
+        prompt = self.prepare_voice(clip, embedding)
+        if library is not None:
+            try:
+                library.save_prompt(voice.id, prompt.prompt_tokens.tolist(), prompt.stats.tolist(), self.codec_sha256)
+            except (OSError, VoiceError):  # deleted meanwhile, or a read-only disk: speaking still works
+                pass
+        return prompt
+
+    def stream(self, text_input: str, voice: VoicePrompt, mode: str = TLDR, patch_size: int = 4,
                sampling: Sampling | None = None, seed: int | None = None,
                cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
         """Yield float32 16 kHz audio chunks while generating; `last_stats` describes the run when it ends."""
@@ -139,15 +163,15 @@ class Synthesizer:
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
         if mode == BASELINE:
-            decoder, unit, push_every = TokenDecoder(self.backbone, sampling), 1, BASELINE_GROUP
+            generator, unit, push_every = TokenGenerator(self.backbone, sampling), 1, BASELINE_GROUP
         elif mode == TLDR:
-            decoder, unit, push_every = self._patch_decoder(patch_size, sampling), patch_size, patch_size
+            generator, unit, push_every = self._patch_generator(patch_size, sampling), patch_size, patch_size
         else:
             raise ValueError(f"unknown mode {mode!r}")
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**31))
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**31))
         stats = self.last_stats = SpeakStats(mode, unit, str(self.device))
-        audio_stream = self.codec.stream(voice.codec_voice)
+        audio_stream = self.codec.stream(voice.timbre)
         speaker = torch.from_numpy(voice.embedding).float()
         prompt = torch.from_numpy(voice.prompt_tokens)
         samples_out = 0
@@ -176,7 +200,7 @@ class Synthesizer:
             for sentence in sentences:
                 request = Request(speaker, torch.tensor(text.text_to_ids(sentence)), prompt)
                 pending: list[int] = []
-                for group in decoder.generate(request, generator):
+                for group in generator.generate(request, rng):
                     pending.extend(group)
                     if len(pending) >= push_every:
                         to_codec(audio_stream.push, np.array(pending))
@@ -186,7 +210,7 @@ class Synthesizer:
                         return
                 if pending:
                     to_codec(audio_stream.push, np.array(pending))
-                self._count(stats, decoder.stats)
+                self._count(stats, generator.stats)
             to_codec(audio_stream.finish)
             yield from emit(wait=True)
         except GeneratorExit:  # the caller stopped reading (Stop in the app): that is a cancel too
@@ -199,7 +223,7 @@ class Synthesizer:
             stats.audio_seconds = samples_out / SAMPLE_RATE
 
     @staticmethod
-    def _count(stats: SpeakStats, sentence: DecodeStats) -> None:
+    def _count(stats: SpeakStats, sentence: GenerationStats) -> None:
         stats.sentences += 1
         stats.stopped_by_model += int(sentence.stopped)
         stats.backbone_steps += sentence.backbone_steps

@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from tldr_core import paths
-from tldr_core.audio import SAMPLE_RATE, VoiceSample, load_voice_sample, prepare_voice_sample, write_wav
+from tldr_core.audio import SAMPLE_RATE, ReferenceClip, load_reference_clip, prepare_reference_clip, write_wav
 from tldr_core.errors import VoiceError
 from tldr_core.settings import write_json
 from tldr_core.speaker import EMBEDDING_DIM, SpeakerEncoder
@@ -37,7 +37,7 @@ STALE_TEMP_SECONDS = 24 * 3600  # a hidden folder this old belongs to a crashed 
 
 
 @dataclass(frozen=True)
-class Voice:
+class SavedVoice:
     id: str
     name: str
     created: str  # ISO 8601, UTC
@@ -81,7 +81,7 @@ class VoiceLibrary:
 
     # --------------------------------------------------------------------------------------------- reading
 
-    def list(self) -> list[Voice]:
+    def list(self) -> list[SavedVoice]:
         """All complete voices, sorted by name; damaged folders are skipped and described in self.notices."""
         voices, self.notices = [], []
         for folder in sorted(self.root.iterdir()):
@@ -94,7 +94,7 @@ class VoiceLibrary:
                                     f"that folder or import the voice again.")
         return sorted(voices, key=lambda v: (v.name.casefold(), v.created))
 
-    def get(self, voice_id: str) -> Voice:
+    def get(self, voice_id: str) -> SavedVoice:
         folder = self.root / voice_id
         if not voice_id or voice_id.startswith(".") or folder.parent != self.root or not folder.is_dir():
             raise VoiceError("That voice no longer exists (it was deleted or its folder moved).")
@@ -104,7 +104,7 @@ class VoiceLibrary:
             raise VoiceError(f"The saved voice in {folder} is damaged ({error}); delete it and import the voice "
                              f"again.") from None
 
-    def _read(self, folder: Path) -> Voice:
+    def _read(self, folder: Path) -> SavedVoice:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"unknown format {meta.get('format')!r}")
@@ -122,7 +122,7 @@ class VoiceLibrary:
             raise ValueError("its prompt tokens are not whole numbers")
         if stats is not None and not all(isinstance(v, (int, float)) for v in stats):
             raise ValueError("its codec statistics are not numbers")
-        return Voice(id=folder.name, name=name, created=str(meta["created"]),
+        return SavedVoice(id=folder.name, name=name, created=str(meta["created"]),
                      speech_seconds=float(meta["speech_seconds"]), source=meta.get("source"),
                      prompt_tokens=tokens, folder=folder, codec_stats=stats, codec=meta.get("codec"))
 
@@ -151,7 +151,7 @@ class VoiceLibrary:
             self._encoder = SpeakerEncoder(device=self.device)
         return self._encoder
 
-    def create(self, name: str, sample: VoiceSample, source: str | None = None) -> Voice:
+    def create(self, name: str, sample: ReferenceClip, source: str | None = None) -> SavedVoice:
         """Save a prepared sample as a new voice (embedding it first): complete on disk, or not at all."""
         name = self.check_name(name)
         embedding = self._encoder_for().embed(sample.samples)
@@ -171,17 +171,17 @@ class VoiceLibrary:
             raise
         return self.get(voice_id)
 
-    def create_from_file(self, name: str, path: str | Path) -> Voice:
+    def create_from_file(self, name: str, path: str | Path) -> SavedVoice:
         """Import an audio file (any format soundfile reads); AudioInputError says why one is refused."""
         self.check_name(name)  # before the slow part, so a bad name is reported at once
-        return self.create(name, load_voice_sample(path), source=str(Path(path).resolve()))
+        return self.create(name, load_reference_clip(path), source=str(Path(path).resolve()))
 
-    def create_from_samples(self, name: str, samples: np.ndarray, sample_rate: int) -> Voice:
+    def create_from_samples(self, name: str, samples: np.ndarray, sample_rate: int) -> SavedVoice:
         """Save a recording held in memory; AudioInputError says why one is refused."""
         self.check_name(name)
-        return self.create(name, prepare_voice_sample(samples, sample_rate))
+        return self.create(name, prepare_reference_clip(samples, sample_rate))
 
-    def rename(self, voice_id: str, new_name: str) -> Voice:
+    def rename(self, voice_id: str, new_name: str) -> SavedVoice:
         voice = self.get(voice_id)
         name = self.check_name(new_name, renaming=voice_id)
         meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
@@ -189,7 +189,7 @@ class VoiceLibrary:
         write_json(voice.folder / META_FILE, meta)
         return self.get(voice_id)
 
-    def save_prompt(self, voice_id: str, tokens: list[int], stats: list[float], codec: str) -> Voice:
+    def save_prompt(self, voice_id: str, tokens: list[int], stats: list[float], codec: str) -> SavedVoice:
         """Keep what the model derived from the clip, so the next session need not derive it again."""
         voice = self.get(voice_id)
         meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))

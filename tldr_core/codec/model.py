@@ -3,13 +3,13 @@
 Tokenizer: convolutions over speaker-normalised frames (log F0 minus the voice's mean, envelope minus the
 voice's mean envelope), downsampled 4x, then finite scalar quantisation (FSQ, Mentzer et al. 2023):
 4 bounded scalars rounded to (8, 5, 5, 5) levels = 1000 codes, no codebook to collapse (runs up to 5 used
-(8, 8, 5, 5, 5) = 8000; a language model trained on a few hours learns more from fewer codes, docs/CODEC.md).
+(8, 8, 5, 5, 5) = 8000; a language model trained on a few hours learns more from fewer codes, docs/EXPERIMENTS.md).
 
 Decoder: the FSQ values of each token, plus the voice (256-d SpeakerEncoder embedding and the reference
 clip's measured F0 mean/std and mean envelope), -> frames. Only the first layer sees future tokens
 (`lookahead` of them); every later layer is a causal convolution that carries its last inputs from one call
 to the next (`DecoderState`), so a stream is decoded k tokens at a time with a fixed delay, each token
-once, and matches the offline output exactly (`TokenDecoderStream`; offline decoding is the same code run
+once, and matches the offline output exactly (`DecoderStream`; offline decoding is the same code run
 on the whole clip from a zero state). The voice's absolute pitch and timbre come back from the reference
 statistics, which is why the tokens need not carry them.
 
@@ -332,7 +332,7 @@ class Codec(nn.Module):
     def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None
              ) -> dict[str, torch.Tensor]:
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
-        `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; codec/listener.py)
+        `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
         also how well the decoded frames are heard."""
         frames, stats = batch.frames, batch.stats
         target = normalise(frames, stats) / self.scale
@@ -397,7 +397,7 @@ def numpy_step(codec: Codec, ids: np.ndarray, valid: np.ndarray, embedding: np.n
     return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
 
 
-class TokenDecoderStream:
+class DecoderStream:
     """Decodes a token stream k tokens at a time; the frames equal an offline decode of the whole stream.
 
     `step(ids, valid, state)` decodes a window of token ids (W,) - the `margin` = (past, look-ahead) tokens
@@ -415,7 +415,7 @@ class TokenDecoderStream:
         self.emitted = 0  # tokens whose frames were returned
 
     @classmethod
-    def for_codec(cls, codec: Codec, embedding: np.ndarray, stats: np.ndarray) -> "TokenDecoderStream":
+    def for_codec(cls, codec: Codec, embedding: np.ndarray, stats: np.ndarray) -> "DecoderStream":
         """A stream through the torch model (the runtime uses its ONNX export the same way)."""
         zero = codec.zero_state()
         return cls(lambda ids, valid, state: numpy_step(codec, ids, valid, embedding, stats, state),

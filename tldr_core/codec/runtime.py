@@ -1,7 +1,7 @@
-"""The codec as the app uses it: audio -> tokens, tokens (+ a voice) -> audio, offline or streamed.
+"""The codec as the app uses it: audio -> tokens, tokens (+ a timbre) -> audio, offline or streamed.
 
-A `Voice` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
-the reference statistics measured on the clip; it is computed once per reference clip. `TokenStream`
+A `Timbre` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
+the reference statistics measured on the clip; it is computed once per reference clip. `AudioStream`
 turns tokens pushed k at a time into audio chunks: the decoder waits for `lookahead` tokens (80 ms),
 the vocoder for one frame (10 ms); the decoder carries its causal layers' state from push to push, so
 each token is decoded once and the concatenated chunks equal the offline output.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +20,19 @@ import torch
 
 from tldr_core import paths
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import TokenDecoderStream, numpy_step, reference_stats
+from tldr_core.codec.model import DecoderStream, numpy_step, reference_stats
+from tldr_core.codec.store import load_codec
 from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.errors import ModelError
 from tldr_core.files import verified_manifest
 from tldr_core.onnx_session import open_session
+from tldr_core.speaker import SpeakerEncoder
 
 DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json; manifest.json: their sha256
 
 
 @dataclass
-class Voice:
+class Timbre:
     """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics."""
 
     embedding: np.ndarray
@@ -48,8 +51,6 @@ class _TorchBackend:
     """A training checkpoint (.pt), run with torch: for evaluating checkpoints before export."""
 
     def __init__(self, path: Path):
-        from tldr_core.codec.train import load_codec
-
         self.model = load_codec(path)
         self.margin = self.model.window_margin
         self.frames_per_token, self.vocab_size = self.model.cfg.frames_per_token, self.model.cfg.vocab_size
@@ -62,9 +63,9 @@ class _TorchBackend:
     def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
-    def step(self, ids: np.ndarray, valid: np.ndarray, voice: Voice,
+    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        return numpy_step(self.model, ids, valid, voice.embedding, voice.stats, state)
+        return numpy_step(self.model, ids, valid, timbre.embedding, timbre.stats, state)
 
 
 class _OnnxBackend:
@@ -92,21 +93,21 @@ class _OnnxBackend:
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
-    def step(self, ids: np.ndarray, valid: np.ndarray, voice: Voice,
+    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         frames, *new = self.decoder.run(None, {
-            "tokens": ids[None], "valid": valid[None], "embedding": voice.embedding[None].astype(np.float32),
-            "stats": voice.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]})
+            "tokens": ids[None], "valid": valid[None], "embedding": timbre.embedding[None].astype(np.float32),
+            "stats": timbre.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]})
         return frames[0], tuple(new)
 
 
-class TokenStream:
+class AudioStream:
     """Push token ids k at a time, get audio; `finish` returns the tail. Output = offline `decode`."""
 
-    def __init__(self, runtime: "CodecRuntime", voice: Voice):
+    def __init__(self, runtime: "CodecRuntime", timbre: Timbre):
         b = runtime.backend
-        self.decoder = TokenDecoderStream(lambda ids, valid, state: b.step(ids, valid, voice, state),
-                                          b.zero_state(), b.margin)
+        self.decoder = DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state), b.zero_state(),
+                                     b.margin)
         self.vocoder = StreamingVocoder()
 
     def push(self, tokens: np.ndarray) -> np.ndarray:
@@ -120,16 +121,18 @@ class CodecRuntime:
     """A codec loaded once: an exported folder (onnxruntime) or a training checkpoint .pt (torch)."""
 
     def __init__(self, model_path: Path | None = None, threads: int = 1):
-        from tldr_core.speaker import SpeakerEncoder
-
         path = Path(model_path) if model_path else DEFAULT_CODEC
         if path.suffix == ".pt":
             torch.set_num_threads(threads)
             self.backend = _TorchBackend(path)
         else:
             self.backend = _OnnxBackend(path)
-        self.speaker = SpeakerEncoder(device="cpu")
         self.vocab_size = self.backend.vocab_size
+
+    @cached_property
+    def speaker(self) -> SpeakerEncoder:
+        """Loaded on first use: a caller that has the clip's embedding already (a saved voice) never needs it."""
+        return SpeakerEncoder(device="cpu")
 
     def frames(self, samples: np.ndarray) -> np.ndarray:
         """Vocoder frames of 16 kHz audio, padded to whole tokens (what the tokenizer reads)."""
@@ -137,34 +140,35 @@ class CodecRuntime:
         pad = -len(frames) % self.backend.frames_per_token  # whole tokens: repeat the last frame
         return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
 
-    def voice(self, samples: np.ndarray) -> Voice:
+    def timbre(self, samples: np.ndarray) -> Timbre:
         """The decoder's view of a reference clip (16 kHz mono)."""
-        return Voice(self.speaker.embed(samples), reference_stats(analyze(samples)))
+        return Timbre(self.speaker.embed(samples), reference_stats(analyze(samples)))
 
-    def encode(self, samples: np.ndarray) -> tuple[np.ndarray, Voice]:
-        """16 kHz mono audio -> (token ids at 25/s, its voice)."""
+    def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
+        """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
         frames = self.frames(samples)
-        voice = Voice(self.speaker.embed(samples), reference_stats(frames))
-        return self.backend.tokens(frames, voice.stats), voice
+        embedding = self.speaker.embed(samples) if embedding is None else embedding
+        timbre = Timbre(embedding, reference_stats(frames))
+        return self.backend.tokens(frames, timbre.stats), timbre
 
-    def decode(self, tokens: np.ndarray, voice: Voice) -> np.ndarray:
-        """Token ids -> audio in the given voice (offline: all tokens at once)."""
-        stream = self.stream(voice)  # one decoder call for all but the last `lookahead` tokens
+    def decode(self, tokens: np.ndarray, timbre: Timbre) -> np.ndarray:
+        """Token ids -> audio in the given timbre (offline: all tokens at once)."""
+        stream = self.stream(timbre)  # one decoder call for all but the last `lookahead` tokens
         return np.concatenate([stream.push(tokens), stream.finish()])
 
-    def stream(self, voice: Voice) -> TokenStream:
-        return TokenStream(self, voice)
+    def stream(self, timbre: Timbre) -> AudioStream:
+        return AudioStream(self, timbre)
 
     def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0) -> Roundtrip:
-        """Encode and decode a clip in its own voice; `stream_tokens` > 0 decodes that many at a time."""
+        """Encode and decode a clip in its own timbre; `stream_tokens` > 0 decodes that many at a time."""
         start = time.perf_counter()
-        tokens, voice = self.encode(samples)
+        tokens, timbre = self.encode(samples)
         encoded = time.perf_counter()
         if stream_tokens > 0:
-            stream = self.stream(voice)
+            stream = self.stream(timbre)
             chunks = [stream.push(tokens[i:i + stream_tokens]) for i in range(0, len(tokens), stream_tokens)]
             audio = np.concatenate(chunks + [stream.finish()])
         else:
-            audio = self.decode(tokens, voice)
+            audio = self.decode(tokens, timbre)
         done = time.perf_counter()
         return Roundtrip(tokens, audio[:len(samples)], encoded - start, done - encoded)

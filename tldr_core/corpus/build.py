@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.corpus.plan import PLAN_FORMAT, SPLITS, Plan, Utterance, make_plan
 from tldr_core.corpus.render import Rendered, cpu_seconds, render, wav_path
-from tldr_core.corpus.voices import available_voices
+from tldr_core.corpus.engines import available_voices
 from tldr_core.errors import CorpusError
 from tldr_core.files import write_text
 

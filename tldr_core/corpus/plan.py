@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from tldr_core.corpus.sentences import sentence_stream
-from tldr_core.corpus.voices import SourceVoice
+from tldr_core.corpus.engines import SourceVoice
 from tldr_core.errors import CorpusError
 from tldr_core.text import normalize_text
 

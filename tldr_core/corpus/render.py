@@ -16,7 +16,7 @@ import soundfile as sf
 
 from tldr_core.audio import SAMPLE_RATE, normalize_loudness, to_model_rate, trim_silence, write_wav
 from tldr_core.corpus.plan import Speaker, Utterance
-from tldr_core.corpus.voices import kokoro_styles, synthesize
+from tldr_core.corpus.engines import kokoro_styles, synthesize
 from tldr_core.text import phonemize
 
 with warnings.catch_warnings():  # pyworld imports the deprecated pkg_resources

@@ -20,7 +20,7 @@ import torch
 
 from tldr_core import audio, paths
 from tldr_core.files import write_text
-from tldr_core.synthesis import BASELINE, TLDR, PreparedVoice, SpeakStats, Synthesizer
+from tldr_core.synthesis import BASELINE, TLDR, VoicePrompt, SpeakStats, Synthesizer
 
 BENCH_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -55,8 +55,8 @@ def _peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def bench_voices(synth: Synthesizer, folder: Path = BENCH_VOICES) -> list[PreparedVoice]:
-    return [synth.prepare_voice(audio.load_voice_sample(p).samples) for p in sorted(folder.glob("*.wav"))]
+def bench_voices(synth: Synthesizer, folder: Path = BENCH_VOICES) -> list[VoicePrompt]:
+    return [synth.prepare_voice(audio.load_reference_clip(p).samples) for p in sorted(folder.glob("*.wav"))]
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """`tldr-voice evaluate`: word error rate, speaker similarity and stopping of a model on held-out voices.
 
 For each utterance of a split (spread over its speakers), the voice is prepared from *another* utterance of
-the same speaker, and the utterance's text is said in it. Judges (codec/evaluate.py): Whisper tiny.en WER
+the same speaker, and the utterance's text is said in it. Judges (judges.py): Whisper tiny.en WER
 against the normalised text (the original recording's WER is given beside it: the corpus voices are partly
 robotic), similarity of the evaluation-only encoder between output and reference clip, and whether the model
-stopped by itself (the decoder cuts at twice the expected length). The original's own tokens are also decoded in
+stopped by itself (generation is cut at twice the expected length). The original's own tokens are also decoded in
 the same prepared voice and judged the same way: the model speaks through that codec, so this round trip is about
 the best it can score, and the model's WER above it is what the model itself loses.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tldr_core import audio
-from tldr_core.codec.evaluate import Judges, WerDifference, WordErrors, words_for_wer
+from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
 from tldr_core.decoding import Sampling
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
@@ -90,12 +90,12 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
     refs, heard_original, heard_codec, similarity_codec = [], [], [], []
     for row, ref_row in pairs:
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
-        reference = audio.load_voice_sample(Path(corpus) / ref_row["path"]).samples
+        reference = audio.load_reference_clip(Path(corpus) / ref_row["path"]).samples
         voice = synth.prepare_voice(reference)
         refs.append(words_for_wer(row["text"]))
         heard_original.append(words_for_wer(judges.transcribe(original)))
         tokens, _ = synth.codec.encode(original)
-        through_codec = synth.codec.decode(tokens, voice.codec_voice)[:len(original)]
+        through_codec = synth.codec.decode(tokens, voice.timbre)[:len(original)]
         heard_codec.append(words_for_wer(judges.transcribe(through_codec)))
         similarity_codec.append(judges.similarity(through_codec, reference))
         for report in reports:

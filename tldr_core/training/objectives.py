@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pad_sequence
 
 from tldr_core.model import Backbone, Tldr
-from tldr_core.training.data import Batch
+from tldr_core.training.lm_data import Batch
 
 IGNORE = -100
 OFF_TEXT = -20.0  # alignment prior: what the prior heads' speech queries pay for attending off the text

@@ -5,7 +5,7 @@ step faster without changing what is learnt from each utterance. The settings ta
 untimed warm-up steps, so a busy spell of the machine falls on all of them alike and the speed-ups are ratios
 inside the run. Batches are drawn from real tokens (a training run's token folder) as training draws them; the
 backbone has the given sizes and random weights, since its speed does not depend on what it has learnt. A step is
-the training loop's own `train_step`: forward, backward, gradient clipping and the optimiser's update.
+the Trainer's own `train_step`: forward, backward, gradient clipping and the optimiser's update.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from tldr_core.errors import CorpusError
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig
-from tldr_core.training import data
-from tldr_core.training.loop import autocast, train_step
+from tldr_core.training import lm_data
+from tldr_core.training.trainer import Optimisation, autocast, make_optimiser, train_step
 from tldr_core.training.objectives import BackboneObjective
 
 SETTINGS = (("float32", False), ("bfloat16", False), ("bfloat16", True))  # (precision, similar-length batches)
@@ -40,7 +40,7 @@ class SpeedResult:
                 f"   padding {self.padding:.0%}")
 
 
-def _padding(batch: data.Batch) -> float:
+def _padding(batch: lm_data.Batch) -> float:
     lengths = [len(t) + batch.prompt.shape[1] + len(s) for t, s in zip(batch.text_ids, batch.speech)]
     return 1 - sum(lengths) / (len(lengths) * max(lengths))
 
@@ -51,23 +51,24 @@ def measure_training_speed(corpus: Path, tokens: Path, model_cfg: ModelConfig, b
     if not (Path(tokens) / "codec.sha256").is_file():
         raise CorpusError(f"'{tokens}' holds no speech tokens: point --tokens at the tokens folder of a training "
                           f"run on this corpus (RUN/tokens, made by `tldr-voice train backbone`).")
-    items = data.load_utterances(corpus, Path(tokens), "train", shippable_only=True)
+    items = lm_data.load_utterances(corpus, Path(tokens), "train", shippable_only=True)
     if len(items) < batch:
         raise CorpusError(f"'{tokens}' holds {len(items)} training utterances, fewer than one batch of {batch}.")
-    index = data.speakers_index(items)
+    index = lm_data.speakers_index(items)
     torch.manual_seed(seed)
     model_cfg = replace(model_cfg, speech_vocab=1 + max(int(it.tokens.max()) for it in items if len(it.tokens)))
     target = torch.device(device)
     backbone = Backbone(model_cfg).to(target)
     objective = BackboneObjective(backbone).train()
     trainable = list(backbone.parameters())
-    optimiser = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95))
+    optimiser = make_optimiser(trainable, Optimisation(steps=warmup + steps, lr=1e-4, warmup=0, floor=1.0,
+                                                       weight_decay=0.01, betas=(0.9, 0.95)))
     times: dict[tuple[str, bool], list[float]] = {s: [] for s in SETTINGS}
     padding: dict[tuple[str, bool], list[float]] = {s: [] for s in SETTINGS}
     for step in range(warmup + steps):
         for precision, similar in SETTINGS:
             rng = np.random.default_rng([seed, step])  # the random-mix settings train on the same batches
-            sample = data.sample_batch(items, index, batch, MAX_PROMPT_TOKENS, rng, similar_length=similar)
+            sample = lm_data.sample_batch(items, index, batch, MAX_PROMPT_TOKENS, rng, similar_length=similar)
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
             start = time.perf_counter()

@@ -18,7 +18,8 @@ import torch
 from tldr_core import text
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.errors import CorpusError
-from tldr_core.files import atomic_path, file_sha256, write_text
+from tldr_core.codec.store import codec_fingerprint
+from tldr_core.files import atomic_path, write_text
 from tldr_core.model import PROMPT_MULTIPLE
 
 
@@ -29,13 +30,6 @@ class Utterance:
     text_ids: np.ndarray   # [BOS, phonemes..., EOS]
     tokens: np.ndarray     # codec token ids, 25 per second
     embedding: np.ndarray  # (256,) SpeakerEncoder embedding of this utterance
-
-
-def codec_fingerprint(codec_path: Path) -> str:
-    """sha256 of what the speech tokens mean: an exported codec's tokenizer.onnx (its decoder may be re-exported
-    or retrained without retraining the LM), or a whole training checkpoint."""
-    path = Path(codec_path)
-    return file_sha256(path / "tokenizer.onnx" if path.is_dir() else path)
 
 
 @lru_cache(maxsize=1)

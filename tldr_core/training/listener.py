@@ -13,8 +13,6 @@ needs it. It learns from the codec's feature cache and its own frames only, so o
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from tldr_core.codec.features import CONFIG as FEATURES
 from tldr_core.codec.model import PHONES, Batch, ResBlock, fit_scales, normalise, phone_error_rate
 from tldr_core.errors import ModelError
 from tldr_core.files import atomic_path
 from tldr_core.model_store import read_checkpoint
-from tldr_core.training.schedule import warmup_cosine
+from tldr_core.training.codec_data import collate, sample_batch
+from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
 LISTENER = "listener.pt"
 
@@ -83,37 +81,53 @@ def heard_frames(batch: Batch) -> torch.Tensor:
     return normalise(batch.frames, batch.stats)
 
 
+class ListenerObjective(nn.Module):
+    """A batch -> the CTC loss of its phones as the listener hears its original frames."""
+
+    def __init__(self, listener: Listener):
+        super().__init__()
+        self.listener = listener
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.listener.ctc(heard_frames(batch), batch)
+
+
+class ListenerTask(Task):
+    """The listener learns to read the phones of the training clips' original frames."""
+
+    def __init__(self, model: Listener, train: list[dict], valid: list[dict], seed: int):
+        self.model, self.objective = model, ListenerObjective(model)
+        self.trainable = list(model.parameters())
+        self.train, self.seed = train, seed
+        self.held_out = [(heard_frames(collate([item])), item["phones"]) for item in valid]
+
+    def batch(self, step: int, process: Process) -> Batch:
+        return sample_batch(self.train, self.model.cfg.batch, np.random.default_rng([self.seed, 1, step]))
+
+    def validate(self) -> dict[str, float]:
+        return {"val_per": self.model.phone_error_rate(self.held_out)}
+
+    def describe(self) -> dict:
+        return {"listener_config": asdict(self.model.cfg)}
+
+
 def train_listener(train: list[dict], valid: list[dict], out: Path, cfg: ListenerConfig, seed: int = 0) -> None:
-    """Train a listener on cached clips (`codec.train.load_split` items) and write it atomically to `out`
-    (`load_listener` gives it back, frozen).
-
-    Validation (every 500 steps) prints the phone error rate on held-out voices' original frames."""
-    from tldr_core.codec.train import collate, sample_batch  # the codec's batching, without an import cycle
-
-    cfg.scale = fit_scales([item["frames"] for item in train])
+    """Train a listener on cached clips (`codec_data.load_split` items) and write it atomically to `out`
+    (`load_listener` gives it back, frozen). Its checkpoints go to a folder beside `out` (OUT/listener/), so an
+    interrupted listener resumes; validation (every 500 steps) gives the phone error rate on held-out voices'
+    original frames."""
+    run = out.with_suffix("")
+    state = (read_checkpoint(run / CHECKPOINT, "listener checkpoint", "Delete the folder and rerun.")
+             if (run / CHECKPOINT).exists() else None)
+    cfg = ListenerConfig(**state["listener_config"]) if state is not None else cfg
+    cfg.scale = cfg.scale or fit_scales([item["frames"] for item in train])
     torch.manual_seed(seed)
     model = Listener(cfg)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    held_out = [(heard_frames(collate([item])), item["phones"]) for item in valid]
-    bar = tqdm(total=cfg.steps, desc="training listener", unit="step")
-    started = time.time()
-    for step in range(cfg.steps):
-        batch = sample_batch(train, cfg.batch, np.random.default_rng([seed, 1, step]))
-        for group in optimiser.param_groups:
-            group["lr"] = warmup_cosine(step, peak=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, floor=0.05)
-        loss = model.ctc(heard_frames(batch), batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
-            model.eval()
-            bar.write(json.dumps({"listener_step": step + 1, "train": loss.item(), "seconds": time.time() - started,
-                                  "val_per": model.phone_error_rate(held_out)}))
-            model.train()
-    bar.close()
+    if state is not None:
+        model.load_state_dict(state["model"])
+    opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.05, weight_decay=1e-4,
+                       validate_every=500)
+    Trainer(opt, run, desc="training listener").run(ListenerTask(model, train, valid, seed), state)
     with atomic_path(out) as tmp:
         torch.save({"listener_config": asdict(cfg), "model": model.state_dict()}, tmp)
 

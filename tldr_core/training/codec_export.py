@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
-from tldr_core.codec.train import load_codec
+from tldr_core.codec.store import load_codec
 from tldr_core.files import MANIFEST, file_entries, write_text
 from tldr_core.model_store import read_checkpoint
 

@@ -1,34 +1,26 @@
-"""`tldr-voice train backbone` and `tldr-voice train tldr`: one training loop, single process or torchrun.
+"""`tldr-voice train backbone` and `tldr-voice train tldr`: the speech LM's recipes for the Trainer.
 
-Under torchrun (RANK / WORLD_SIZE set) every process draws its own batches, DistributedDataParallel
-averages the gradients (NCCL on GPUs, gloo on CPUs), and rank 0 alone validates, writes checkpoints and
-shows the progress bar. Batches come from a generator seeded by (seed, step, rank), so `--resume`
-continues exactly the run that was interrupted. Checkpoints are written atomically.
+Both train from the corpus's LM tokens (lm_data.py), single process or under torchrun (trainer.py does the
+distribution, the schedule and the checkpoints): the backbone from random weights or from --init, a TLDR adapter
+(compressor, LoRA, extractor) on a frozen backbone. Batches come from a generator seeded by (seed, step, rank).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from tldr_core.errors import CorpusError, ModelError
-from tldr_core.files import atomic_path, file_sha256
+from tldr_core.files import file_sha256
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
-from tldr_core.training import data
+from tldr_core.training import lm_data
 from tldr_core.training.objectives import BackboneObjective, TldrObjective
-from tldr_core.training.schedule import warmup_cosine
-
-CHECKPOINT = "checkpoint.pt"
+from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer, start_process
 
 
 @dataclass
@@ -48,7 +40,7 @@ class TrainConfig:
     precision: str = "auto"        # "bfloat16" autocast, "float32", or "auto": bfloat16 where the hardware has it
     shippable_only: bool = True    # train only on rows whose licence lets the weights ship
     batches: str = "similar"       # "similar": utterances of similar length (less padding, ~1.3x faster a step);
-                                   # "random": a random mix (learns more per step: docs/MODEL.md)
+                                   # "random": a random mix (learns more per step: docs/EXPERIMENTS.md)
 
     def __post_init__(self) -> None:
         # refused here, before a run spends minutes tokenizing the corpus
@@ -56,135 +48,63 @@ class TrainConfig:
             raise ValueError(f"batches must be similar or random, not {self.batches!r}")
 
 
-# ------------------------------------------------------------------------------------------ processes
-
-@dataclass
-class Process:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def start_process(device: str) -> Process:
-    """Join the torchrun group when launched by torchrun; otherwise a group of one."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Process(rank, world, dev)
-
-
-def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """bfloat16 autocast on CUDA, and on CPUs with native bfloat16 (AMX or AVX-512 BF16: matrix products ~4x,
-    a whole training step ~1.4x faster than float32 here); float32 on other CPUs, where bfloat16 is emulated and
-    slower. Weights, optimiser and losses stay float32 either way."""
-    if precision == "auto":
-        native = device.type == "cuda" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        precision = "bfloat16" if native else "float32"
-    if precision not in ("bfloat16", "float32"):
-        raise ValueError(f"precision must be auto, bfloat16 or float32, not {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-
-
-# ---------------------------------------------------------------------------------------------- loop
-
 def _prior(cfg: TrainConfig, step: int) -> float:
     """Strength of the backbone's alignment prior: 1 at the start, fading linearly to 0 at alignment_prior x steps."""
     return max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
 
 
-@torch.no_grad()
-def validate(objective: torch.nn.Module, items: list[data.Utterance], cfg: TrainConfig,
+def validate(objective: torch.nn.Module, items: list[lm_data.Utterance], cfg: TrainConfig,
              device: torch.device) -> tuple[float, float]:
     """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), and over
     the same batches with each utterance given another one's text: the gap between the two is what the model
     has learnt from reading the text (zero while it only continues the prompt's voice)."""
-    objective.eval()  # also: no alignment prior, the model as inference will use it
     rng = np.random.default_rng([cfg.seed, 999])
-    index = data.speakers_index(items)
+    index = lm_data.speakers_index(items)
     right, wrong = [], []
     for _ in range(max(1, min(8, len(items) // cfg.batch))):
-        batch = data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng)
+        batch = lm_data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng)
         right.append(float(objective(batch.to(device))))
         swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
         wrong.append(float(objective(swapped.to(device))))
-    objective.train()
     return float(np.mean(right)), float(np.mean(wrong))
 
 
-def train_step(module: torch.nn.Module, batch: data.Batch, optimiser: torch.optim.Optimizer,
-               trainable: list[torch.nn.Parameter], amp: torch.autocast) -> torch.Tensor:
-    """One update: the loss under `amp`, its gradients, clipped to norm 1, and the optimiser's step."""
-    with amp:
-        loss = module(batch)
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-    optimiser.step()
-    return loss
+class LmTask(Task):
+    """The backbone or one TLDR adapter (`weights`), learning through its objective (objectives.py)."""
+
+    def __init__(self, objective: torch.nn.Module, weights: torch.nn.Module, describe: dict,
+                 train_items: list[lm_data.Utterance], valid_items: list[lm_data.Utterance], cfg: TrainConfig,
+                 device: torch.device):
+        self.objective, self.model, self.trainable = objective, weights, list(weights.parameters())
+        self.train_items, self.valid_items, self.cfg, self.device = train_items, valid_items, cfg, device
+        self.index = lm_data.speakers_index(train_items)
+        self._describe = {**describe, "train_config": asdict(cfg)}
+
+    def batch(self, step: int, process: Process) -> lm_data.Batch:
+        rng = np.random.default_rng([self.cfg.seed, step, process.rank])
+        return lm_data.sample_batch(self.train_items, self.index, self.cfg.batch, self.cfg.max_prompt, rng,
+                                    similar_length=self.cfg.batches == "similar").to(process.device)
+
+    def at_step(self, step: int) -> None:
+        if hasattr(self.objective, "prior"):
+            self.objective.prior = _prior(self.cfg, step)
+
+    def validate(self) -> dict[str, float]:
+        right, wrong = validate(self.objective, self.valid_items, self.cfg, self.device)
+        return {"validation": right, "validation_wrong_text": wrong}
+
+    def describe(self) -> dict:
+        return self._describe
 
 
 def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, train_items, valid_items,
         cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
-    """The loop shared by both commands: trains `weights` (the backbone, or one Tldr) through `objective`;
-    `describe` goes into every checkpoint next to them."""
-    trainable = list(weights.parameters())
-    module = objective
-    if process.world > 1:
-        module = DistributedDataParallel(objective, device_ids=[process.device.index] if process.device.type == "cuda"
-                                         else None)
-    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    step, history = 0, []
-    if state is not None:
-        optimiser.load_state_dict(state["optimiser"])
-        step, history = state["step"], state["history"]
-    index = data.speakers_index(train_items)
-    amp = autocast(cfg.precision, process.device)
-
-    def save() -> None:
-        with atomic_path(out / CHECKPOINT) as tmp:
-            torch.save({**describe, "model": weights.state_dict(), "optimiser": optimiser.state_dict(),
-                        "step": step, "history": history, "train_config": asdict(cfg)}, tmp)
-
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not process.main)
-    started = time.time()
-    while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, step, process.rank])
-        batch = data.sample_batch(train_items, index, cfg.batch, cfg.max_prompt, rng,
-                                  similar_length=cfg.batches == "similar").to(process.device)
-        for group in optimiser.param_groups:
-            group["lr"] = warmup_cosine(step, peak=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, floor=0.1)
-        if hasattr(objective, "prior"):
-            objective.prior = _prior(cfg, step)
-        loss = train_step(module, batch, optimiser, trainable, amp)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % cfg.validate_every == 0 or step == cfg.steps:
-            if process.main:
-                with amp:
-                    val, val_wrong_text = validate(objective, valid_items, cfg, process.device)
-                history.append({"step": step, "train": loss.item(), "validation": val,
-                                "validation_wrong_text": val_wrong_text,
-                                "seconds": round(time.time() - started, 1)})
-                bar.write(json.dumps(history[-1]))
-                save()
-            if process.world > 1:
-                dist.barrier()
-    bar.close()
-    return history
+    """Train `weights` (the backbone, or one Tldr) through `objective` with the Trainer; `describe` goes into
+    every checkpoint next to them."""
+    task = LmTask(objective, weights, describe, train_items, valid_items, cfg, process.device)
+    opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.1, weight_decay=cfg.weight_decay,
+                       betas=(0.9, 0.95), validate_every=cfg.validate_every, precision=cfg.precision)
+    return Trainer(opt, out, process, desc).run(task, state)
 
 
 def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
@@ -195,11 +115,11 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
                           f"--out folder.")
     torch.set_num_threads(cfg.threads)
     if process.main:
-        data.tokenize_corpus(corpus, codec, tokens, ("train", "validation"), cfg.shippable_only, jobs)
+        lm_data.tokenize_corpus(corpus, codec, tokens, ("train", "validation"), cfg.shippable_only, jobs)
     if process.world > 1:
         dist.barrier()
-    train = data.load_utterances(corpus, tokens, "train", cfg.shippable_only)
-    valid = data.load_utterances(corpus, tokens, "validation", cfg.shippable_only)
+    train = lm_data.load_utterances(corpus, tokens, "train", cfg.shippable_only)
+    valid = lm_data.load_utterances(corpus, tokens, "validation", cfg.shippable_only)
     state = (read_checkpoint(out / CHECKPOINT, "training checkpoint",
                              "Start again in a new --out folder (without --resume).")
              if resume and (out / CHECKPOINT).exists() else None)
@@ -233,8 +153,8 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     if start is not None:
         model_cfg = ModelConfig(**start["model_config"])
     else:
-        model_cfg.tokens_per_phoneme = data.tokens_per_phoneme(train)
-        model_cfg.speech_vocab = data.codec_vocab_size(codec)
+        model_cfg.tokens_per_phoneme = lm_data.tokens_per_phoneme(train)
+        model_cfg.speech_vocab = lm_data.codec_vocab_size(codec)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = Backbone(model_cfg)
     if start is not None:

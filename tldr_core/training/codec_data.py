@@ -1,0 +1,91 @@
+"""Corpus -> what the codec and its phone listener train on: each clip's frames, voice and phones.
+
+The WORLD analysis is the slow part (about 0.04 CPU-s per audio-s), so every utterance is analysed once
+into OUT/cache/<id>.npz (frames padded to whole tokens + its SpeakerEncoder embedding), in parallel and
+skipping what exists: an interrupted cache build resumes where it stopped. Training then runs from memory
+on whole clips (the phone CTC loss needs a clip's whole transcript), batched by similar length and padded.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tldr_core.codec.features import analyze
+from tldr_core.codec.model import Batch, CodecConfig, phone_targets, reference_stats
+from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
+from tldr_core.errors import CorpusError
+from tldr_core.files import atomic_path
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+@lru_cache(maxsize=1)
+def _speaker_encoder():
+    """One SpeakerEncoder per worker process (loading it costs more than embedding a clip)."""
+    from tldr_core.speaker import SpeakerEncoder
+
+    return SpeakerEncoder(device="cpu")
+
+
+def _cache_one(job: tuple[str, str]) -> None:
+    """Analyse one utterance into an .npz (run in a worker process, one thread each)."""
+    torch.set_num_threads(1)
+    from tldr_core.audio import read_audio, to_model_rate
+
+    wav, out = job
+    samples = to_model_rate(*read_audio(wav))
+    frames = analyze(samples)
+    pad = -len(frames) % CodecConfig.frames_per_token  # whole tokens: repeat the last frame
+    frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    embedding = _speaker_encoder().embed(samples)
+    with atomic_path(out) as tmp:
+        np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
+
+
+def build_cache(corpus: Path, cache: Path, shippable_only: bool, jobs: int = 2) -> None:
+    """Analyse every training and validation utterance not yet in the cache, in `jobs` processes (the test split
+    is judged from its audio by `codec evaluate`, never from here)."""
+    rows = [r for split in ("train", "validation") for r in read_split(corpus, split, shippable_only)]
+    cache_utterances(corpus, rows, cache, _cache_one, jobs, "analysing corpus")
+
+
+def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> list[dict]:
+    """[{frames, embedding, stats, phones, n_samples, id}] of a split, from the cache and the manifest."""
+    items = []
+    for row in read_split(corpus, split, shippable_only):
+        if not row.get("phonemes"):
+            raise CorpusError(f"Utterance '{row['id']}' has no phonemes in the manifest: the codec's phone loss "
+                              f"needs them (rebuild the corpus with `tldr-voice corpus build`).")
+        with np.load(cache / f"{row['id']}.npz") as z:
+            frames = z["frames"]
+            items.append({"id": row["id"], "frames": frames, "embedding": z["embedding"],
+                          "stats": reference_stats(frames), "phones": phone_targets(row["phonemes"]),
+                          "n_samples": int(z["n_samples"])})
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+def collate(items: list[dict]) -> Batch:
+    """Whole clips padded to the longest one (frames edge-padded, phones zero-padded), with their lengths."""
+    length = max(len(it["frames"]) for it in items)
+    n_phones = max(len(it["phones"]) for it in items)
+    frames = np.stack([np.pad(it["frames"], ((0, length - len(it["frames"])), (0, 0)), mode="edge")
+                       for it in items])
+    phones = np.stack([np.pad(it["phones"], (0, n_phones - len(it["phones"]))) for it in items])
+    return Batch(frames=torch.from_numpy(frames),
+                 embedding=torch.from_numpy(np.stack([it["embedding"] for it in items])),
+                 stats=torch.from_numpy(np.stack([it["stats"] for it in items])),
+                 lengths=torch.tensor([len(it["frames"]) for it in items]), phones=torch.from_numpy(phones),
+                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]))
+
+
+def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Batch:
+    """`batch` whole clips of similar length (clips run from under 1 s to 16 s; a random mix would be mostly
+    padding)."""
+    chosen = similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)
+    return collate([items[i] for i in chosen])
