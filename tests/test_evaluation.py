@@ -97,8 +97,9 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
 
 @pytest.mark.slow
 def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_path):
-    """The shipped codec against an untrained one: the originals are scored once for both, and the judges rank
-    the trained codec above the one that has learnt nothing."""
+    """The shipped codec against an untrained one, beside copy synthesis (the vocoder's ceiling), each clip in the
+    voice of another clip of its speaker: the originals are scored once for all, and the judges rank copy synthesis
+    above the trained codec above the one that has learnt nothing."""
     import torch
 
     from tldr_core.codec.model import Codec, CodecConfig
@@ -121,6 +122,17 @@ def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_p
     assert shipped["similarity"] > noise["similarity"] + 0.1
     assert shipped["words_roundtrip"]["wer"] < noise["words_roundtrip"]["wer"]
     assert [clip["heard_original"] for clip in shipped["clips"]] == [clip["heard_original"] for clip in noise["clips"]]
-    assert done.stdout.count("WER original") == 2
+    ceiling = reports["copy synthesis (ceiling)"]
+    assert ceiling["similarity"] > shipped["similarity"] and ceiling["n_clips"] == 4
+    assert done.stdout.count("WER original") == 3
     assert shipped["increase"]["points"] == pytest.approx(
         shipped["words_roundtrip"]["wer"] - shipped["words_original"]["wer"])
+
+
+def test_a_codec_is_judged_in_the_voice_of_its_speakers_longest_other_clip():
+    from tldr_core.evaluation.codec_eval import reference_rows
+
+    rows = [{"id": "a1", "source_human": "a", "duration": 3.0}, {"id": "a2", "source_human": "a", "duration": 9.0},
+            {"id": "a3", "source_human": "a", "duration": 5.0}, {"id": "b1", "source_human": "b", "duration": 4.0}]
+    chosen = {clip: row["id"] for clip, row in reference_rows(rows).items()}
+    assert chosen == {"a1": "a2", "a2": "a3", "a3": "a2", "b1": "b1"}  # a speaker's only clip is its own voice

@@ -63,7 +63,8 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
     from tldr_core.corpus.build import build_corpus
 
     build_corpus(args.out_dir, hours=args.hours, seed=args.seed, shippable_only=args.shippable_only,
-                 jobs=args.jobs, engines=tuple(args.engines) if args.engines else None)
+                 jobs=args.jobs, engines=tuple(args.engines) if args.engines else None, real_speech=args.real_speech,
+                 real_per_speaker=args.real_per_speaker)
 
 
 def cmd_train_codec(args: argparse.Namespace) -> None:
@@ -71,7 +72,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     from tldr_core.training.codec import TrainConfig, train_codec
     from tldr_core.errors import CorpusError
 
-    new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight}
+    new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight, "--source": args.source}
     for option, value in new_codec.items():
         if value is not None and (args.resume or args.decoder_only):
             raise CorpusError(f"{option} sets up a new codec; a resumed or decoder-only run keeps its checkpoint's.")
@@ -82,7 +83,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
                       jobs=args.jobs, validate_every=args.validate_every, phone_warmup=args.phone_warmup,
                       listener_weight=args.listener_weight, listener_steps=args.listener_steps,
                       shippable_only=not args.all_rows)
-    codec_cfg = CodecConfig()
+    codec_cfg = CodecConfig(source=args.source or "world")
     if args.levels:
         codec_cfg.levels = tuple(args.levels)
     if args.phone_weight is not None:
@@ -163,17 +164,26 @@ def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
 def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from tldr_core.evaluation.codec_eval import evaluate_split
+    import numpy as np
+
+    from tldr_core.codec.features import analyze
     from tldr_core.codec.runtime import CodecRuntime
+    from tldr_core.codec.vocoder import synthesize
+    from tldr_core.evaluation.codec_eval import evaluate_split
+    from tldr_core.evaluation.judges import Judges
     from tldr_core.files import write_text
 
     codecs = {str(path) if path else "shipped": CodecRuntime(path) for path in args.model or [None]}
 
     def roundtrip(codec: CodecRuntime):
-        return lambda samples: codec.roundtrip(samples, stream_tokens=args.stream).audio
+        return lambda samples, reference: codec.roundtrip(samples, args.stream, reference).audio
 
-    reports = evaluate_split(args.corpus, {name: roundtrip(codec) for name, codec in codecs.items()},
-                             split=args.split, limit=args.limit)
+    def copy_synthesis(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return synthesize(analyze(samples), len(samples))
+
+    roundtrips = {"copy synthesis (ceiling)": copy_synthesis, **{name: roundtrip(c) for name, c in codecs.items()}}
+    reports = evaluate_split(args.corpus, roundtrips, split=args.split, limit=args.limit, voice=args.voice,
+                             judges=Judges(asr=args.asr))
     for name, report in reports.items():
         print(f"codec {name}:\n  " + "\n  ".join(report.lines()))
     if args.json:
@@ -399,13 +409,19 @@ def add_corpus_commands(commands: argparse._SubParsersAction) -> None:
                                                                                          required=True)
     p = corpus_cmds.add_parser("build", help="synthesise a reproducible multi-speaker corpus")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--hours", type=float, default=1.0, help="hours of audio to aim for")
+    p.add_argument("--hours", type=float, default=1.0,
+                   help="hours of synthetic audio to aim for (0 with --real-speech: real speech only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shippable-only", action="store_true",
                    help="keep only voices whose licence allows shipping weights trained on them")
     p.add_argument("--jobs", type=int, default=0, help="parallel workers (0: one per core)")
     p.add_argument("--engines", nargs="+", metavar="ENGINE",
                    help="use only these engines (espeak-ng flite festival rhvoice pico kokoro); default: all installed")
+    p.add_argument("--real-speech", type=Path, metavar="DIR",
+                   help="also add every utterance of DIR/manifest.tsv (read in place, split by speaker), "
+                        "e.g. ../shared/speech")
+    p.add_argument("--real-per-speaker", type=int, metavar="N",
+                   help="only each real speaker's first N utterances (the split is made from all of them)")
     p.set_defaults(run=cmd_corpus_build)
 
 
@@ -431,6 +447,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", type=int, nargs="+", metavar="L",
                    help="FSQ levels of a new codec's token values; their product is the vocabulary "
                         "(default 8 5 5 5 = 1000 codes)")
+    p.add_argument("--source", choices=["world", "whisper"],
+                   help="what a new codec's tokenizer reads: the vocoder frames (world, the default) or the frozen "
+                        "Whisper tiny.en encoder's output (whisper)")
     p.add_argument("--phone-weight", type=float, metavar="W",
                    help="weight of a new codec's phone (CTC) loss beside reconstruction (default 0.3)")
     p.add_argument("--phone-warmup", type=int, default=0, metavar="STEPS",
@@ -486,6 +505,9 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="at most this many clips, spread over the speakers")
     p.add_argument("--stream", type=int, default=4, metavar="K", help="decode K tokens at a time (0: offline)")
+    p.add_argument("--voice", choices=["other", "own"], default="other",
+                   help="decode each clip in the voice of another clip of its speaker (as the app does) or its own")
+    p.add_argument("--asr", choices=["base", "tiny.en"], default="base", help="the Whisper model that judges words")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.set_defaults(run=cmd_codec_evaluate)
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")

@@ -16,6 +16,11 @@ def user_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False, ensure_exists=True))
 
 
+def user_cache_dir() -> Path:
+    """Files derived from installed packages that can be made again at any time (created on first use)."""
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False, ensure_exists=True))
+
+
 def user_config_dir() -> Path:
     """Settings (created on first use)."""
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False, ensure_exists=True))

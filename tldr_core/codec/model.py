@@ -33,6 +33,7 @@ from tldr_core.codec.features import AP, CONFIG as FEATURES, ENV, LF0, VUV
 from tldr_core.text import PHONEMES, STRESS, WORD_BOUNDARY
 
 EMBED_DIM = 256  # SpeakerEncoder's output
+WHISPER_DIM = 384  # Whisper tiny.en encoder's output
 # CTC targets are the phones only: stress marks, word gaps and punctuation have no segment of their own
 NOT_PHONES = frozenset({WORD_BOUNDARY, *STRESS, ",", ".", "?", "!", ";", ":", "-"})
 PHONES: tuple[str, ...] = tuple(p for p in PHONEMES if p not in NOT_PHONES)
@@ -67,12 +68,18 @@ class Batch:
     lengths: torch.Tensor        # (B,) real frames, a multiple of frames_per_token
     phones: torch.Tensor         # (B, L) CTC targets, zero-padded
     phone_lengths: torch.Tensor  # (B,)
+    features: torch.Tensor | None = None  # (B, 2N, 384) Whisper encoder output, for a codec whose source is it
 
 
 @dataclass
 class CodecConfig:
-    """Sizes; `frames_per_token` = 4 turns 100 frames/s into 25 tokens/s."""
+    """Sizes; `frames_per_token` = 4 turns 100 frames/s into 25 tokens/s.
 
+    `source` is what the tokenizer reads: "world", the speaker-normalised vocoder frames themselves (100/s), or
+    "whisper", the frozen Whisper tiny.en encoder's output (384-d, 50/s), which was trained on 680k hours to keep
+    what recognition needs."""
+
+    source: str = "world"
     feature_dim: int = FEATURES.dim
     n_env: int = FEATURES.n_env
     levels: tuple[int, ...] = (8, 5, 5, 5)
@@ -95,6 +102,15 @@ class CodecConfig:
     @property
     def vocab_size(self) -> int:
         return int(np.prod(self.levels))
+
+    @property
+    def source_dim(self) -> int:
+        return WHISPER_DIM if self.source == "whisper" else self.feature_dim
+
+    @property
+    def source_per_token(self) -> int:
+        """Source frames per token: 4 vocoder frames (100/s) or 2 Whisper frames (50/s)."""
+        return 2 if self.source == "whisper" else self.frames_per_token
 
     @property
     def cond_dim(self) -> int:
@@ -221,9 +237,10 @@ class Codec(nn.Module):
         c, k, d = cfg.channels, cfg.kernel, len(cfg.levels)
         self.register_buffer("scale", torch.tensor(cfg.scale, dtype=torch.float32))
         self.register_buffer("postfilter", formant_postfilter(cfg.n_env, cfg.formant_sharpening), persistent=False)
-        # tokenizer: non-causal (it sees whole clips), 100 Hz -> 25 Hz by two stride-2 convolutions
-        self.enc_in = nn.Conv1d(cfg.feature_dim, c, k, padding=k // 2)
-        self.enc_down = nn.ModuleList([nn.Conv1d(c, c, 4, stride=2, padding=1) for _ in range(2)])
+        # tokenizer: non-causal (it sees whole clips), to 25 Hz by stride-2 convolutions (two from 100 Hz, one from 50)
+        self.enc_in = nn.Conv1d(cfg.source_dim, c, k, padding=k // 2)
+        downs = int(np.log2(cfg.source_per_token))
+        self.enc_down = nn.ModuleList([nn.Conv1d(c, c, 4, stride=2, padding=1) for _ in range(downs)])
         self.enc_blocks = nn.ModuleList([ResBlock(c, 3, 3 ** i, causal=False) for i in range(cfg.encoder_blocks)])
         self.enc_out = nn.Conv1d(c, d, 1)
         self.fsq = FSQ(cfg.levels)
@@ -253,9 +270,13 @@ class Codec(nn.Module):
         return DecoderState(torch.zeros(batch, self.cfg.channels, sum(lefts[0])),
                             torch.zeros(batch, self.cfg.frame_channels, sum(lefts[1])))
 
-    def encode(self, frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """(B, 4N, dim) frames + (B, 2+n_env) stats -> (B, N, len(levels)) quantised values."""
-        x = (normalise(frames, stats) / self.scale).transpose(1, 2)
+    def encode(self, frames: torch.Tensor, stats: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 4N, dim) frames + (B, 2+n_env) stats, or (B, 2N, 384) Whisper features for a "whisper" codec,
+        -> (B, N, len(levels)) quantised values."""
+        if self.cfg.source == "whisper":
+            x = features.transpose(1, 2)
+        else:
+            x = (normalise(frames, stats) / self.scale).transpose(1, 2)
         x = self.enc_in(x)
         for down in self.enc_down:
             x = down(F.gelu(x))
@@ -263,9 +284,9 @@ class Codec(nn.Module):
             x, _ = block(x)
         return self.fsq.quantise(self.enc_out(F.gelu(x)).transpose(1, 2))
 
-    def tokens(self, frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """(B, 4N, dim) -> (B, N) token ids in [0, vocab_size)."""
-        return self.fsq.to_index(self.encode(frames, stats))
+    def tokens(self, frames: torch.Tensor, stats: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """What `encode` reads -> (B, N) token ids in [0, vocab_size)."""
+        return self.fsq.to_index(self.encode(frames, stats, features))
 
     def conditioning(self, embedding: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """The voice as one vector: speaker embedding + F0 mean/std + mean envelope (scaled like frames)."""
@@ -336,7 +357,7 @@ class Codec(nn.Module):
         also how well the decoded frames are heard."""
         frames, stats = batch.frames, batch.stats
         target = normalise(frames, stats) / self.scale
-        q = self.encode(frames, stats)
+        q = self.encode(frames, stats, batch.features)
         pred, _ = self.decode_normalised(self.pad_window(q), self.conditioning(batch.embedding, stats))
         mask = (torch.arange(frames.shape[1])[None] < batch.lengths[:, None]).float()
         n = mask.sum()

@@ -23,6 +23,8 @@ from tldr_core.codec.features import analyze
 from tldr_core.codec.model import DecoderStream, numpy_step, reference_stats
 from tldr_core.codec.store import load_codec
 from tldr_core.codec.vocoder import StreamingVocoder
+from tldr_core.codec.whisper import log_mel, mel_pieces
+from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.errors import ModelError
 from tldr_core.files import verified_manifest
 from tldr_core.onnx_session import open_session
@@ -54,13 +56,17 @@ class _TorchBackend:
         self.model = load_codec(path)
         self.margin = self.model.window_margin
         self.frames_per_token, self.vocab_size = self.model.cfg.frames_per_token, self.model.cfg.vocab_size
+        self.whisper = load_whisper_encoder() if self.model.cfg.source == "whisper" else None
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         state = self.model.zero_state()
         return state.tokens.numpy(), state.frames.numpy()
 
     @torch.no_grad()
-    def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    def tokens(self, samples: np.ndarray, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        if self.whisper is not None:
+            return np.concatenate([self.model.tokens(None, None, self.whisper(torch.from_numpy(piece)[None]))[0, :n]
+                                   for piece, n in mel_pieces(log_mel(samples))])
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
@@ -85,11 +91,15 @@ class _OnnxBackend:
         self.decoder, _ = open_session(folder / "decoder.onnx", "cpu", "codec decoder", restore)
         self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
         self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
+        self.whisper = meta["config"].get("source", "world") == "whisper"
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         return tuple(np.zeros((1, *shape), dtype=np.float32) for shape in self.state_shapes)
 
-    def tokens(self, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    def tokens(self, samples: np.ndarray, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        if self.whisper:  # Whisper reads at most 30 s at once: longer clips go in pieces (`mel_pieces`)
+            return np.concatenate([self.tokenizer.run(None, {"mel": piece[None]})[0][0, :n]
+                                   for piece, n in mel_pieces(log_mel(samples))])
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
@@ -149,7 +159,7 @@ class CodecRuntime:
         frames = self.frames(samples)
         embedding = self.speaker.embed(samples) if embedding is None else embedding
         timbre = Timbre(embedding, reference_stats(frames))
-        return self.backend.tokens(frames, timbre.stats), timbre
+        return self.backend.tokens(samples, frames, timbre.stats), timbre
 
     def decode(self, tokens: np.ndarray, timbre: Timbre) -> np.ndarray:
         """Token ids -> audio in the given timbre (offline: all tokens at once)."""
@@ -159,10 +169,13 @@ class CodecRuntime:
     def stream(self, timbre: Timbre) -> AudioStream:
         return AudioStream(self, timbre)
 
-    def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0) -> Roundtrip:
-        """Encode and decode a clip in its own timbre; `stream_tokens` > 0 decodes that many at a time."""
+    def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0, reference: np.ndarray | None = None) -> Roundtrip:
+        """Encode and decode a clip in its own timbre, or in a `reference` clip's (as the app speaks in a voice
+        sample's); `stream_tokens` > 0 decodes that many at a time."""
         start = time.perf_counter()
         tokens, timbre = self.encode(samples)
+        if reference is not None:
+            timbre = self.timbre(reference)
         encoded = time.perf_counter()
         if stream_tokens > 0:
             stream = self.stream(timbre)

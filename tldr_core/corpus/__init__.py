@@ -4,10 +4,12 @@
   sentences.py  our own English sentences from templates and word lists
   plan.py       splits by source human, pseudo-speakers (WORLD warps, Kokoro blends), sentences per speaker
   render.py     one utterance -> one normalised 16 kHz WAV
+  real.py       real read speech (--real-speech DIR): rows read in place, split by speaker
   build.py      `tldr-voice corpus build`: runs the plan in parallel, resumably, and writes the manifests
 
-`read_split` is how every trainer and evaluator reads a built corpus, `cache_utterances` how they derive
-per-utterance files from it (features, tokens) once, `similar_length_batch` how they batch its utterances.
+`read_split` is how every trainer and evaluator reads a built corpus, `utterance_path` where a row's audio is,
+`cache_utterances` how they derive per-utterance files from it (features, tokens) once, `similar_length_batch`
+how they batch its utterances.
 """
 
 import json
@@ -34,12 +36,18 @@ def read_split(corpus: Path, split: str, shippable_only: bool = False) -> list[d
     return rows
 
 
+def utterance_path(corpus: Path, row: dict) -> Path:
+    """The audio file of a manifest row: synthetic rows are relative to the corpus folder, real-speech rows
+    absolute (read in place; `Path(corpus) / row["path"]` gives the same, as an absolute right side wins)."""
+    return Path(corpus) / row["path"]
+
+
 def cache_utterances(corpus: Path, rows: list[dict], folder: Path, work: Callable[[tuple], object], jobs: int,
                      desc: str, *extra: str) -> None:
     """Run `work((wav path, out path, *extra))` in `jobs` worker processes for every row whose folder/<id>.npz
     does not exist yet: each utterance is done once, and an interrupted run resumes where it stopped."""
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [(str(Path(corpus) / r["path"]), str(folder / f"{r['id']}.npz"), *extra) for r in rows
+    todo = [(str(utterance_path(corpus, r)), str(folder / f"{r['id']}.npz"), *extra) for r in rows
             if not (folder / f"{r['id']}.npz").exists()]
     if not todo:
         return

@@ -122,10 +122,15 @@ def make_speakers(voices: list[SourceVoice], splits: dict[str, str], seed: int, 
     return sorted(speakers, key=lambda s: s.id)
 
 
+def check_hours(hours: float) -> None:
+    if not (hours > 0 and math.isfinite(hours)):
+        raise CorpusError(f"--hours must be a positive number of hours, not {hours} (0 only with --real-speech, "
+                          f"for a corpus of real speech alone).")
+
+
 def make_plan(seed: int, hours: float, shippable_only: bool, voices: list[SourceVoice],
               config: PlanConfig = PlanConfig()) -> Plan:
-    if not (hours > 0 and math.isfinite(hours)):
-        raise CorpusError(f"--hours must be a positive number of hours, not {hours}.")
+    check_hours(hours)
     voices = sorted((v for v in voices if v.shippable or not shippable_only), key=lambda v: v.id)
     if not voices:
         raise CorpusError("No voice is left to build with: the installed voices are all non-shippable; "

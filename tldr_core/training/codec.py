@@ -23,7 +23,7 @@ from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_e
 from tldr_core.codec.store import load_codec
 from tldr_core.errors import CorpusError
 from tldr_core.model_store import read_checkpoint
-from tldr_core.training.codec_data import build_cache, collate, load_split, sample_batch
+from tldr_core.training.codec_data import add_whisper_features, build_cache, collate, load_split, sample_batch
 from tldr_core.training.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
@@ -85,7 +85,8 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
             for k, v in model.loss(batch, listener.ctc if listener else None).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
-                readings.append((model.phone_log_probs(model.encode(batch.frames, batch.stats))[0], item["phones"]))
+                q = model.encode(batch.frames, batch.stats, batch.features)
+                readings.append((model.phone_log_probs(q)[0], item["phones"]))
     scores = {k: v / len(items) for k, v in sums.items()}
     if not phone_head:
         return {k: v for k, v in scores.items() if k not in ("ctc", "total")}
@@ -162,6 +163,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         codec_cfg = codec_cfg or CodecConfig()
         codec_cfg.scale = fit_scales([item["frames"] for item in train])
         model = Codec(codec_cfg)
+    if model.cfg.source == "whisper":
+        add_whisper_features(corpus, out / "cache", cfg.shippable_only, cfg.jobs, train, valid)
     task = CodecTask(model, frozen, listener, train, valid, cfg)
     opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.05, weight_decay=cfg.weight_decay,
                        validate_every=cfg.validate_every)

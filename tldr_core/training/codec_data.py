@@ -4,6 +4,8 @@ The WORLD analysis is the slow part (about 0.04 CPU-s per audio-s), so every utt
 into OUT/cache/<id>.npz (frames padded to whole tokens + its SpeakerEncoder embedding), in parallel and
 skipping what exists: an interrupted cache build resumes where it stopped. Training then runs from memory
 on whole clips (the phone CTC loss needs a clip's whole transcript), batched by similar length and padded.
+A codec whose tokenizer reads the Whisper encoder (`CodecConfig.source == "whisper"`) also gets each clip's
+encoder output, once, into OUT/cache/whisper/<id>.npz (float16, two frames per token: 50/s).
 """
 
 from __future__ import annotations
@@ -46,11 +48,44 @@ def _cache_one(job: tuple[str, str]) -> None:
         np.savez(tmp, frames=frames, embedding=embedding, n_samples=len(samples))
 
 
+@lru_cache(maxsize=1)
+def _whisper():
+    """One frozen Whisper encoder per worker process."""
+    from tldr_core.codec.whisper_weights import load_whisper_encoder
+
+    return load_whisper_encoder()
+
+
+def _whisper_one(job: tuple[str, str]) -> None:
+    """One utterance's Whisper encoder output at 50/s (run in a worker process)."""
+    torch.set_num_threads(1)
+    from tldr_core.audio import read_audio, to_model_rate
+    from tldr_core.codec.whisper import encoder_features
+
+    wav, out = job
+    samples = to_model_rate(*read_audio(wav))
+    with atomic_path(out) as tmp:
+        np.savez(tmp, features=encoder_features(samples, _whisper()).astype(np.float16))
+
+
+def _rows(corpus: Path, shippable_only: bool) -> list[dict]:
+    return [r for split in ("train", "validation") for r in read_split(corpus, split, shippable_only)]
+
+
 def build_cache(corpus: Path, cache: Path, shippable_only: bool, jobs: int = 2) -> None:
     """Analyse every training and validation utterance not yet in the cache, in `jobs` processes (the test split
     is judged from its audio by `codec evaluate`, never from here)."""
-    rows = [r for split in ("train", "validation") for r in read_split(corpus, split, shippable_only)]
-    cache_utterances(corpus, rows, cache, _cache_one, jobs, "analysing corpus")
+    cache_utterances(corpus, _rows(corpus, shippable_only), cache, _cache_one, jobs, "analysing corpus")
+
+
+def add_whisper_features(corpus: Path, cache: Path, shippable_only: bool, jobs: int, *splits: list[dict]) -> None:
+    """Give every item of the splits its Whisper encoder output ("features", two frames per token), computing
+    what the cache does not hold yet."""
+    cache_utterances(corpus, _rows(corpus, shippable_only), cache / "whisper", _whisper_one, jobs, "Whisper encoder")
+    for items in splits:
+        for item in items:
+            with np.load(cache / "whisper" / f"{item['id']}.npz") as z:
+                item["features"] = fit_length(z["features"], len(item["frames"]) // 2)
 
 
 def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> list[dict]:
@@ -70,6 +105,12 @@ def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> l
 
 # ---------------------------------------------------------------------------------------------- batches
 
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` rows of x, the last one repeated if it has fewer (the encoder's and the vocoder's frame counts
+    of a clip differ by a frame or two at its end)."""
+    return x[:n] if len(x) >= n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+
+
 def collate(items: list[dict]) -> Batch:
     """Whole clips padded to the longest one (frames edge-padded, phones zero-padded), with their lengths."""
     length = max(len(it["frames"]) for it in items)
@@ -77,11 +118,14 @@ def collate(items: list[dict]) -> Batch:
     frames = np.stack([np.pad(it["frames"], ((0, length - len(it["frames"])), (0, 0)), mode="edge")
                        for it in items])
     phones = np.stack([np.pad(it["phones"], (0, n_phones - len(it["phones"]))) for it in items])
+    features = None
+    if "features" in items[0]:  # half as many as frames: padded alike
+        features = torch.from_numpy(np.stack([fit_length(it["features"], length // 2) for it in items])).float()
     return Batch(frames=torch.from_numpy(frames),
                  embedding=torch.from_numpy(np.stack([it["embedding"] for it in items])),
                  stats=torch.from_numpy(np.stack([it["stats"] for it in items])),
                  lengths=torch.tensor([len(it["frames"]) for it in items]), phones=torch.from_numpy(phones),
-                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]))
+                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]), features=features)
 
 
 def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Batch:

@@ -1,7 +1,8 @@
 """ONNX export of the codec, so the app runs tokenizer and decoder with onnxruntime (no torch needed).
 
 Two graphs, both with dynamic length: tokenizer.onnx (frames (1, 4N, dim) + stats (1, 2+n_env) -> token
-ids (1, N)) and decoder.onnx, one step of a stream (a window of token ids (1, W) with its `valid` mask,
+ids (1, N); for a codec whose source is Whisper: log-mel (1, 4N, 80) -> ids (1, N), the frozen Whisper tiny.en
+encoder inside the graph) and decoder.onnx, one step of a stream (a window of token ids (1, W) with its `valid` mask,
 embedding (1, 256), stats and the carried state of the causal layers -> frames (1, 4(W - margins), dim)
 and the next state; a whole clip is one step from the zero state). The FSQ index arithmetic is inside the
 graphs, so callers only ever see integer token ids. codec.json keeps the numbers the runtime needs
@@ -19,6 +20,8 @@ from torch import nn
 
 from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
 from tldr_core.codec.store import load_codec
+from tldr_core.codec.whisper import WhisperEncoder
+from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.files import MANIFEST, file_entries, write_text
 from tldr_core.model_store import read_checkpoint
 
@@ -32,6 +35,18 @@ class _Tokenizer(nn.Module):
 
     def forward(self, frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         return self.codec.tokens(frames, stats)
+
+
+class _WhisperTokenizer(nn.Module):
+    """Log-mel (1, T, 80), T a multiple of 4 up to 3000 -> token ids (1, T / 4): the Whisper encoder and the codec's
+    quantiser in one graph."""
+
+    def __init__(self, codec: Codec, whisper: WhisperEncoder):
+        super().__init__()
+        self.codec, self.whisper = codec, whisper
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.codec.tokens(None, None, self.whisper(mel))
 
 
 class _Decoder(nn.Module):
@@ -59,9 +74,14 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
     embedding = torch.randn(1, EMBED_DIM)
     state = codec.zero_state()
     with torch.no_grad():
-        torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
-                          opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
-                          dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})
+        if cfg.source == "whisper":
+            torch.onnx.export(_WhisperTokenizer(codec, load_whisper_encoder()), (torch.randn(1, 4 * n, 80),),
+                              out_dir / "tokenizer.onnx", dynamo=False, opset_version=OPSET, input_names=["mel"],
+                              output_names=["tokens"], dynamic_axes={"mel": {1: "mel"}, "tokens": {1: "tokens"}})
+        else:
+            torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
+                              opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
+                              dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})
         torch.onnx.export(_Decoder(codec), (tokens, torch.ones(1, n), embedding, stats, state.tokens, state.frames),
                           out_dir / "decoder.onnx", dynamo=False, opset_version=OPSET,
                           input_names=["tokens", "valid", "embedding", "stats", "past_tokens", "past_frames"],
