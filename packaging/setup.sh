@@ -35,4 +35,10 @@ python="${PYTHON:-python3}"
 # torch first and pinned: here it resolves to the CPU build; on a desktop with a GPU, PyPI's build includes CUDA.
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[$extras]"
+# resemblyzer (the [export] extra) pulls in `webrtcvad`, which writes the same webrtcvad.py as webrtcvad-wheels and
+# imports the deprecated pkg_resources: which copy wins varied from install to install. Keep the wheels build only.
+if .venv/bin/pip show -q webrtcvad >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -q -y webrtcvad
+  .venv/bin/pip install -q --force-reinstall --no-deps webrtcvad-wheels
+fi
 echo "TLDR Voice is set up in .venv ($extras)."

@@ -23,3 +23,33 @@ def test_text_command_prints_words_and_phonemes():
     assert result.returncode == 0, result.stderr
     assert "three dollars" in result.stdout
     assert "phonemes:" in result.stdout
+
+
+# A webrtcvad that warns on import as the `webrtcvad` build does (it imports pkg_resources), then is the real one.
+NOISY_WEBRTCVAD = """import importlib.machinery, importlib.util, os, sys, warnings
+warnings.warn("pkg_resources is deprecated as an API.", UserWarning)
+here = os.path.dirname(__file__)
+spec = importlib.machinery.PathFinder.find_spec("webrtcvad", [p for p in sys.path if p and p != here])
+real = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(real)
+sys.modules["webrtcvad"] = real
+"""
+
+
+def test_stderr_holds_only_the_error_whatever_other_packages_warn(tmp_path):
+    """Which of two installed webrtcvad builds wins varies from install to install, and one warns on import; with
+    it, and with every warning switched on, a failing command still prints exactly one error line."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "webrtcvad.py").write_text(NOISY_WEBRTCVAD)
+    result = run_cli("audio", "check", str(tmp_path / "nope.wav"),
+                     env={"PYTHONPATH": str(tmp_path / "shim"), "PYTHONWARNINGS": "always"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_one_webrtcvad_is_installed():
+    """Two distributions writing one webrtcvad.py would make the trimming code depend on install order."""
+    from importlib import metadata
+
+    installed = {d.metadata["Name"].lower() for d in metadata.distributions()}
+    assert {"webrtcvad", "webrtcvad-wheels"} & installed == {"webrtcvad-wheels"}

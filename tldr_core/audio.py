@@ -34,7 +34,8 @@ MAX_FILE_SECONDS = 600.0  # longer files are refused before reading, so a podcas
 SILENCE_DBFS = -60.0  # loudest 30 ms stretches below this: nothing but microphone noise
 CLIP_LEVEL = 0.99  # a sample this close to full scale...
 CLIP_RUN = 3  # ...counts as clipped when this many in a row are (one peak touching full scale is fine)
-CLIP_FRACTION = 0.001  # more clipped samples than this are audible distortion
+CLIP_NOTICE_FRACTION = 0.0005  # more clipped samples than this: light clipping, said but accepted
+CLIP_FRACTION = 0.01  # more than this is distortion throughout: refused (a real VCTK clip held 0.1 %)
 PEAK_LIMIT = 10 ** (-1.0 / 20)  # -1 dBFS: normalised audio never gets closer to full scale than this
 TRIM_MARGIN_SECONDS = 0.1  # kept around the speech so word onsets and endings are not cut
 
@@ -246,6 +247,9 @@ def prepare_reference_clip(samples: np.ndarray, sample_rate: int) -> ReferenceCl
                               f"{MIN_SPEECH_SECONDS:.0f} s is needed: record again and speak for longer "
                               f"(10-30 s works best).")
     notices = []
+    if clipped > CLIP_NOTICE_FRACTION:
+        notices.append(f"The recording is lightly clipped ({100 * clipped:.2f}% of its samples hit full scale); "
+                       f"it is used, but a cleaner one (further from the microphone) clones the voice better.")
     if len(trimmed) > MAX_SAMPLE_SECONDS * SAMPLE_RATE:
         total = len(trimmed) / SAMPLE_RATE
         trimmed = _cut_at_pause(trimmed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -538,7 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_other_packages() -> None:
+    """stderr is where the CLI says what went wrong: a library's notice printed there (pkg_resources' deprecation
+    on importing webrtcvad, torch's on exporting ONNX) reads as our failure, or hides it. Warnings raised by
+    tldr_core itself still show."""
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"tldr_core(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_other_packages()
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
