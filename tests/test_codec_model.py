@@ -19,6 +19,7 @@ from tldr_core.codec.model import (FSQ, PHONES, Codec, CodecConfig, DecoderStrea
 from tldr_core.codec.store import load_codec
 from tldr_core.training.codec import TrainConfig, phone_weight_at, train_codec
 from tldr_core.errors import CorpusError, ModelError
+from tldr_core.paths import RESOURCES_DIR
 from tldr_core.text import normalize_text, phonemize
 
 STREAM_TOLERANCE = 1e-5  # float32 rounding of convolutions over windows of different lengths
@@ -359,3 +360,32 @@ def test_a_damaged_codec_file_is_reported_before_it_is_read(tmp_path, name):
     for open_codec in (CodecRuntime, load_codec):
         with pytest.raises(ModelError, match=f"{name}' is damaged"):
             open_codec(folder)
+
+
+def test_reference_blend_moves_envelopes_toward_the_voices_own_and_streams_as_offline():
+    """Weight 0 leaves the decoded frames alone; weight 1 puts in each frame the mean of its k nearest reference
+    envelopes (k = 1: a frame the reference holds comes back as it is); only the envelope changes; and since it
+    works frame by frame, a stream through it still equals an offline decode."""
+    from tldr_core.codec.features import ENV, CONFIG as FEATURE_CONFIG
+    from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre, reference_blend
+
+    rng = np.random.default_rng(0)
+    memory = rng.standard_normal((50, FEATURE_CONFIG.n_env)).astype(np.float32)
+    stats = np.concatenate([[5.0, 0.2], rng.standard_normal(FEATURE_CONFIG.n_env)]).astype(np.float32)
+    timbre = Timbre(np.zeros(256, np.float32), stats, memory)
+    frames = rng.standard_normal((20, FEATURE_CONFIG.dim)).astype(np.float32)
+    frames[3, ENV] = stats[2:] + memory[7]
+    assert reference_blend(frames, timbre, 0.0) is frames
+    replaced = reference_blend(frames, timbre, 1.0, k=1)
+    np.testing.assert_allclose(replaced[3, ENV], stats[2:] + memory[7], atol=1e-5)
+    assert np.array_equal(np.delete(replaced, np.r_[ENV], axis=1), np.delete(frames, np.r_[ENV], axis=1))
+
+    codec = CodecRuntime(DEFAULT_CODEC, blend=0.5)
+    speech = to_model_rate(*read_audio(RESOURCES_DIR / "voices" / "flite-rms.wav"))
+    tokens, _ = codec.encode(speech[:16000 * 3])
+    voice = codec.timbre(speech)
+    offline = codec.decode(tokens, voice)
+    stream = codec.stream(voice)
+    streamed = np.concatenate([stream.push(tokens[i:i + 4]) for i in range(0, len(tokens), 4)] + [stream.finish()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-4)
+    assert not np.allclose(offline, CodecRuntime(DEFAULT_CODEC).decode(tokens, voice), atol=1e-3)

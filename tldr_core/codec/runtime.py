@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tldr_core import paths
-from tldr_core.codec.features import analyze
+from tldr_core.codec.features import ENV, analyze
 from tldr_core.codec.model import DecoderStream, numpy_step, reference_stats
 from tldr_core.codec.store import load_codec
 from tldr_core.codec.vocoder import StreamingVocoder
@@ -35,10 +35,31 @@ DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, c
 
 @dataclass
 class Timbre:
-    """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics."""
+    """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics, and the
+    reference clip's own envelopes (speaker-normalised, (M, n_env)) for `reference_blend`."""
 
     embedding: np.ndarray
     stats: np.ndarray
+    envelopes: np.ndarray | None = None
+
+
+def reference_blend(frames: np.ndarray, timbre: Timbre, weight: float, k: int = 4) -> np.ndarray:
+    """Each frame's envelope moved `weight` of the way to the mean of its `k` nearest envelopes in the reference
+    clip (nearest in the speaker-normalised envelope, so a vowel finds the speaker's own vowels).
+
+    An L1-trained decoder renders the average of what its training voices do with a sound; the reference holds
+    how this voice does it (kNN-VC: replacing every frame by its nearest reference frames keeps a voice, and on a
+    short reference loses the words; a blend trades the two). Frame by frame, so streamed = offline."""
+    if weight <= 0 or timbre.envelopes is None or not len(frames):
+        return frames
+    mean = timbre.stats[2:]
+    env = frames[:, ENV] - mean
+    memory = timbre.envelopes
+    distance = (env ** 2).sum(1)[:, None] - 2 * env @ memory.T + (memory ** 2).sum(1)[None]
+    nearest = np.argpartition(distance, min(k, len(memory)) - 1, axis=1)[:, :k]
+    out = frames.copy()
+    out[:, ENV] = mean + (1 - weight) * env + weight * memory[nearest].mean(axis=1)
+    return out
 
 
 @dataclass
@@ -116,21 +137,26 @@ class AudioStream:
 
     def __init__(self, runtime: "CodecRuntime", timbre: Timbre):
         b = runtime.backend
+        self.timbre, self.blend = timbre, runtime.blend
         self.decoder = DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state), b.zero_state(),
                                      b.margin)
         self.vocoder = StreamingVocoder()
 
     def push(self, tokens: np.ndarray) -> np.ndarray:
-        return self.vocoder.push(self.decoder.push(tokens))
+        return self.vocoder.push(reference_blend(self.decoder.push(tokens), self.timbre, self.blend))
 
     def finish(self) -> np.ndarray:
-        return np.concatenate([self.vocoder.push(self.decoder.finish()), self.vocoder.flush()])
+        last = reference_blend(self.decoder.finish(), self.timbre, self.blend)
+        return np.concatenate([self.vocoder.push(last), self.vocoder.flush()])
 
 
 class CodecRuntime:
     """A codec loaded once: an exported folder (onnxruntime) or a training checkpoint .pt (torch)."""
 
-    def __init__(self, model_path: Path | None = None, threads: int = 1):
+    def __init__(self, model_path: Path | None = None, threads: int = 1, blend: float = 0.0):
+        """`blend`: how far each decoded envelope moves toward the reference clip's nearest ones (`reference_blend`;
+        0: not at all)."""
+        self.blend = blend
         path = Path(model_path) if model_path else DEFAULT_CODEC
         if path.suffix == ".pt":
             torch.set_num_threads(threads)
@@ -152,13 +178,16 @@ class CodecRuntime:
 
     def timbre(self, samples: np.ndarray) -> Timbre:
         """The decoder's view of a reference clip (16 kHz mono)."""
-        return Timbre(self.speaker.embed(samples), reference_stats(analyze(samples)))
+        frames = analyze(samples)
+        stats = reference_stats(frames)
+        return Timbre(self.speaker.embed(samples), stats, frames[:, ENV] - stats[2:])
 
     def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
         """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
         frames = self.frames(samples)
         embedding = self.speaker.embed(samples) if embedding is None else embedding
-        timbre = Timbre(embedding, reference_stats(frames))
+        stats = reference_stats(frames)
+        timbre = Timbre(embedding, stats, frames[:, ENV] - stats[2:])
         return self.backend.tokens(samples, frames, timbre.stats), timbre
 
     def decode(self, tokens: np.ndarray, timbre: Timbre) -> np.ndarray:
