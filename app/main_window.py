@@ -228,7 +228,8 @@ class MainWindow(QMainWindow):
 
     def _show_engine(self) -> None:
         s = self.settings
-        decoding = "token by token" if s.decoding_mode == "baseline" else f"TLDR, patch size {s.patch_size}"
+        decoding = {"baseline": "token by token", "ssd": "speculative (SSD)"}.get(s.decoding_mode,
+                                                                                 f"TLDR, patch size {s.patch_size}")
         self.engine.setText(f"{decoding} · {s.device}")
 
     def _update_char_count(self) -> None:
@@ -343,7 +344,8 @@ class MainWindow(QMainWindow):
         self.synth = synth
         if self.status_kind == "loading":
             sizes = ", ".join(map(str, synth.patch_sizes)) or "none"
-            self.show_status(f"Ready: the speech model runs on {synth.device.type} (patch sizes {sizes}).")
+            ssd = "; speculative decoding available" if synth.has_draft else ""
+            self.show_status(f"Ready: the speech model runs on {synth.device.type} (patch sizes {sizes}{ssd}).")
         self._update_buttons()
 
     def _model_failed(self, message: str) -> None:
@@ -402,7 +404,7 @@ class MainWindow(QMainWindow):
             self.show_status("Choose a voice first: import or record one.", error=True)
             return
         try:
-            decoding = decoding_for(self.settings, self.synth.patch_sizes)
+            decoding = decoding_for(self.settings, self.synth.patch_sizes, self.synth.has_draft)
         except TldrError as error:
             self.show_status(str(error), error=True)
             return
@@ -478,7 +480,7 @@ class MainWindow(QMainWindow):
         if self.synth is None:
             return None
         try:
-            decoding_for(self.settings, self.synth.patch_sizes)
+            decoding_for(self.settings, self.synth.patch_sizes, self.synth.has_draft)
         except TldrError as error:
             return str(error)
         return None
@@ -524,7 +526,9 @@ class MainWindow(QMainWindow):
             self.show_status(f"The audio could not be saved to {path}: {error}", error=True)
 
     def _ask_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self, self.synth.patch_sizes if self.synth is not None else None)
+        loaded = self.synth is not None
+        dialog = SettingsDialog(self.settings, self, self.synth.patch_sizes if loaded else None,
+                                self.synth.has_draft if loaded else None)
         if dialog.exec():
             self.apply_settings(dialog.settings())
             note = self.settings_note()

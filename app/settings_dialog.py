@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
                                QHBoxLayout, QSpinBox, QWidget)
 
@@ -10,7 +11,9 @@ from tldr_core.settings import DECODING_MODES, DEVICES, MAX_SEED, PATCH_SIZES, T
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
-MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)"}
+MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)"}
+NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
+                "`tldr-voice train draft` and pack it in with `tldr-voice model pack --draft`.")
 DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
 SYSTEM_DEFAULT = "System default"
 
@@ -42,15 +45,29 @@ def _grey_out_missing(combo: QComboBox, available: list[int]) -> None:
             model.item(row).setEnabled(False)
 
 
+def _grey_out_ssd(combo: QComboBox) -> None:
+    """Disable speculative decoding for a model without a draft, and say why in its label and tooltip."""
+    row = combo.findData("ssd")
+    combo.setItemText(row, f"{combo.itemText(row)}: no draft in this model")
+    combo.model().item(row).setEnabled(False)
+    combo.setItemData(row, NO_DRAFT_TIP, Qt.ItemDataRole.ToolTipRole)
+
+
 class SettingsDialog(QDialog):
-    def __init__(self, settings: Settings, parent: QWidget | None = None, patch_sizes: list[int] | None = None):
-        """`patch_sizes`: those the loaded model has (the others are greyed out); None when none is loaded."""
+    def __init__(self, settings: Settings, parent: QWidget | None = None, patch_sizes: list[int] | None = None,
+                 has_draft: bool | None = None):
+        """`patch_sizes`: those the loaded model has (the others are greyed out); `has_draft`: whether it can decode
+        speculatively (if not, SSD is greyed out); both None when no model is loaded."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self._base = settings
         self.decoding_mode = _combo({m: MODE_LABELS[m] for m in DECODING_MODES}, settings.decoding_mode)
         self.decoding_mode.setToolTip("TLDR writes a patch of speech tokens per model step; token by token is the "
-                                      "slower reference it is measured against.")
+                                      "slower reference it is measured against; speculative (SSD) lets a small "
+                                      "draft model propose tokens that the model checks several at a time, with "
+                                      "the same speech as token by token.")
+        if has_draft is False:
+            _grey_out_ssd(self.decoding_mode)
         self.patch_size = _combo({p: PATCH_LABELS[p] for p in PATCH_SIZES}, settings.patch_size)
         self.patch_size.setToolTip("Speech tokens the model writes per TLDR step: larger patches speak sooner and "
                                    "faster.")

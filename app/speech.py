@@ -22,7 +22,8 @@ from tldr_core import paths
 from tldr_core.decoding import Sampling
 from tldr_core.errors import ModelError
 from tldr_core.settings import Settings
-from tldr_core.synthesis import BASELINE, TLDR, SpeakStats, Synthesizer, VoicePrompt
+from tldr_core.model_store import NO_DRAFT
+from tldr_core.synthesis import BASELINE, SSD, TLDR, SpeakStats, Synthesizer, VoicePrompt
 from tldr_core.voices import SavedVoice, VoiceLibrary
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
@@ -58,14 +59,19 @@ def load_synthesizer(model_dir: Path | None, device: str, progress: Callable[[st
 
 @dataclass(frozen=True)
 class Decoding:
-    mode: str         # TLDR or BASELINE
-    patch_size: int   # speech tokens per step (1 for the baseline)
+    mode: str         # TLDR, BASELINE or SSD
+    patch_size: int   # speech tokens per step (1 for the baseline and SSD)
 
 
-def decoding_for(settings: Settings, patch_sizes: list[int]) -> Decoding:
-    """The settings as a decoding the loaded model can do; ModelError when its patch size has no adapter."""
+def decoding_for(settings: Settings, patch_sizes: list[int], has_draft: bool = False) -> Decoding:
+    """The settings as a decoding the loaded model can do; ModelError when its patch size has no adapter, or SSD
+    is asked of a model without a draft."""
     if settings.decoding_mode == BASELINE:
         return Decoding(BASELINE, 1)
+    if settings.decoding_mode == SSD:
+        if not has_draft:
+            raise ModelError(f"{NO_DRAFT} Or choose another decoding in Settings.")
+        return Decoding(SSD, 1)
     if settings.patch_size not in patch_sizes:
         raise ModelError(f"This model has no TLDR adapter for patch size {settings.patch_size} (it has "
                          f"{', '.join(map(str, patch_sizes)) or 'none'}): choose another patch size in Settings.")
@@ -131,7 +137,14 @@ def describe(outcome: SpeakOutcome) -> str:
         parts.append(f"time to first audio {stats.first_audio_seconds:.2f} s")
     if stats.audio_seconds:
         parts.append(f"real-time factor {stats.real_time_factor:.2f}")
-    parts.append("token by token (baseline)" if stats.patch_size == 1 else f"patch size {stats.patch_size}")
+    if stats.mode == SSD:
+        parts.append("speculative (SSD)")
+        if stats.drafted:
+            parts.append(f"{stats.acceptance_rate:.0%} of drafted tokens kept")
+        if stats.backbone_steps:
+            parts.append(f"{stats.tokens_per_step:.1f} tokens per model step")
+    else:
+        parts.append("token by token (baseline)" if stats.patch_size == 1 else f"patch size {stats.patch_size}")
     parts.append(stats.device)
     head = (f"Stopped after {stats.audio_seconds:.1f} s of speech" if outcome.stopped
             else f"Spoke {stats.audio_seconds:.1f} s of speech")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model from a fresh machine: corpus -> codec -> backbone -> TLDR adapters -> codec
-# decoder -> resources/. Every stage is resumable (rerun the script after an interruption) and its wall time is printed.
+# Reproduce the shipped default model from a fresh machine: corpus -> codec -> backbone -> TLDR adapters -> SSD draft
+# -> codec decoder -> resources/. Every stage is resumable (rerun the script after an interruption) and its wall time is printed.
 # Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows.
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults
@@ -27,6 +27,8 @@ DECODER_LISTENER_WEIGHT=${DECODER_LISTENER_WEIGHT:-0.5}  # ... with a phone list
 DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-2000}   # the listener's own training, on the originals
 ALIGNMENT_PRIOR=${ALIGNMENT_PRIOR:-0.5}  # fraction of the first phase's backbone steps with the fading alignment prior
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
+DRAFT_STEPS=${DRAFT_STEPS:-2000}      # SSD's draft model, distilled from the last phase's backbone (0: none)
+DRAFT_DIM=${DRAFT_DIM:-128}; DRAFT_LAYERS=${DRAFT_LAYERS:-2}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
 BATCH=${BATCH:-8}
 # similar: utterances of similar length (faster steps); random: a random mix (slower steps that learn more each)
@@ -73,6 +75,14 @@ for i in "${!PHASE_LIST[@]}"; do
   done
   PHASES_JSON+="${PHASES_JSON:+, }{\"hours\": $HOURS, \"backbone_steps\": $BACKBONE_STEPS, \"tldr_steps\": $TLDR_STEPS}"
 done
+# SSD's draft model learns the final backbone's distributions on the last phase's corpus (and its tokens)
+DRAFT=()
+if [ "$DRAFT_STEPS" -gt 0 ]; then
+  stage "draft" $LAUNCH train draft "$DATA" --codec "$OUT/codec" --backbone "$BACKBONE" --out "$WORK/draft" \
+    --steps "$DRAFT_STEPS" --batch "$BATCH" --dim "$DRAFT_DIM" --layers "$DRAFT_LAYERS" --threads "$THREADS" \
+    --device "$DEVICE" $(RESUME "$WORK/draft")
+  DRAFT=(--draft "$WORK/draft/checkpoint.pt")
+fi
 # the decoder learns further, with a phone listener's loss that keeps its phones apart; its tokenizer stays, and its
 # re-export must be byte-identical, since tokenizer.onnx's sha256 is what pairs the model with its tokens
 if [ "$DECODER_STEPS" -gt 0 ]; then
@@ -90,10 +100,10 @@ cat > "$WORK/recipe.json" <<JSON
  "codec_decoder_listener_weight": $DECODER_LISTENER_WEIGHT, "codec_decoder_listener_steps": $DECODER_LISTENER_STEPS,
  "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP,
  "codec_levels": [${CODEC_LEVELS// /, }], "alignment_prior": $ALIGNMENT_PRIOR, "dim": $DIM, "layers": $LAYERS, "heads": $HEADS,
- "ffn": $FFN, "batch": $BATCH, "backbone_batches": "$BACKBONE_BATCHES", "tldr_batches": "$TLDR_BATCHES", "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
+ "ffn": $FFN, "draft_steps": $DRAFT_STEPS, "draft_dim": $DRAFT_DIM, "draft_layers": $DRAFT_LAYERS, "batch": $BATCH, "backbone_batches": "$BACKBONE_BATCHES", "tldr_batches": "$TLDR_BATCHES", "processes": $NPROC, "device": "$DEVICE", "corpus_seed": 0}
 JSON
 ADAPTERS=(); for K in $PATCH_SIZES; do ADAPTERS+=("$K=${ADAPTER[$K]}"); done
-stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE" --tldr "${ADAPTERS[@]}" \
+stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE" --tldr "${ADAPTERS[@]}" "${DRAFT[@]}" \
   --recipe "$WORK/recipe.json" --out "$OUT/default_model"
 MODEL=(--model "$OUT/default_model" --codec "$OUT/codec")
 [ "${EVAL_LIMIT:-40}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$DATA" --modes baseline 4 --limit "${EVAL_LIMIT:-40}" "${MODEL[@]}" --json "$WORK/evaluate.json"

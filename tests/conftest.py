@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from alsa_tap import alsa_tap, no_sound_card  # noqa: F401 (fixtures: a virtual sound card, or none)
-from tiny_model import tiny_model  # noqa: F401 (fixture: an untrained model folder)
+from tiny_model import tiny_model, tiny_model_with_draft  # noqa: F401 (fixtures: untrained model folders)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

@@ -193,13 +193,31 @@ def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
 
 
 def test_the_settings_dialog_offers_only_decoding_modes_that_exist(qtbot):
-    """TLDR patches or token by token; the patch size applies to TLDR alone, so it is off for token by token."""
+    """TLDR patches, token by token or speculative (SSD); the patch size applies to TLDR alone, so it is off for
+    the other two."""
     dialog = SettingsDialog(Settings())
     qtbot.addWidget(dialog)
     modes = [dialog.decoding_mode.itemData(row) for row in range(dialog.decoding_mode.count())]
-    assert modes == ["tldr", "baseline"] and dialog.patch_size.isEnabled()
+    assert modes == ["tldr", "baseline", "ssd"] and dialog.patch_size.isEnabled()
     dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("baseline"))
     assert not dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "baseline"
+    dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("ssd"))
+    assert not dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "ssd"
+    assert dialog.decoding_mode.currentText() == "Speculative (SSD)"
+
+
+def test_the_settings_dialog_greys_out_speculative_decoding_for_a_model_without_a_draft(qtbot):
+    combos = {}
+    for has_draft in (False, True, None):  # None: no model loaded, nothing is greyed out
+        dialog = SettingsDialog(Settings(), patch_sizes=[2, 4], has_draft=has_draft)
+        qtbot.addWidget(dialog)
+        combo = dialog.decoding_mode
+        row = combo.findData("ssd")
+        combos[has_draft] = (combo.model().item(row).isEnabled(), combo.itemText(row),
+                             combo.itemData(row, Qt.ItemDataRole.ToolTipRole))
+    assert combos[False][0] is False and combos[False][1].endswith("no draft in this model")
+    assert "tldr-voice train draft" in combos[False][2]
+    assert combos[True] == combos[None] == (True, "Speculative (SSD)", None)
 
 
 def test_the_settings_dialog_lists_audio_devices_and_keeps_an_unplugged_one(qtbot, alsa_tap):

@@ -164,6 +164,29 @@ def test_a_patch_size_without_an_adapter_is_named(qtbot, window):
     assert not window._sound_jobs.busy
 
 
+def test_speculative_decoding_speaks_and_the_status_line_shows_its_figures(qtbot, tiny_model_with_draft, alsa_tap):
+    window = open_window(qtbot, tiny_model_with_draft)
+    qtbot.waitUntil(lambda: window.synth is not None, timeout=20000)
+    assert window.status.text() == ("Ready: the speech model runs on cpu (patch sizes 2, 4; speculative decoding "
+                                    "available).")
+    window.apply_settings(Settings(device="cpu", seed=7, decoding_mode="ssd"))
+    assert window.settings_note() is None and window.engine.text() == "speculative (SSD) · cpu"
+    speak_and_wait(qtbot, window)
+    stats = window.last_outcome.stats
+    assert stats.mode == "ssd" and stats.drafted > 0 and len(window.last_audio) > 4000
+    status = window.status.text()
+    assert "speculative (SSD)" in status and "of drafted tokens kept" in status and "tokens per model step" in status
+    window.close()
+
+
+def test_speculative_decoding_with_a_model_without_a_draft_is_named(qtbot, window):
+    window.apply_settings(Settings(device="cpu", decoding_mode="ssd"))
+    assert "no draft model" in window.settings_note()
+    window.editor.setPlainText(SHORT)
+    window.speak()
+    assert window.status_is_error and "no draft model" in window.status.text() and not window._sound_jobs.busy
+
+
 def test_without_a_sound_card_the_speech_is_still_made_and_exported(qtbot, window, no_sound_card, tmp_path):
     window.apply_settings(Settings(device="cpu", decoding_mode="baseline"))
     window.editor.setPlainText(SHORT)

@@ -12,8 +12,9 @@ from tldr_core.cli import main
 from tldr_core.codec.store import load_codec
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
-pytestmark = pytest.mark.skipif(not (SPEECH / "manifest.tsv").is_file(),
-                                reason=f"no real speech at {SPEECH} (the project's ../shared/speech; CI has it)")
+pytestmark = [pytest.mark.slow,  # trains and exports a codec: ~40 s
+              pytest.mark.skipif(not (SPEECH / "manifest.tsv").is_file(),
+                                 reason=f"no real speech at {SPEECH} (the project's ../shared/speech; CI has it)")]
 
 
 @pytest.fixture(scope="module")

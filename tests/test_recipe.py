@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # the whole recipe, every stage at toy size: minu
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
        "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2", "DECODER_LISTENER_STEPS": "3",
-       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",
+       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2", "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",
        "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
@@ -41,7 +41,7 @@ def recipe(tmp_path_factory):
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
     for stage in ("corpus (0.03 h)", "codec", "backbone, phase 1", "TLDR k=4, phase 1", "corpus (0.05 h)",
-                  "backbone, phase 2", "TLDR k=4, phase 2", "codec decoder", "pack", "bench"):
+                  "backbone, phase 2", "TLDR k=4, phase 2", "draft", "codec decoder", "pack", "bench"):
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     assert [p["backbone_steps"] for p in manifest["recipe"]["phases"]] == [3, 2] and set(manifest["tldr"]) == {"4"}
@@ -61,6 +61,7 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     assert decoder["train_config"]["listener_weight"] == manifest["recipe"]["codec_decoder_listener_weight"] == 0.5
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
+    assert synth.has_draft and synth.draft.cfg.dim == 32 and manifest["recipe"]["draft_steps"] == 2
     assert (work / "bench.json").is_file()
 
 

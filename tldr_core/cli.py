@@ -133,6 +133,21 @@ def cmd_train_tldr(args: argparse.Namespace) -> None:
                        resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
 
 
+def cmd_train_draft(args: argparse.Namespace) -> None:
+    from tldr_core.model import ModelConfig
+    from tldr_core.training.draft import train_draft
+
+    size = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
+    history = train_draft(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), size, codec=args.codec,
+                          resume=args.resume, jobs=args.jobs, device=args.device, init=args.init,
+                          distill=args.distill, data=args.data)
+    if history:
+        last = history[-1]
+        print(f"step {last['step']}: validation loss {last['validation']:.4f} (KL to the backbone "
+              f"{last['validation_kl']:.4f}); a drafted token would be kept {last['validation_acceptance']:.1%} of "
+              f"the time at temperature 1; checkpoint in {args.out}")
+
+
 def cmd_train_speed(args: argparse.Namespace) -> None:
     from tldr_core.model import ModelConfig
     from tldr_core.training.speed import measure_training_speed
@@ -174,7 +189,8 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.evaluation.judges import Judges
     from tldr_core.files import write_text
 
-    codecs = {str(path) if path else "shipped": CodecRuntime(path) for path in args.model or [None]}
+    codecs = {(str(path) if path else "shipped") + (f" blend {blend:g}" if blend else ""):
+              CodecRuntime(path, blend=blend) for path in args.model or [None] for blend in args.blend}
 
     def roundtrip(codec: CodecRuntime):
         return lambda samples, reference: codec.roundtrip(samples, args.stream, reference).audio
@@ -236,24 +252,43 @@ def cmd_speak(args: argparse.Namespace) -> None:
 
     synth = _synthesizer(args)
     voice = synth.prepare_voice(audio.load_reference_clip(args.voice).samples)
-    chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size,
-                               Sampling(temperature=args.temperature), seed=args.seed))
+    chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size, Sampling(temperature=args.temperature),
+                               seed=args.seed, speculation=_speculation(args)))
     audio.write_wav(args.out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), audio.SAMPLE_RATE)
     s = synth.last_stats
-    unit = "token-level baseline" if s.patch_size == 1 else f"TLDR, patch size {s.patch_size}"
+    if s.speculation is not None:
+        rule = ("exact acceptance" if s.speculation.acceptance == "exact"
+                else f"the SSD paper's acceptance, tolerance {s.speculation.tolerance:g}")
+        unit = f"speculative (SSD), gamma {s.speculation.gamma}, {rule}"
+    else:
+        unit = "token-level baseline" if s.patch_size == 1 else f"TLDR, patch size {s.patch_size}"
     print(f"mode: {unit} on {s.device}")
     print(f"audio: {s.audio_seconds:.2f} s in {s.sentences} sentence(s), {s.stopped_by_model} ended by the model")
     print(f"time to first audio: {s.first_audio_seconds * 1000:.0f} ms; real-time factor: {s.real_time_factor:.3f}")
     print(f"backbone steps: {s.backbone_steps} for {s.tokens} tokens")
-    print(f"KV cache: {s.kv_bytes / 1024:.0f} kB, of which speech {s.kv_speech_bytes / 1024:.0f} kB")
+    if s.speculation is not None:
+        print(f"drafted tokens kept: {s.accepted} of {s.drafted} ({s.acceptance_rate:.1%}); "
+              f"{s.tokens_per_step:.2f} tokens per backbone pass")
+    print(f"KV cache: {s.kv_bytes / 1024:.0f} kB, of which speech {s.kv_speech_bytes / 1024:.0f} kB"
+          + (" (the backbone's and the draft's)" if s.speculation is not None else ""))
     print(f"wrote {args.out}")
+
+
+def _speculation(args: argparse.Namespace, acceptance: str | None = None):
+    """SSD's settings from --gamma, --acceptance and --tolerance."""
+    from tldr_core.decoding import Speculation
+
+    return Speculation(gamma=args.gamma, acceptance=acceptance or args.acceptance, tolerance=args.tolerance)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from tldr_core.evaluation.bench import run_bench, table, write_json
 
     synth = _synthesizer(args)
-    results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes, rounds=args.rounds)
+    if not synth.has_draft and args.gammas:
+        print("note: this model has no draft model, so the bench leaves SSD out")
+    results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes, rounds=args.rounds, gammas=args.gammas,
+                        tolerances=args.tolerances)
     print(table(results))
     if args.json:
         write_json(results, synth, args.json)
@@ -269,7 +304,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.files import write_text
 
     synth = _synthesizer(args)
-    modes = [("baseline", 1) if mode == "baseline" else ("tldr", int(mode)) for mode in args.modes]
+    named = {"baseline": ("baseline", 1), "ssd": ("ssd", 1, _speculation(args, "exact")),
+             "ssd-beta": ("ssd", 1, _speculation(args, "ssd"))}
+    modes = [named.get(mode) or ("tldr", int(mode)) for mode in args.modes]
     reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
                              sampling=Sampling(temperature=args.temperature), judges=Judges())
     for report in reports:
@@ -288,7 +325,7 @@ def cmd_model_pack(args: argparse.Namespace) -> None:
         if not k.isdigit() or not path:
             raise TldrError(f"--tldr takes K=CHECKPOINT (for example 4=runs/tldr4/checkpoint.pt), not '{item}'.")
         adapters[int(k)] = Path(path)
-    manifest = pack_model(args.backbone, adapters, args.out, read_recipe(args.recipe))
+    manifest = pack_model(args.backbone, adapters, args.out, read_recipe(args.recipe), draft_checkpoint=args.draft)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {len(manifest['files'])} files ({total / 2**20:.1f} MB) and manifest.json to {args.out}")
 
@@ -339,6 +376,15 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def speculation_options(p: argparse.ArgumentParser, acceptance: bool = True) -> None:
+    p.add_argument("--gamma", type=int, default=2, help="SSD: tokens the draft proposes per backbone pass")
+    if acceptance:
+        p.add_argument("--acceptance", choices=["exact", "ssd"], default="exact",
+                       help="SSD: exact speculative sampling (the backbone's own distribution) or the SSD paper's "
+                            "looser rule (keeps a drafted token when r < min(1, p/q) + tolerance)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="the tolerance (beta) of the SSD paper's rule")
+
+
 def temperature_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
 
@@ -349,8 +395,10 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("text")
     p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", choices=["tldr", "baseline"], default="tldr")
+    p.add_argument("--mode", choices=["tldr", "baseline", "ssd"], default="tldr",
+                   help="ssd: speculative decoding with the model's draft model (a model packed with --draft)")
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
+    speculation_options(p)
     temperature_option(p)
     model_options(p)
     p.set_defaults(run=cmd_speak)
@@ -359,6 +407,10 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--patch-sizes", type=int, nargs="+", choices=[2, 4, 6, 8])
     p.add_argument("--rounds", type=int, default=3, help="times each mode says every text in every voice")
+    p.add_argument("--gammas", type=int, nargs="+", default=[2, 4], metavar="G",
+                   help="SSD rows (a model with a draft): tokens drafted per backbone pass")
+    p.add_argument("--tolerances", type=float, nargs="*", default=[0.1], metavar="BETA",
+                   help="also SSD with the paper's acceptance rule at these tolerances, per gamma (none: leave out)")
     model_options(p)
     p.set_defaults(run=cmd_bench)
 
@@ -366,8 +418,12 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("corpus", type=Path)
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--limit", type=int, default=40, help="utterances per mode")
-    p.add_argument("--modes", nargs="+", default=["baseline", "4"], choices=["baseline", "2", "4", "6", "8"])
+    p.add_argument("--modes", nargs="+", default=["baseline", "4"],
+                   choices=["baseline", "2", "4", "6", "8", "ssd", "ssd-beta"],
+                   help="baseline, TLDR patch sizes, ssd (speculative, exact) and ssd-beta (speculative with the "
+                        "SSD paper's acceptance rule at --tolerance)")
     p.add_argument("--json", type=Path)
+    speculation_options(p, acceptance=False)
     temperature_option(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
@@ -427,7 +483,7 @@ def add_corpus_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
-    """train codec | backbone | tldr | speed."""
+    """train codec | backbone | tldr | draft | speed."""
     train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
                                                                                   required=True)
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
@@ -475,6 +531,18 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-rank", type=int, default=16,
                    help="rank of a new adapter's LoRA (with --init or --resume the file's rank is kept)")
     p.set_defaults(run=cmd_train_tldr)
+    p = train_cmds.add_parser("draft", help="train SSD's small draft model by distillation from a frozen backbone")
+    lm_options(p, steps=2000)
+    p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint or weights file")
+    p.add_argument("--distill", type=float, default=1.0, help="weight of the KL from the backbone's distribution")
+    p.add_argument("--data", type=float, default=0.0, help="weight of the cross-entropy on the data's tokens")
+    sizes = p.add_argument_group("size of a new draft (with --init or --resume the file's sizes are kept)")
+    sizes.add_argument("--dim", type=int, default=128)
+    sizes.add_argument("--layers", type=int, default=2)
+    sizes.add_argument("--heads", type=int, default=2)
+    sizes.add_argument("--kv-heads", type=int, default=1)
+    sizes.add_argument("--ffn", type=int, default=384)
+    p.set_defaults(run=cmd_train_draft)
     p = train_cmds.add_parser("speed", help="seconds per backbone training step: float32 vs bfloat16, random vs "
                                             "similar-length batches, measured in one run")
     p.add_argument("corpus_dir", type=Path)
@@ -509,6 +577,9 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--voice", choices=["other", "own"], default="other",
                    help="decode each clip in the voice of another clip of its speaker (as the app does) or its own")
     p.add_argument("--asr", choices=["base", "tiny.en"], default="base", help="the Whisper model that judges words")
+    p.add_argument("--blend", type=float, nargs="+", default=[0.0], metavar="W",
+                   help="also judge each codec with its decoded envelopes moved W of the way to the reference clip's "
+                        "nearest ones (0: as decoded)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.set_defaults(run=cmd_codec_evaluate)
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")
@@ -525,6 +596,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     p = model_cmds.add_parser("pack", help="pack training checkpoints into a model folder the app loads")
     p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint")
     p.add_argument("--tldr", nargs="+", default=[], metavar="K=CHECKPOINT", help="TLDR checkpoints by patch size")
+    p.add_argument("--draft", type=Path, metavar="CHECKPOINT", help="SSD's draft model (`train draft`), if any")
     p.add_argument("--recipe", type=Path, help="JSON file describing how the model was made (goes in the manifest)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=cmd_model_pack)

@@ -1,9 +1,10 @@
-"""Generation with an explicit KV cache: token by token (baseline) or patch by patch (TLDR).
+"""Generation with an explicit KV cache: token by token (baseline), patch by patch (TLDR), or speculatively (SSD).
 
-Both generators prefill [speaker, phonemes, PROMPT, prompt units, SOS] in one forward pass, then extend the
-cache one unit per backbone step, and yield speech tokens as soon as they exist so the codec can turn
-them into sound while generation goes on. Length is bounded by the text: STOP is masked until half the
-expected length, and output is cut at twice it, so a model can neither swallow a sentence nor babble on.
+Every generator prefills [speaker, phonemes, PROMPT, prompt units, SOS] in one forward pass, then extends the
+cache one unit per backbone step (SSD: several verified tokens per backbone step), and yields speech tokens as
+soon as they exist so the codec can turn them into sound while generation goes on. Length is bounded by the
+text: STOP is masked until half the expected length, and output is cut at twice it, so a model can neither
+swallow a sentence nor babble on.
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ class GenerationStats:
     kv_bytes: int = 0              # the whole cache at the end
     kv_speech_bytes: int = 0       # the part holding speech: prompt units and generated units fed back
     history: list[int] = field(default_factory=list, repr=False)
+    # speculative decoding only (SSD); kv_bytes and kv_speech_bytes above then include the draft's cache
+    draft_steps: int = 0           # forward passes of the draft model (its prefill counts as one)
+    drafted: int = 0               # tokens the draft proposed
+    accepted: int = 0              # of those, the ones the backbone accepted
+    draft_kv_bytes: int = 0        # the draft's own cache at the end
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Speech tokens per backbone forward pass (the prefill included): 1 for the baseline, up to k for TLDR."""
+        return self.tokens / self.backbone_steps if self.backbone_steps else float("nan")
 
 
 def sample(logits: torch.Tensor, history: list[int], cfg: Sampling, generator: torch.Generator | None,
@@ -67,6 +82,32 @@ def sample(logits: torch.Tensor, history: list[int], cfg: Sampling, generator: t
     if window and window.count(choice) / cfg.ras_window > cfg.ras_threshold:
         choice = int(torch.multinomial(probs, 1, generator=generator))
     return choice
+
+
+def distribution(logits: torch.Tensor, history: list[int], cfg: Sampling, allow_stop: bool, stop: int) -> torch.Tensor:
+    """The exact (V + 1,) distribution that `sample` draws one token from, with the same arguments.
+
+    Speculative sampling is exact only against the distribution actually sampled, so this is `sample` written
+    out: STOP masked outside the length bounds; greedy is a point mass; otherwise the top-k / top-p nucleus,
+    except that the mass of every token RAS would redraw (already > ras_threshold of the window) goes to a
+    fresh draw from the whole tempered distribution:
+        P(x) = nucleus(x) [x not repeated] + nucleus(repeated tokens) * full(x)."""
+    logits = logits.float().clone()
+    if not allow_stop:
+        logits[stop] = -float("inf")
+    if cfg.temperature <= 0:
+        return torch.zeros_like(logits).index_fill_(0, logits.argmax()[None], 1.0)
+    full = torch.softmax(logits / cfg.temperature, dim=-1)
+    top, index = full.topk(min(cfg.top_k, len(full)))
+    top = top * (top.cumsum(0) - top < cfg.top_p)
+    nucleus = torch.zeros_like(full).index_put_((index,), top / top.sum())
+    window = history[-cfg.ras_window:]
+    repeated = [t for t in set(window) if window.count(t) / cfg.ras_window > cfg.ras_threshold]
+    if not repeated:
+        return nucleus
+    redrawn = torch.tensor(repeated, device=full.device)
+    mass = nucleus[redrawn].sum()
+    return nucleus.index_fill(0, redrawn, 0.0) + mass * full
 
 
 def _nucleus(probs: torch.Tensor, cfg: Sampling, generator: torch.Generator | None) -> int:
@@ -165,3 +206,154 @@ class PatchGenerator:
                 x = tldr.patches(bb, torch.tensor([patch], device=device))
         stats.kv_bytes = cache.bytes()
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
+
+
+# ------------------------------------------------------------------------------------ speculative (SSD)
+
+EXACT = "exact"  # speculative sampling: the output has exactly the backbone's own sampling distribution
+SSD_RULE = "ssd"  # the SSD paper's rule for speech tokens: exact acceptance loosened by a tolerance
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """How SSD (arXiv 2505.15380) speculates: the draft proposes `gamma` tokens, the backbone verifies them in
+    one pass. `acceptance`: "exact", or "ssd", the paper's looser rule with tolerance `tolerance` (its beta)."""
+
+    gamma: int = 2              # chosen by `tldr-voice bench`: on the shipped backbone with a first draft, 2 beat 4
+    acceptance: str = EXACT
+    tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.acceptance not in (EXACT, SSD_RULE):
+            raise ValueError(f"acceptance must be {EXACT} or {SSD_RULE}, not {self.acceptance!r}")
+        if self.gamma < 1:
+            raise ValueError(f"gamma must be at least 1, not {self.gamma}")
+
+
+def accept_probability(p: float, q: float, speculation: Speculation) -> float:
+    """How likely a drafted token is kept, given its probability under the backbone (p) and the draft (q > 0).
+
+    "exact" (Leviathan et al. 2023; Chen et al. 2023): min(1, p / q). Keeping x with that probability and
+    otherwise drawing from norm(max(0, p - q)) gives P(x) = min(p, q) + (1 - sum min(p, q)) (p - q)+ / sum (p - q)+
+    = p(x): the backbone's distribution, whatever the draft.
+
+    "ssd" (SSD, arXiv 2505.15380, its Algorithm 1): the draft token is kept when r < min(1, p / q) + beta, r
+    uniform in [0, 1), i.e. with probability min(1, min(1, p / q) + beta). Speech tokens are ambiguous (many
+    token sequences sound alike), so the paper trades exactness for acceptance: the output leans towards the
+    draft, by at most beta per token. Rejections draw from norm(max(0, p - q)) as in the exact rule."""
+    exact = min(1.0, p / q)
+    return exact if speculation.acceptance == EXACT else min(1.0, exact + speculation.tolerance)
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor, generator: torch.Generator | None) -> int:
+    """A token from norm(max(0, p - q)), the correction after a rejection. Rejection implies some x with
+    p(x) > q(x); should rounding leave no mass (p == q to float precision), p itself is the right answer."""
+    rest = (p - q).clamp(min=0)
+    return int(torch.multinomial(rest if rest.sum() > 1e-9 else p, 1, generator=generator))
+
+
+class SpeculativeGenerator:
+    """SSD: a small draft model (a `Backbone` of its own, with its own KV cache) proposes gamma tokens one by
+    one; the backbone scores them all in one forward pass over its cache and keeps a prefix of them, then adds
+    one token of its own (the correction after a rejection, or a bonus token when all were kept). So every
+    backbone pass yields 1 to gamma + 1 tokens. Both caches are rolled back (KVCache.length) to the kept prefix.
+
+    Both models' per-token distributions are `distribution`'s: the baseline's sampling (temperature, top-k,
+    top-p, RAS over the tokens so far including those drafted before, STOP masked inside the length bounds).
+    With acceptance "exact" the tokens therefore have exactly the distribution of TokenGenerator's."""
+
+    def __init__(self, backbone: Backbone, draft: Backbone, sampling: Sampling,
+                 speculation: Speculation | None = None):
+        if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
+            raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
+                             f"{backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
+        self.backbone, self.draft, self.sampling = backbone, draft, sampling
+        self.speculation = speculation or Speculation()
+        self.stats = GenerationStats()
+
+    @staticmethod
+    def _start(model: Backbone, request: Request, device: torch.device) -> tuple[torch.Tensor, int]:
+        """The prefill sequence of `model` (each model embeds the request with its own tables), and where its
+        speech part starts."""
+        prefix = model.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
+        return torch.cat([prefix, model.speech_embed(request.prompt[None].to(device)), model.sos(1)], dim=1), \
+            prefix.shape[1]
+
+    @torch.inference_mode()
+    def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
+        """Yield the tokens each verification step settles (1 to gamma + 1 of them)."""
+        bb, dr, cfg, sampling, gamma = self.backbone, self.draft, self.backbone.cfg, self.sampling, \
+            self.speculation.gamma
+        device = next(bb.parameters()).device
+        min_tokens, max_tokens = _bounds(request, cfg.tokens_per_phoneme)
+        bb_in, bb_speech = self._start(bb, request, device)  # what each model reads next: prefill first
+        dr_in, dr_speech = self._start(dr, request, device)
+        bb_cache = bb.new_cache(max_len=bb_in.shape[1] + max_tokens + gamma + 2)
+        dr_cache = dr.new_cache(max_len=dr_in.shape[1] + max_tokens + gamma + 2)
+        self.stats = stats = GenerationStats()
+
+        def dist(logits: torch.Tensor, drafted: list[int]) -> torch.Tensor:
+            """The sampling distribution at the position after history + drafted."""
+            return distribution(logits, stats.history + drafted, sampling,
+                                stats.tokens + len(drafted) >= min_tokens, cfg.stop)
+
+        done = False
+        while not done:
+            # 1. draft up to gamma tokens (never past the length bound, nothing after STOP)
+            drafted: list[int] = []
+            q: list[torch.Tensor] = []
+            x = dr_in
+            for _ in range(min(gamma, max_tokens - stats.tokens)):
+                hidden = dr(x, dr_cache)
+                dr_cache.length += x.shape[1]
+                stats.draft_steps += 1
+                q.append(dist(dr.logits(hidden[0, -1]), drafted))
+                drafted.append(int(torch.multinomial(q[-1], 1, generator=generator)))
+                if drafted[-1] == cfg.stop:
+                    break
+                x = dr.speech_embed(torch.tensor([drafted[-1:]], device=device))
+            dr_read = dr_cache.length  # the draft has read dr_in and drafted[:-1]
+            # 2. one backbone pass over what it has not read yet and every drafted token
+            x = torch.cat([bb_in, bb.speech_embed(torch.tensor([drafted], device=device, dtype=torch.long))], dim=1)
+            logits = bb.logits(bb(x, bb_cache)[0, bb_in.shape[1] - 1:])  # row i: the position of drafted[i]
+            bb_cache.length += x.shape[1]
+            stats.backbone_steps += 1
+            stats.drafted += len(drafted)
+            # 3. keep a prefix of the drafted tokens, then one token from the backbone
+            kept: list[int] = []
+            final = None
+            for i, token in enumerate(drafted):
+                p = dist(logits[i], kept)
+                u = float(torch.rand(1, generator=generator, device=device))
+                if u < accept_probability(float(p[token]), float(q[i][token]), self.speculation):
+                    kept.append(token)
+                    continue
+                final = _residual(p, q[i], generator)
+                break
+            if final is None and (not kept or kept[-1] != cfg.stop):  # all kept: a bonus token
+                final = int(torch.multinomial(dist(logits[len(kept)], kept), 1, generator=generator))
+            stats.accepted += len(kept)
+            settled = kept + ([final] if final is not None else [])
+            # 4. hand out the settled tokens within the bounds; roll both caches back to the kept prefix
+            group = []
+            for token in settled:
+                if token == cfg.stop or stats.tokens >= max_tokens:
+                    stats.stopped, done = token == cfg.stop, True
+                    break
+                stats.history.append(token)
+                stats.tokens += 1
+                group.append(token)
+            read = len(kept) - (bool(kept) and kept[-1] == cfg.stop)  # kept tokens both keep in their caches
+            bb_cache.length -= len(drafted) - read
+            dr_cache.length = dr_read - max(0, len(drafted) - 1 - read)
+            if group:
+                yield group
+            if done:
+                break
+            unread = [final] if len(kept) < len(drafted) else [drafted[-1], final]
+            bb_in = bb.speech_embed(torch.tensor([[final]], device=device))
+            dr_in = dr.speech_embed(torch.tensor([unread], device=device))
+        stats.draft_kv_bytes = dr_cache.bytes()
+        stats.kv_bytes = bb_cache.bytes() + stats.draft_kv_bytes
+        stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - bb_speech - 1)  # not the SOS markers
+                                 + dr_cache.bytes(dr_cache.length - dr_speech - 1))

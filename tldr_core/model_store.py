@@ -1,7 +1,9 @@
 """Model files: loading checkpoints, packing a trained model into a folder the app loads, verifying it.
 
-A model folder holds backbone.pt, tldr_k<K>.pt per patch size and manifest.json (sha256 of every file, the
-codec the tokens came from, the training recipe and measured figures). The weights are stored in float16
+A model folder holds backbone.pt, tldr_k<K>.pt per patch size, optionally draft.pt (the small draft model of
+speculative decoding, SSD) and manifest.json (sha256 of every file, the codec the tokens came from, the
+training recipe and measured figures). A folder without a draft (every one packed before SSD) still loads; it
+just cannot decode speculatively. The weights are stored in float16
 to halve the download; they are loaded back as float32. A file whose sha256 differs from the manifest is
 reported as damaged before torch ever reads it.
 """
@@ -22,6 +24,8 @@ from tldr_core.files import MANIFEST, atomic_path, file_entries, file_sha256, ve
 from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 
 REINSTALL = "Reinstall TLDR Voice (git checkout resources/) or train a model with `tldr-voice train`."
+NO_DRAFT = ("This model has no draft model, so speculative decoding (SSD) is unavailable: train one with "
+            "`tldr-voice train draft` and pack it in with `tldr-voice model pack --draft`.")
 
 
 def read_checkpoint(path: Path, what: str, restore: str = REINSTALL) -> dict:
@@ -51,6 +55,20 @@ def load_backbone(path: Path) -> Backbone:
     return model.eval()
 
 
+def load_draft(path: Path, backbone: Backbone) -> Backbone:
+    """SSD's draft model: a small Backbone over the same tokens (checked against `backbone`)."""
+    state = read_checkpoint(path, "draft model")
+    try:
+        draft = Backbone(ModelConfig(**state["model_config"]))
+        load_weights(draft, state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"'{path}' is not a TLDR Voice draft model or is damaged ({error}).") from None
+    if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
+        raise ModelError(f"The draft model '{path}' speaks {draft.cfg.speech_vocab} codes and the backbone "
+                         f"{backbone.cfg.speech_vocab}: train the draft on this backbone's tokens.")
+    return draft.eval()
+
+
 def load_tldr(path: Path, backbone: Backbone) -> Tldr:
     state = read_checkpoint(path, "TLDR adapter")
     try:
@@ -76,6 +94,15 @@ class ModelFolder:
 
     def backbone_path(self) -> Path:
         return self.folder / self.manifest["backbone"]
+
+    @property
+    def has_draft(self) -> bool:
+        return bool(self.manifest.get("draft"))
+
+    def draft_path(self) -> Path:
+        if not self.has_draft:
+            raise ModelError(NO_DRAFT)
+        return self.folder / self.manifest["draft"]
 
     def tldr_path(self, patch_size: int) -> Path:
         name = self.manifest["tldr"].get(str(patch_size))
@@ -112,17 +139,22 @@ def _pack_weights(state: dict, source: Path, out: Path, keep: tuple[str, ...], r
             "history": state.get("history", [])[-1:]}
 
 
-def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict) -> dict:
-    """Write a model folder from training checkpoints (optimiser state dropped, float16 weights) or packed files."""
+def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict,
+               draft_checkpoint: Path | None = None) -> dict:
+    """Write a model folder from training checkpoints (optimiser state dropped, float16 weights) or packed files;
+    `draft_checkpoint`: SSD's draft model, when there is one."""
     out = Path(out)
     backbone_state = read_checkpoint(backbone_checkpoint, "backbone")
     backbone_sha256 = file_sha256(backbone_checkpoint)
     adapter_states = {k: read_checkpoint(path, "TLDR adapter") for k, path in sorted(tldr_checkpoints.items())}
-    for k, state in adapter_states.items():  # before anything is written
+    trained_on = {tldr_checkpoints[k]: ("TLDR adapter", state, "tldr") for k, state in adapter_states.items()}
+    if draft_checkpoint is not None:
+        trained_on[draft_checkpoint] = ("draft model", read_checkpoint(draft_checkpoint, "draft model"), "draft")
+    for path, (what, state, command) in trained_on.items():  # before anything is written
         if state.get("backbone_sha256") != backbone_sha256:
-            raise ModelError(f"The TLDR adapter '{tldr_checkpoints[k]}' was trained on another backbone than "
+            raise ModelError(f"The {what} '{path}' was trained on another backbone than "
                              f"'{backbone_checkpoint}' (or its file has changed since): train it again with "
-                             f"--backbone {backbone_checkpoint}.")
+                             f"`tldr-voice train {command} ... --backbone {backbone_checkpoint}`.")
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"format": 1, "backbone": "backbone.pt", "tldr": {}, "files": {},
                       "codec_sha256": backbone_state.get("codec_sha256"), "recipe": recipe, "training": {}}
@@ -133,6 +165,12 @@ def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out
         manifest["tldr"][str(k)] = name
         manifest["training"][name] = _pack_weights(state, tldr_checkpoints[k], out / name, ("kind", "tldr_config"),
                                                    name)
-    manifest["files"] = file_entries(out, ["backbone.pt", *manifest["tldr"].values()])
+    names = ["backbone.pt", *manifest["tldr"].values()]
+    if draft_checkpoint is not None:
+        manifest["draft"] = "draft.pt"
+        manifest["training"]["draft.pt"] = _pack_weights(trained_on[draft_checkpoint][1], draft_checkpoint,
+                                                         out / "draft.pt", ("kind", "model_config"), "draft.pt")
+        names.append("draft.pt")
+    manifest["files"] = file_entries(out, names)
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

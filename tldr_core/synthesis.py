@@ -9,7 +9,11 @@
 Long text is split into sentences; all sentences go through one codec stream, so the audio is continuous
 (no gap, no click at a sentence boundary). The codec (token decoder and vocoder) runs on its own thread, in
 order, while the model goes on generating: a chunk is yielded as soon as it is ready, and the model never
-waits for the codec. `cancel` is checked between patches, so Stop takes effect within one patch.
+waits for the codec. `cancel` is checked between patches (SSD: between verification steps), so Stop takes
+effect within one patch.
+
+Decoding modes: "tldr" (patches of k tokens), "baseline" (token by token) and "ssd" (speculative decoding: a
+draft model proposes, the backbone verifies several tokens per pass; only for a model folder with a draft).
 
 A saved voice (voices.py) is prepared once: `saved_voice_prompt` keeps its prompt tokens and statistics in the
 library, tagged with the codec's fingerprint, and makes them again only for another codec; the embedding the
@@ -32,15 +36,17 @@ from tldr_core import text
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre
 from tldr_core.codec.store import codec_fingerprint
-from tldr_core.decoding import GenerationStats, PatchGenerator, Request, Sampling, TokenGenerator
+from tldr_core.decoding import (GenerationStats, PatchGenerator, Request, Sampling, Speculation, SpeculativeGenerator,
+                                TokenGenerator)
 from tldr_core.errors import ModelError, VoiceError
 from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
-from tldr_core.model_store import load_backbone, load_tldr, open_model_folder
+from tldr_core.model_store import NO_DRAFT, load_backbone, load_draft, load_tldr, open_model_folder
 from tldr_core.voices import SavedVoice, VoiceLibrary
 
-BASELINE_GROUP = 4        # the baseline hands the codec 4 tokens (160 ms) at a time; TLDR hands it each patch
+BASELINE_GROUP = 4        # the baseline and SSD hand the codec 4 tokens (160 ms) at a time; TLDR each patch
 BASELINE = "baseline"
 TLDR = "tldr"
+SSD = "ssd"
 
 
 @dataclass
@@ -61,7 +67,7 @@ class SpeakStats:
     """One `stream` call, as the CLI and the app report it."""
 
     mode: str
-    patch_size: int            # 1 for the token-level baseline
+    patch_size: int            # 1 for the token-level baseline and SSD
     device: str
     first_audio_seconds: float = float("nan")
     wall_seconds: float = 0.0
@@ -70,14 +76,26 @@ class SpeakStats:
     stopped_by_model: int = 0  # sentences the model ended itself (the rest hit the length bound)
     backbone_steps: int = 0
     tokens: int = 0
-    kv_bytes: int = 0          # largest whole cache of any sentence
+    kv_bytes: int = 0          # largest whole cache of any sentence (SSD: the backbone's and the draft's)
     kv_speech_bytes: int = 0   # its speech part (prompt + generated units)
+    drafted: int = 0           # SSD: tokens the draft proposed, and how many of them the backbone kept
+    accepted: int = 0
+    speculation: Speculation | None = None  # SSD: gamma and the acceptance rule
     cancelled: bool = False
     per_sentence: list[GenerationStats] = field(default_factory=list, repr=False)
 
     @property
     def real_time_factor(self) -> float:
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Speech tokens per backbone forward pass, prefills included."""
+        return self.tokens / self.backbone_steps if self.backbone_steps else float("nan")
 
 
 def pick_device(device: str) -> torch.device:
@@ -105,6 +123,10 @@ class Synthesizer:
         self.device = pick_device(device)
         say("loading the backbone")
         self.backbone = load_backbone(self.folder.backbone_path()).to(self.device)
+        self.draft = None
+        if self.folder.has_draft:
+            say("loading the draft model")
+            self.draft = load_draft(self.folder.draft_path(), self.backbone).to(self.device)
         say("loading the codec")
         self.codec = CodecRuntime(codec_dir)
         self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")  # one: pushes in order
@@ -115,6 +137,11 @@ class Synthesizer:
     @property
     def patch_sizes(self) -> list[int]:
         return self.folder.patch_sizes
+
+    @property
+    def has_draft(self) -> bool:
+        """Whether this model can decode speculatively (SSD)."""
+        return self.draft is not None
 
     def load_adapter(self, patch_size: int) -> None:
         """Build a TLDR generator now rather than on its first use (it bakes its LoRA into a backbone copy,
@@ -157,8 +184,10 @@ class Synthesizer:
 
     def stream(self, text_input: str, voice: VoicePrompt, mode: str = TLDR, patch_size: int = 4,
                sampling: Sampling | None = None, seed: int | None = None,
-               cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
-        """Yield float32 16 kHz audio chunks while generating; `last_stats` describes the run when it ends."""
+               cancel: Callable[[], bool] | None = None,
+               speculation: Speculation | None = None) -> Iterator[np.ndarray]:
+        """Yield float32 16 kHz audio chunks while generating; `last_stats` describes the run when it ends.
+        `speculation`: SSD's gamma and acceptance rule (mode "ssd"; default: `Speculation()`, exact)."""
         started = time.perf_counter()
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
@@ -166,11 +195,18 @@ class Synthesizer:
             generator, unit, push_every = TokenGenerator(self.backbone, sampling), 1, BASELINE_GROUP
         elif mode == TLDR:
             generator, unit, push_every = self._patch_generator(patch_size, sampling), patch_size, patch_size
+        elif mode == SSD:
+            if self.draft is None:
+                raise ModelError(NO_DRAFT)
+            speculation = speculation or Speculation()
+            generator = SpeculativeGenerator(self.backbone, self.draft, sampling, speculation)
+            unit, push_every = 1, BASELINE_GROUP
         else:
             raise ValueError(f"unknown mode {mode!r}")
         rng = torch.Generator(device=self.device)
         rng.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**31))
-        stats = self.last_stats = SpeakStats(mode, unit, str(self.device))
+        stats = self.last_stats = SpeakStats(mode, unit, str(self.device),
+                                             speculation=speculation if mode == SSD else None)
         audio_stream = self.codec.stream(voice.timbre)
         speaker = torch.from_numpy(voice.embedding).float()
         prompt = torch.from_numpy(voice.prompt_tokens)
@@ -230,4 +266,6 @@ class Synthesizer:
         stats.tokens += sentence.tokens
         stats.kv_bytes = max(stats.kv_bytes, sentence.kv_bytes)
         stats.kv_speech_bytes = max(stats.kv_speech_bytes, sentence.kv_speech_bytes)
+        stats.drafted += sentence.drafted
+        stats.accepted += sentence.accepted
         stats.per_sentence.append(sentence)

@@ -1,4 +1,6 @@
-"""`tldr-voice bench`: the token-level baseline against TLDR k = 2, 4, 6, 8, measured in one run.
+"""`tldr-voice bench`: the token-level baseline against TLDR k = 2, 4, 6, 8 and, for a model with a draft, SSD
+(speculative decoding) at each gamma asked for, with the exact acceptance rule and the SSD paper's looser one,
+measured in one run.
 
 Every mode says the same fixed sentences in the same voices with the same seed, after one untimed warm-up
 (first use loads an adapter). The timed utterances take turns across modes (each sentence and voice is said
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ import torch
 
 from tldr_core import audio, paths
 from tldr_core.files import write_text
-from tldr_core.synthesis import BASELINE, TLDR, VoicePrompt, SpeakStats, Synthesizer
+from tldr_core.decoding import SSD_RULE, Speculation
+from tldr_core.synthesis import BASELINE, SSD, TLDR, VoicePrompt, SpeakStats, Synthesizer
 
 BENCH_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -28,6 +31,24 @@ BENCH_TEXTS = (
     "A rainbow is a division of white light into many beautiful colors.",
 )
 BENCH_VOICES = paths.RESOURCES_DIR / "voices"
+
+
+@dataclass(frozen=True)
+class BenchMode:
+    """One row of the bench: a decoding mode, its patch size (1: token level) and, for SSD, how it speculates."""
+
+    mode: str
+    patch_size: int = 1
+    speculation: Speculation | None = None
+
+    @property
+    def name(self) -> str:
+        if self.mode == BASELINE:
+            return "baseline"
+        if self.mode == TLDR:
+            return f"TLDR k={self.patch_size}"
+        s = self.speculation
+        return f"SSD g={s.gamma}" + (f" b={s.tolerance:g}" if s.acceptance == SSD_RULE else "")
 
 
 @dataclass
@@ -45,8 +66,14 @@ class ModeResult:
     peak_memory_bytes: int
     stopped_by_model: int
     utterances: int
+    tokens_per_step: float = float("nan")  # speech tokens per backbone pass (prefills included)
+    gamma: int | None = None               # SSD: tokens drafted per verification
+    acceptance: str | None = None          # SSD: "exact", or "ssd" (the paper's rule with tolerance beta)
+    tolerance: float | None = None
+    acceptance_rate: float = float("nan")  # SSD: drafted tokens the backbone kept
     speedup: float = float("nan")  # baseline RTF / this RTF
-    kv_speech_saving: float = float("nan")  # 1 - this / baseline, per second of audio
+    kv_speech_saving: float = float("nan")  # 1 - this / baseline, per second of audio (SSD: draft's cache included)
+    name: str = ""
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -73,6 +100,8 @@ class _Tally:
     kv_speech_sum: int = 0
     kv: int = 0
     peak_memory: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
     def add(self, s: SpeakStats) -> None:
         self.wall, self.seconds = self.wall + s.wall_seconds, self.seconds + s.audio_seconds
@@ -81,36 +110,59 @@ class _Tally:
             self.stopped + s.stopped_by_model
         self.kv_speech, self.kv = max(self.kv_speech, s.kv_speech_bytes), max(self.kv, s.kv_bytes)
         self.kv_speech_sum += sum(sentence.kv_speech_bytes for sentence in s.per_sentence)
+        self.drafted, self.accepted = self.drafted + s.drafted, self.accepted + s.accepted
 
-    def result(self, mode: str, patch_size: int) -> ModeResult:
-        return ModeResult(mode, patch_size, self.wall / self.seconds, float(np.median(self.first_ms)), self.steps,
-                          self.tokens, self.steps / self.seconds, self.kv_speech, self.kv_speech_sum / self.seconds,
-                          self.kv, self.peak_memory, self.stopped, len(self.first_ms))
+    def result(self, mode: BenchMode) -> ModeResult:
+        s = mode.speculation
+        return ModeResult(mode.mode, mode.patch_size, self.wall / self.seconds, float(np.median(self.first_ms)),
+                          self.steps, self.tokens, self.steps / self.seconds, self.kv_speech,
+                          self.kv_speech_sum / self.seconds, self.kv, self.peak_memory, self.stopped,
+                          len(self.first_ms), tokens_per_step=self.tokens / self.steps,
+                          gamma=s.gamma if s else None, acceptance=s.acceptance if s else None,
+                          tolerance=s.tolerance if s and s.acceptance == SSD_RULE else None,
+                          acceptance_rate=self.accepted / self.drafted if self.drafted else float("nan"),
+                          name=mode.name)
 
 
-def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None,
-              rounds: int = 1) -> list[ModeResult]:
-    """Baseline and TLDR at each patch size: `rounds` x texts x voices utterances each, taking turns."""
+def bench_modes(synth: Synthesizer, patch_sizes: list[int] | None = None, gammas: list[int] | None = None,
+                tolerances: list[float] | None = None) -> list[BenchMode]:
+    """Baseline first (every speed-up is against it), TLDR at each patch size, then, when the model has a draft,
+    SSD at each gamma: exact, and with the paper's rule at each tolerance."""
+    modes = [BenchMode(BASELINE)] + [BenchMode(TLDR, k) for k in (patch_sizes or synth.patch_sizes)]
+    if synth.has_draft:
+        for gamma in gammas or [Speculation().gamma]:
+            exact = Speculation(gamma=gamma)
+            modes.append(BenchMode(SSD, 1, exact))
+            modes += [BenchMode(SSD, 1, replace(exact, acceptance=SSD_RULE, tolerance=b)) for b in tolerances or []]
+    return modes
+
+
+def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None, rounds: int = 1,
+              gammas: list[int] | None = None, tolerances: list[float] | None = None) -> list[ModeResult]:
+    """Every mode of `bench_modes`: `rounds` x texts x voices utterances each, taking turns."""
     voices = bench_voices(synth)
-    modes = [(BASELINE, 1)] + [(TLDR, k) for k in (patch_sizes or synth.patch_sizes)]
+    modes = bench_modes(synth, patch_sizes, gammas, tolerances)
     tallies = {mode: _Tally() for mode in modes}
-    for mode, k in modes:
-        for _ in synth.stream(BENCH_TEXTS[0], voices[0], mode, k, seed=seed):  # warm-up, untimed
+
+    def say(sentence: str, voice: VoicePrompt, mode: BenchMode) -> None:
+        for _ in synth.stream(sentence, voice, mode.mode, mode.patch_size, seed=seed, speculation=mode.speculation):
             pass
-        tallies[(mode, k)].peak_memory = _peak_memory(synth.device)
+
+    for mode in modes:
+        say(BENCH_TEXTS[0], voices[0], mode)  # warm-up, untimed
+        tallies[mode].peak_memory = _peak_memory(synth.device)
     for _ in range(rounds):
         for voice in voices:
             for sentence in BENCH_TEXTS:
-                for mode, k in modes:
+                for mode in modes:
                     if synth.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(synth.device)
-                    for _ in synth.stream(sentence, voice, mode, k, seed=seed):
-                        pass
-                    tally = tallies[(mode, k)]
+                    say(sentence, voice, mode)
+                    tally = tallies[mode]
                     tally.add(synth.last_stats)
                     if synth.device.type == "cuda":
                         tally.peak_memory = max(tally.peak_memory, _peak_memory(synth.device))
-    results = [tallies[(mode, k)].result(mode, k) for mode, k in modes]
+    results = [tallies[mode].result(mode) for mode in modes]
     base = results[0]
     for r in results:
         r.speedup = base.real_time_factor / r.real_time_factor
@@ -119,14 +171,16 @@ def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None =
 
 
 def table(results: list[ModeResult]) -> str:
-    head = (f"{'mode':<10}{'RTF':>8}{'speed-up':>10}{'TTFA ms':>9}{'steps/s audio':>15}{'KV speech':>11}"
-            f"{'saving':>8}{'KV all':>10}{'peak MB':>9}{'stopped':>9}")
+    head = (f"{'mode':<15}{'RTF':>8}{'speed-up':>10}{'TTFA ms':>9}{'steps/s audio':>15}{'tok/pass':>10}"
+            f"{'accept':>8}{'KV speech':>11}{'saving':>8}{'KV all':>10}{'peak MB':>9}{'stopped':>9}")
     rows = [head]
     for r in results:
-        name = "baseline" if r.mode == BASELINE else f"TLDR k={r.patch_size}"
-        rows.append(f"{name:<10}{r.real_time_factor:>8.3f}{r.speedup:>9.2f}x{r.first_audio_ms:>9.0f}"
-                    f"{r.steps_per_second_of_audio:>15.1f}{r.kv_speech_bytes / 1024:>9.0f}kB{r.kv_speech_saving:>8.0%}"
-                    f"{r.kv_bytes / 1024:>8.0f}kB{r.peak_memory_bytes / 2**20:>9.0f}{r.stopped_by_model:>6}/{r.utterances}")
+        accept = f"{r.acceptance_rate:>8.0%}" if np.isfinite(r.acceptance_rate) else f"{'-':>8}"
+        rows.append(f"{r.name:<15}{r.real_time_factor:>8.3f}{r.speedup:>9.2f}x{r.first_audio_ms:>9.0f}"
+                    f"{r.steps_per_second_of_audio:>15.1f}{r.tokens_per_step:>10.2f}{accept}"
+                    f"{r.kv_speech_bytes / 1024:>9.0f}kB{r.kv_speech_saving:>8.0%}"
+                    f"{r.kv_bytes / 1024:>8.0f}kB{r.peak_memory_bytes / 2**20:>9.0f}"
+                    f"{r.stopped_by_model:>6}/{r.utterances}")
     return "\n".join(rows)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from tldr_core import audio
 from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
-from tldr_core.decoding import Sampling
+from tldr_core.decoding import EXACT, Sampling, Speculation
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
 from tldr_core.errors import CorpusError
@@ -28,6 +28,7 @@ from tldr_core.errors import CorpusError
 class ModelReport:
     mode: str
     patch_size: int
+    speculation: Speculation | None = None     # SSD: gamma and the acceptance rule
     utterances: int = 0
     sentences: int = 0
     words_original: WordErrors | None = None
@@ -41,11 +42,24 @@ class ModelReport:
     duration_ratio: float = 0.0     # output seconds / original seconds, mean
     real_time_factor: float = 0.0
     first_audio_ms: float = 0.0     # median
+    acceptance_rate: float | None = None  # SSD: drafted tokens the backbone kept
+    tokens_per_step: float = 0.0    # speech tokens per backbone pass
     samples: list[dict] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        if self.mode == "baseline":
+            return "baseline"
+        if self.mode == "tldr":
+            return f"TLDR k={self.patch_size}"
+        s = self.speculation
+        rule = "exact" if s.acceptance == EXACT else f"the SSD paper's rule, beta {s.tolerance:g}"
+        return f"SSD gamma {s.gamma} ({rule})"
+
     def lines(self) -> list[str]:
-        name = "baseline" if self.patch_size == 1 else f"TLDR k={self.patch_size}"
-        return [f"{name}: {self.utterances} utterances",
+        ssd = ([f"  drafted tokens kept {self.acceptance_rate:.1%}, {self.tokens_per_step:.2f} tokens per backbone "
+                f"pass"] if self.speculation else [])
+        return [f"{self.name}: {self.utterances} utterances",
                 f"  WER {self.words.text()}",
                 *([f"  WER above the baseline's {self.vs_baseline.text()}"] if self.vs_baseline else []),
                 f"  WER of the original recordings {self.words_original.text()}",
@@ -55,7 +69,8 @@ class ModelReport:
                 f"{self.similarity_codec:.3f})",
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
-                f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)"]
+                f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)",
+                *ssd]
 
 
 def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
@@ -76,17 +91,17 @@ def pick_rows(corpus: Path, split: str, limit: int) -> list[tuple[dict, dict]]:
     return pairs
 
 
-def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]], split: str = "test",
+def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple], split: str = "test",
                    limit: int = 40, seed: int = 0, sampling: Sampling | None = None,
                    judges: Judges | None = None) -> list[ModelReport]:
-    """One report per (mode, patch size). Every mode says the same utterances in the same prepared voices, and
-    each original is transcribed once, so the modes' figures differ only by what the modes did."""
+    """One report per (mode, patch size[, Speculation]). Every mode says the same utterances in the same prepared
+    voices, and each original is transcribed once, so the modes' figures differ only by what the modes did."""
     judges = judges or Judges()
     pairs = pick_rows(Path(corpus), split, limit)
     if not pairs:
         raise CorpusError(f"The {split} split of '{corpus}' has no speaker with two or more utterances (one to say, "
                           f"one as the voice): build a larger corpus.")
-    reports = [ModelReport(mode, 1 if mode == "baseline" else k) for mode, k in modes]
+    reports = [ModelReport(mode, 1 if mode == "baseline" else k, *rest) for mode, k, *rest in modes]
     refs, heard_original, heard_codec, similarity_codec = [], [], [], []
     for row, ref_row in pairs:
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
@@ -99,7 +114,8 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         heard_codec.append(words_for_wer(judges.transcribe(through_codec)))
         similarity_codec.append(judges.similarity(through_codec, reference))
         for report in reports:
-            chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, sampling, seed=seed))
+            chunks = list(synth.stream(row["text"], voice, report.mode, report.patch_size, sampling, seed=seed,
+                                       speculation=report.speculation))
             output = np.concatenate(chunks) if chunks else np.zeros(audio.SAMPLE_RATE // 10, np.float32)
             stats = synth.last_stats
             report.stopped_by_model += stats.stopped_by_model
@@ -110,7 +126,9 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
                 "similarity": judges.similarity(output, reference),
                 "sentences": stats.sentences, "stopped_by_model": stats.stopped_by_model,
                 "duration_ratio": len(output) / len(original), "first_audio_ms": stats.first_audio_seconds * 1000,
-                "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds})
+                "wall_seconds": stats.wall_seconds, "audio_seconds": stats.audio_seconds,
+                "backbone_steps": stats.backbone_steps, "tokens": stats.tokens, "drafted": stats.drafted,
+                "accepted": stats.accepted})
     words_original, words_codec = WordErrors.score(refs, heard_original), WordErrors.score(refs, heard_codec)
     mean_similarity_codec = float(np.mean(similarity_codec))
     for report in reports:
@@ -125,7 +143,10 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple[str, int]
         report.duration_ratio = float(np.mean([x["duration_ratio"] for x in samples]))
         report.real_time_factor = sum(x["wall_seconds"] for x in samples) / seconds if seconds else float("nan")
         report.first_audio_ms = float(np.median([x["first_audio_ms"] for x in samples]))
-    baseline = next((r for r in reports if r.patch_size == 1), None)
+        report.tokens_per_step = sum(x["tokens"] for x in samples) / max(1, sum(x["backbone_steps"] for x in samples))
+        if report.speculation is not None:
+            report.acceptance_rate = sum(x["accepted"] for x in samples) / max(1, sum(x["drafted"] for x in samples))
+    baseline = next((r for r in reports if r.mode == "baseline"), None)
     for report in reports:
         if baseline and report is not baseline:
             report.vs_baseline = WerDifference.paired(refs, [x["heard"] for x in baseline.samples],

@@ -1,8 +1,9 @@
-"""The two training losses, as modules (so DistributedDataParallel can wrap them).
+"""The training losses of the speech LM, as modules (so DistributedDataParallel can wrap them): the backbone's,
+a TLDR adapter's and SSD's draft model's.
 
-Both build, per utterance, the sequence of decoding.py: [speaker, phonemes, PROMPT, prompt units, SOS,
-speech units], pad a batch to one length on the right (the causal mask keeps padding out of every real
-position) and score next-unit prediction on the speech part only.
+Each builds, per utterance, the sequence of decoding.py: [speaker, phonemes, PROMPT, prompt units, SOS,
+speech units], pads a batch to one length on the right (the causal mask keeps padding out of every real
+position) and scores next-unit prediction on the speech part only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ from tldr_core.training.lm_data import Batch
 
 IGNORE = -100
 OFF_TEXT = -20.0  # alignment prior: what the prior heads' speech queries pay for attending off the text
+
+
+def token_sequences(model: Backbone, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+    """The token-level sequences of a batch embedded by `model`: (B, T, dim) inputs, (B, T) next-token targets
+    (IGNORE outside the speech; the last speech position predicts STOP) and per utterance (phonemes, position of
+    SOS, speech tokens)."""
+    rows, targets, spans = [], [], []
+    for i, speech in enumerate(batch.speech):
+        prefix = model.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
+        rows.append(torch.cat([prefix, model.speech_embed(batch.prompt[i]), model.sos(1)[0],
+                               model.speech_embed(speech)]))
+        ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
+        targets.append(torch.cat([ignore, speech, speech.new_tensor([model.cfg.stop])]))
+        spans.append((len(batch.text_ids[i]), len(ignore), len(speech)))
+    return pad_sequence(rows, batch_first=True), pad_sequence(targets, batch_first=True, padding_value=IGNORE), spans
 
 
 class BackboneObjective(nn.Module):
@@ -36,17 +52,9 @@ class BackboneObjective(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
-        rows, targets, spans = [], [], []
-        for i, speech in enumerate(batch.speech):
-            prefix = bb.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
-            rows.append(torch.cat([prefix, bb.speech_embed(batch.prompt[i]), bb.sos(1)[0], bb.speech_embed(speech)]))
-            ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
-            targets.append(torch.cat([ignore, speech, speech.new_tensor([bb.cfg.stop])]))
-            spans.append((len(batch.text_ids[i]), len(ignore), len(speech)))
-        x = pad_sequence(rows, batch_first=True)
+        x, target, spans = token_sequences(bb, batch)
         bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
-        target = pad_sequence(targets, batch_first=True, padding_value=IGNORE)
         return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
     def alignment_bias(self, spans: list[tuple[int, int, int]], length: int, device: torch.device) -> torch.Tensor:
@@ -102,3 +110,32 @@ class TldrObjective(nn.Module):
         logits = bb.logits(tldr.extractor(x))
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
         return loss
+
+
+class DraftObjective(nn.Module):
+    """SSD's draft model, backbone frozen: at every speech position, distillation (KL from the backbone's next-token
+    distribution to the draft's) weighted `distill`, plus cross-entropy on the data's next token weighted `data`.
+
+    Why distillation first: speculative sampling keeps a drafted token with probability min(1, p / q), so the
+    expected acceptance per token is sum_x min(p(x), q(x)) = 1 - TV(p, q). What pays is a draft that copies the
+    backbone, mistakes included, not one that models the data better; the data term only steadies the start."""
+
+    def __init__(self, backbone: Backbone, draft: Backbone, distill: float = 1.0, data: float = 0.0):
+        super().__init__()
+        self.backbone, self.draft, self.distill, self.data = backbone, draft, distill, data
+        backbone.requires_grad_(False)
+        self.figures: dict[str, float] = {}  # the parts of the last loss, and the expected acceptance
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x, target, _ = token_sequences(self.draft, batch)
+        speech = target != IGNORE
+        student = self.draft.logits(self.draft(x))[speech].float().log_softmax(-1)
+        with torch.no_grad():
+            teacher_x, _, _ = token_sequences(self.backbone, batch)
+            teacher = self.backbone.logits(self.backbone(teacher_x))[speech].float().log_softmax(-1)
+        kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        ce = F.nll_loss(student, target[speech])
+        with torch.no_grad():
+            overlap = torch.minimum(student.exp(), teacher.exp()).sum(-1).mean()
+        self.figures = {"kl": float(kl.detach()), "ce": float(ce.detach()), "acceptance": float(overlap)}
+        return self.distill * kl + self.data * ce
