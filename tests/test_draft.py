@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_training import CFG as TOY, items
+from test_training import CFG as TOY, interrupt_at_step_13, items
 from tldr_core import audio
 from tldr_core.cli import main
 from tldr_core.decoding import Sampling, Speculation
@@ -79,15 +79,7 @@ def test_the_data_term_alone_is_cross_entropy_on_the_data(backbone_file, toy_cor
 
 def test_an_interrupted_draft_run_resumes_into_the_same_weights(backbone_file, toy_corpus, tmp_path, monkeypatch):
     train(backbone_file, tmp_path / "straight", steps=20)
-    calls, real_sample = [], lm_data.sample_batch
-
-    def interrupted(*args, **kwargs):  # Ctrl+C during step 13, after the checkpoint of step 10
-        calls.append(1)
-        if len(calls) == 13:
-            raise KeyboardInterrupt
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(lm_data, "sample_batch", interrupted)
+    real_sample = interrupt_at_step_13(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(backbone_file, tmp_path / "resumed", steps=20)
     monkeypatch.setattr(lm_data, "sample_batch", real_sample)

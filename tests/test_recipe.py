@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow  # the whole recipe, every stage at toy size: minu
 
 TOY = {"PHASES": "0.03:3:2 0.05:2:1", "CODEC_STEPS": "3", "DECODER_STEPS": "2", "CODEC_LEVELS": "4 4 4",
        "CODEC_PHONE_WEIGHT": "1.0", "CODEC_PHONE_WARMUP": "2", "DECODER_LISTENER_STEPS": "3",
-       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2", "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128",
-       "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
+       "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2", "DRAFT_DIM": "32", "DIM": "64",
+       "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0"}
 
 
 @pytest.fixture(scope="module")

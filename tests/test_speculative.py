@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 import torch
 from scipy.stats import chi2
+from test_decoding import StopBiased
 
 from tldr_core.decoding import (Request, Sampling, Speculation, SpeculativeGenerator, TokenGenerator,
                                 accept_probability, distribution, sample)
@@ -177,15 +178,6 @@ def test_a_draft_that_is_the_backbone_is_always_accepted_and_gives_gamma_plus_on
     assert stats.accepted == stats.drafted and stats.acceptance_rate == 1.0
     assert len(said) >= 20 and stats.backbone_steps <= -(-len(said) // 4) + 1
     assert stats.tokens_per_step > 3
-
-
-class StopBiased(Backbone):
-    stop_bias = 0.0
-
-    def logits(self, hidden):
-        out = super().logits(hidden).clone()
-        out[..., self.cfg.stop] += self.stop_bias
-        return out
 
 
 def stop_biased(cfg: ModelConfig, seed: int, bias: float) -> StopBiased:

@@ -67,17 +67,23 @@ def test_the_alignment_prior_makes_one_head_per_layer_read_the_text_along_its_di
     assert torch.isinf(bias[:, 3, 4:]).all() and not torch.isinf(bias[:, 4, :5]).any()
 
 
-def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch):
-    straight, _ = train_backbone(tmp_path / "a", steps=20)
+def interrupt_at_step_13(monkeypatch):
+    """Ctrl+C while the 13th training batch is drawn, after the checkpoint of step 10; returns the real sampler."""
     calls, real_sample = [], lm_data.sample_batch
 
-    def interrupted(*args, **kwargs):  # Ctrl+C during step 13, after the checkpoint of step 10
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 13:
             raise KeyboardInterrupt
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(lm_data, "sample_batch", interrupted)
+    return real_sample
+
+
+def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch):
+    straight, _ = train_backbone(tmp_path / "a", steps=20)
+    real_sample = interrupt_at_step_13(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_backbone(tmp_path / "b", steps=20)
     monkeypatch.setattr(lm_data, "sample_batch", real_sample)

@@ -308,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
              "ssd-beta": ("ssd", 1, _speculation(args, "ssd"))}
     modes = [named.get(mode) or ("tldr", int(mode)) for mode in args.modes]
     reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
-                             sampling=Sampling(temperature=args.temperature), judges=Judges())
+                             sampling=Sampling(temperature=args.temperature), judges=Judges(asr=args.asr))
     for report in reports:
         print("\n".join(report.lines()))
     if args.json:
@@ -389,6 +389,11 @@ def temperature_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
 
 
+def asr_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--asr", choices=["base", "tiny.en"], default="base",
+                   help="the Whisper model that judges words (tiny.en: the judge of the figures before 2026-12-04)")
+
+
 def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     """speak, bench, evaluate: the speech model at work."""
     p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
@@ -425,6 +430,7 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path)
     speculation_options(p, acceptance=False)
     temperature_option(p)
+    asr_option(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -576,7 +582,7 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", type=int, default=4, metavar="K", help="decode K tokens at a time (0: offline)")
     p.add_argument("--voice", choices=["other", "own"], default="other",
                    help="decode each clip in the voice of another clip of its speaker (as the app does) or its own")
-    p.add_argument("--asr", choices=["base", "tiny.en"], default="base", help="the Whisper model that judges words")
+    asr_option(p)
     p.add_argument("--blend", type=float, nargs="+", default=[0.0], metavar="W",
                    help="also judge each codec with its decoded envelopes moved W of the way to the reference clip's "
                         "nearest ones (0: as decoded)")

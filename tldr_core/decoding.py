@@ -42,8 +42,27 @@ class Request:
         return tokens_per_phoneme * max(1, len(self.text_ids) - 2)
 
 
+class StepFigures:
+    """What the counts of one sentence (GenerationStats) or of one Speak (synthesis.SpeakStats) say per step."""
+
+    tokens: int
+    backbone_steps: int
+    drafted: int
+    accepted: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        """SSD: the share of drafted tokens the backbone kept."""
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Speech tokens per backbone forward pass (the prefill included): 1 for the baseline, up to k for TLDR."""
+        return self.tokens / self.backbone_steps if self.backbone_steps else float("nan")
+
+
 @dataclass
-class GenerationStats:
+class GenerationStats(StepFigures):
     """What a benchmark reports about one generation."""
 
     backbone_steps: int = 0        # forward passes of the backbone (prefill counts as one)
@@ -58,28 +77,17 @@ class GenerationStats:
     accepted: int = 0              # of those, the ones the backbone accepted
     draft_kv_bytes: int = 0        # the draft's own cache at the end
 
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else float("nan")
-
-    @property
-    def tokens_per_step(self) -> float:
-        """Speech tokens per backbone forward pass (the prefill included): 1 for the baseline, up to k for TLDR."""
-        return self.tokens / self.backbone_steps if self.backbone_steps else float("nan")
-
 
 def sample(logits: torch.Tensor, history: list[int], cfg: Sampling, generator: torch.Generator | None,
            allow_stop: bool, stop: int) -> int:
     """One token id from (V + 1,) logits."""
-    logits = logits.float().clone()
-    if not allow_stop:
-        logits[stop] = -float("inf")
+    logits = _within_bounds(logits, allow_stop, stop)
     if cfg.temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits / cfg.temperature, dim=-1)
-    choice = _nucleus(probs, cfg, generator)
-    window = history[-cfg.ras_window:]
-    if window and window.count(choice) / cfg.ras_window > cfg.ras_threshold:
+    top, index = _nucleus(probs, cfg)
+    choice = int(index[torch.multinomial(top / top.sum(), 1, generator=generator)])
+    if _repeats(choice, history, cfg):
         choice = int(torch.multinomial(probs, 1, generator=generator))
     return choice
 
@@ -92,17 +100,13 @@ def distribution(logits: torch.Tensor, history: list[int], cfg: Sampling, allow_
     except that the mass of every token RAS would redraw (already > ras_threshold of the window) goes to a
     fresh draw from the whole tempered distribution:
         P(x) = nucleus(x) [x not repeated] + nucleus(repeated tokens) * full(x)."""
-    logits = logits.float().clone()
-    if not allow_stop:
-        logits[stop] = -float("inf")
+    logits = _within_bounds(logits, allow_stop, stop)
     if cfg.temperature <= 0:
         return torch.zeros_like(logits).index_fill_(0, logits.argmax()[None], 1.0)
     full = torch.softmax(logits / cfg.temperature, dim=-1)
-    top, index = full.topk(min(cfg.top_k, len(full)))
-    top = top * (top.cumsum(0) - top < cfg.top_p)
+    top, index = _nucleus(full, cfg)
     nucleus = torch.zeros_like(full).index_put_((index,), top / top.sum())
-    window = history[-cfg.ras_window:]
-    repeated = [t for t in set(window) if window.count(t) / cfg.ras_window > cfg.ras_threshold]
+    repeated = [t for t in set(history[-cfg.ras_window:]) if _repeats(t, history, cfg)]
     if not repeated:
         return nucleus
     redrawn = torch.tensor(repeated, device=full.device)
@@ -110,11 +114,24 @@ def distribution(logits: torch.Tensor, history: list[int], cfg: Sampling, allow_
     return nucleus.index_fill(0, redrawn, 0.0) + mass * full
 
 
-def _nucleus(probs: torch.Tensor, cfg: Sampling, generator: torch.Generator | None) -> int:
+def _within_bounds(logits: torch.Tensor, allow_stop: bool, stop: int) -> torch.Tensor:
+    """The logits as float, STOP masked while the length bounds do not allow it yet."""
+    logits = logits.float().clone()
+    if not allow_stop:
+        logits[stop] = -float("inf")
+    return logits
+
+
+def _nucleus(probs: torch.Tensor, cfg: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k tokens' probabilities, zero outside the top-p nucleus (unnormalised), and their ids."""
     top, index = probs.topk(min(cfg.top_k, len(probs)))
     keep = top.cumsum(0) - top < cfg.top_p  # always keeps the most likely token
-    top = top * keep
-    return int(index[torch.multinomial(top / top.sum(), 1, generator=generator)])
+    return top * keep, index
+
+
+def _repeats(token: int, history: list[int], cfg: Sampling) -> bool:
+    """RAS: the token already fills more than `ras_threshold` of the last `ras_window` tokens."""
+    return history[-cfg.ras_window:].count(token) / cfg.ras_window > cfg.ras_threshold
 
 
 def _bounds(request: Request, tokens_per_phoneme: float) -> tuple[int, int]:
@@ -135,6 +152,13 @@ def _next_token(logits: torch.Tensor, stats: GenerationStats, sampling: Sampling
     return token
 
 
+def _prefill(model: Backbone, request: Request, device: torch.device) -> tuple[torch.Tensor, int]:
+    """[speaker, phonemes, PROMPT, prompt tokens, SOS] embedded by `model`, and where its speech part starts."""
+    prefix = model.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
+    prompt = model.speech_embed(request.prompt[None].to(device))
+    return torch.cat([prefix, prompt, model.sos(1)], dim=1), prefix.shape[1]
+
+
 class TokenGenerator:
     """The token-level baseline: one backbone step per speech token."""
 
@@ -147,9 +171,7 @@ class TokenGenerator:
         bb, cfg = self.backbone, self.backbone.cfg
         device = next(bb.parameters()).device
         bounds = _bounds(request, cfg.tokens_per_phoneme)
-        prefix = bb.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
-        x = torch.cat([prefix, bb.speech_embed(request.prompt[None].to(device)), bb.sos(1)], dim=1)
-        speech_start = prefix.shape[1]
+        x, speech_start = _prefill(bb, request, device)
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1])
         self.stats = stats = GenerationStats()
         while True:
@@ -271,14 +293,6 @@ class SpeculativeGenerator:
         self.speculation = speculation or Speculation()
         self.stats = GenerationStats()
 
-    @staticmethod
-    def _start(model: Backbone, request: Request, device: torch.device) -> tuple[torch.Tensor, int]:
-        """The prefill sequence of `model` (each model embeds the request with its own tables), and where its
-        speech part starts."""
-        prefix = model.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
-        return torch.cat([prefix, model.speech_embed(request.prompt[None].to(device)), model.sos(1)], dim=1), \
-            prefix.shape[1]
-
     @torch.inference_mode()
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
         """Yield the tokens each verification step settles (1 to gamma + 1 of them)."""
@@ -286,8 +300,8 @@ class SpeculativeGenerator:
             self.speculation.gamma
         device = next(bb.parameters()).device
         min_tokens, max_tokens = _bounds(request, cfg.tokens_per_phoneme)
-        bb_in, bb_speech = self._start(bb, request, device)  # what each model reads next: prefill first
-        dr_in, dr_speech = self._start(dr, request, device)
+        bb_in, bb_speech = _prefill(bb, request, device)  # what each model reads next: prefill first
+        dr_in, dr_speech = _prefill(dr, request, device)  # (each embeds the request with its own tables)
         bb_cache = bb.new_cache(max_len=bb_in.shape[1] + max_tokens + gamma + 2)
         dr_cache = dr.new_cache(max_len=dr_in.shape[1] + max_tokens + gamma + 2)
         self.stats = stats = GenerationStats()

@@ -44,29 +44,25 @@ def load_weights(module: torch.nn.Module, state: dict) -> None:
     module.load_state_dict({k: v.float() for k, v in state["model"].items()})
 
 
-def load_backbone(path: Path) -> Backbone:
-    """A backbone from a training checkpoint or a packed weights file (both hold model_config + model)."""
-    state = read_checkpoint(path, "backbone")
+def load_backbone(path: Path, what: str = "backbone") -> Backbone:
+    """A backbone (or a draft model, a small one) from a training checkpoint or a packed weights file (both hold
+    model_config + model)."""
+    state = read_checkpoint(path, what)
     try:
         model = Backbone(ModelConfig(**state["model_config"]))
         load_weights(model, state)
     except (KeyError, TypeError, RuntimeError) as error:
-        raise ModelError(f"'{path}' is not a TLDR Voice backbone or is damaged ({error}). {REINSTALL}") from None
+        raise ModelError(f"'{path}' is not a TLDR Voice {what} or is damaged ({error}). {REINSTALL}") from None
     return model.eval()
 
 
 def load_draft(path: Path, backbone: Backbone) -> Backbone:
     """SSD's draft model: a small Backbone over the same tokens (checked against `backbone`)."""
-    state = read_checkpoint(path, "draft model")
-    try:
-        draft = Backbone(ModelConfig(**state["model_config"]))
-        load_weights(draft, state)
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise ModelError(f"'{path}' is not a TLDR Voice draft model or is damaged ({error}).") from None
+    draft = load_backbone(path, "draft model")
     if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
         raise ModelError(f"The draft model '{path}' speaks {draft.cfg.speech_vocab} codes and the backbone "
                          f"{backbone.cfg.speech_vocab}: train the draft on this backbone's tokens.")
-    return draft.eval()
+    return draft
 
 
 def load_tldr(path: Path, backbone: Backbone) -> Tldr:

@@ -37,7 +37,7 @@ from tldr_core.audio import SAMPLE_RATE
 from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre
 from tldr_core.codec.store import codec_fingerprint
 from tldr_core.decoding import (GenerationStats, PatchGenerator, Request, Sampling, Speculation, SpeculativeGenerator,
-                                TokenGenerator)
+                                StepFigures, TokenGenerator)
 from tldr_core.errors import ModelError, VoiceError
 from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
 from tldr_core.model_store import NO_DRAFT, load_backbone, load_draft, load_tldr, open_model_folder
@@ -63,7 +63,7 @@ class VoicePrompt:
 
 
 @dataclass
-class SpeakStats:
+class SpeakStats(StepFigures):
     """One `stream` call, as the CLI and the app report it."""
 
     mode: str
@@ -87,15 +87,6 @@ class SpeakStats:
     @property
     def real_time_factor(self) -> float:
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else float("nan")
-
-    @property
-    def tokens_per_step(self) -> float:
-        """Speech tokens per backbone forward pass, prefills included."""
-        return self.tokens / self.backbone_steps if self.backbone_steps else float("nan")
 
 
 def pick_device(device: str) -> torch.device:

@@ -42,6 +42,12 @@ class Timbre:
     stats: np.ndarray
     envelopes: np.ndarray | None = None
 
+    @classmethod
+    def of(cls, frames: np.ndarray, embedding: np.ndarray) -> "Timbre":
+        """A reference clip's timbre from its vocoder frames and its speaker embedding."""
+        stats = reference_stats(frames)
+        return cls(embedding, stats, frames[:, ENV] - stats[2:])
+
 
 def reference_blend(frames: np.ndarray, timbre: Timbre, weight: float, k: int = 4) -> np.ndarray:
     """Each frame's envelope moved `weight` of the way to the mean of its `k` nearest envelopes in the reference
@@ -178,16 +184,12 @@ class CodecRuntime:
 
     def timbre(self, samples: np.ndarray) -> Timbre:
         """The decoder's view of a reference clip (16 kHz mono)."""
-        frames = analyze(samples)
-        stats = reference_stats(frames)
-        return Timbre(self.speaker.embed(samples), stats, frames[:, ENV] - stats[2:])
+        return Timbre.of(analyze(samples), self.speaker.embed(samples))
 
     def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
         """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
         frames = self.frames(samples)
-        embedding = self.speaker.embed(samples) if embedding is None else embedding
-        stats = reference_stats(frames)
-        timbre = Timbre(embedding, stats, frames[:, ENV] - stats[2:])
+        timbre = Timbre.of(frames, self.speaker.embed(samples) if embedding is None else embedding)
         return self.backend.tokens(samples, frames, timbre.stats), timbre
 
     def decode(self, tokens: np.ndarray, timbre: Timbre) -> np.ndarray:

@@ -82,7 +82,8 @@ def evaluate_split(corpus: Path, roundtrips: dict[str, Roundtrip], split: str = 
         original = _read(corpus, row)
         reference = original if voice == "own" else _read(corpus, references[row["id"]])
         clip = {"row": row, "seconds": len(original) / SAMPLE_RATE, "text": words_for_wer(row["text"]),
-                "heard_original": words_for_wer(judges.transcribe(original)), "dnsmos_original": judges.dnsmos(original)}
+                "heard_original": words_for_wer(judges.transcribe(original)),
+                "dnsmos_original": judges.dnsmos(original)}
         for name, roundtrip in roundtrips.items():
             start = time.perf_counter()
             rebuilt = roundtrip(original, reference)

@@ -1,12 +1,12 @@
 """`tldr-voice evaluate`: word error rate, speaker similarity and stopping of a model on held-out voices.
 
 For each utterance of a split (spread over its speakers), the voice is prepared from *another* utterance of
-the same speaker, and the utterance's text is said in it. Judges (judges.py): Whisper tiny.en WER
-against the normalised text (the original recording's WER is given beside it: the corpus voices are partly
-robotic), similarity of the evaluation-only encoder between output and reference clip, and whether the model
-stopped by itself (generation is cut at twice the expected length). The original's own tokens are also decoded in
-the same prepared voice and judged the same way: the model speaks through that codec, so this round trip is about
-the best it can score, and the model's WER above it is what the model itself loses.
+the same speaker, and the utterance's text is said in it. Judges (judges.py): Whisper base WER (`--asr tiny.en`:
+the earlier judge) against the normalised text (the original recording's WER is given beside it: the corpus
+voices are partly robotic), similarity of the evaluation-only encoder between output and reference clip, and
+whether the model stopped by itself (generation is cut at twice the expected length). The original's own tokens
+are also decoded in the same prepared voice and judged the same way: the model speaks through that codec, so this
+round trip is about the best it can score, and the model's WER above it is what the model itself loses.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import file_sha256
 from tldr_core.model import Backbone, ModelConfig
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
-from tldr_core.training import lm_data
-from tldr_core.training.lm import LmTask, TrainConfig, _prepare, _start
+from tldr_core.training.lm import (LmTask, TrainConfig, backbone_tokens, prepare_run, run_task, starting_weights,
+                                   validation_batches)
 from tldr_core.training.objectives import DraftObjective
-from tldr_core.training.trainer import Optimisation, Trainer, start_process
+from tldr_core.training.trainer import start_process
 
 DRAFT_SIZE = ModelConfig(dim=128, layers=2, heads=2, kv_heads=1, ffn=384)  # ~0.9 M parameters in the blocks
 
@@ -35,16 +35,11 @@ class DraftTask(LmTask):
     best_by = "validation"
 
     def validate(self) -> dict[str, float]:
-        rng = np.random.default_rng([self.cfg.seed, 999])
-        index = lm_data.speakers_index(self.valid_items)
-        sums: dict[str, float] = {}
-        batches = max(1, min(8, len(self.valid_items) // self.cfg.batch))
-        for _ in range(batches):
-            batch = lm_data.sample_batch(self.valid_items, index, self.cfg.batch, self.cfg.max_prompt, rng)
+        figures: list[dict[str, float]] = []
+        for batch in validation_batches(self.valid_items, self.cfg):
             loss = float(self.objective(batch.to(self.device)))
-            for name, value in {"validation": loss, **self.objective.figures}.items():
-                sums[name] = sums.get(name, 0.0) + value / batches
-        return {name if name == "validation" else f"validation_{name}": value for name, value in sums.items()}
+            figures.append({"validation": loss, **{f"validation_{k}": v for k, v in self.objective.figures.items()}})
+        return {name: float(np.mean([f[name] for f in figures])) for name in figures[0]}
 
 
 def draft_config(backbone: ModelConfig, size: ModelConfig) -> ModelConfig:
@@ -58,16 +53,15 @@ def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, 
                 codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto",
                 init: Path | None = None, distill: float = 1.0, data: float = 0.0) -> list[dict]:
     process = start_process(device)
-    shared = Path(backbone_path).parent / "tokens"  # the very tokens the backbone saw, when its run is at hand
-    tokens = shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
-    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
+    tokens = backbone_tokens(backbone_path, out)
+    train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone_state = read_checkpoint(backbone_path, "backbone")
     codec_sha256 = (tokens / "codec.sha256").read_text().strip()
     if backbone_state.get("codec_sha256") not in (None, codec_sha256):
         raise CorpusError(f"The backbone '{backbone_path}' was trained on the tokens of another codec than "
                           f"'{codec or 'the shipped codec'}': name its codec with --codec.")
     backbone = load_backbone(backbone_path).to(process.device)
-    start, started_from = _start(state, init, "draft", "draft model")
+    start, started_from = starting_weights(state, init, "draft", "draft model")
     model_cfg = ModelConfig(**start["model_config"]) if start is not None else draft_config(backbone.cfg, size)
     if model_cfg.speech_vocab != backbone.cfg.speech_vocab:
         raise ModelError(f"'{init}' is a draft over {model_cfg.speech_vocab} codes, the backbone speaks "
@@ -81,7 +75,5 @@ def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, 
                 "codec_sha256": codec_sha256, "init": started_from, "loss": {"distill": distill, "data": data}}
     task = DraftTask(DraftObjective(backbone, draft, distill, data), draft, describe, train, valid, cfg,
                      process.device)
-    opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.1, weight_decay=cfg.weight_decay,
-                       betas=(0.9, 0.95), validate_every=cfg.validate_every, precision=cfg.precision)
-    return Trainer(opt, Path(out), process, "training draft").run(task, state)
+    return run_task(task, cfg, Path(out), process, state, "training draft")
 

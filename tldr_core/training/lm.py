@@ -7,6 +7,7 @@ distribution, the schedule and the checkpoints): the backbone from random weight
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -53,16 +54,21 @@ def _prior(cfg: TrainConfig, step: int) -> float:
     return max(0.0, 1 - step / (cfg.alignment_prior * cfg.steps)) if cfg.alignment_prior else 0.0
 
 
+def validation_batches(items: list[lm_data.Utterance], cfg: TrainConfig) -> Iterator[lm_data.Batch]:
+    """Up to 8 batches of the held-out speakers, the same ones at every validation (a fixed seed)."""
+    rng = np.random.default_rng([cfg.seed, 999])
+    index = lm_data.speakers_index(items)
+    for _ in range(max(1, min(8, len(items) // cfg.batch))):
+        yield lm_data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng)
+
+
 def validate(objective: torch.nn.Module, items: list[lm_data.Utterance], cfg: TrainConfig,
              device: torch.device) -> tuple[float, float]:
     """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), and over
     the same batches with each utterance given another one's text: the gap between the two is what the model
     has learnt from reading the text (zero while it only continues the prompt's voice)."""
-    rng = np.random.default_rng([cfg.seed, 999])
-    index = lm_data.speakers_index(items)
     right, wrong = [], []
-    for _ in range(max(1, min(8, len(items) // cfg.batch))):
-        batch = lm_data.sample_batch(items, index, cfg.batch, cfg.max_prompt, rng)
+    for batch in validation_batches(items, cfg):
         right.append(float(objective(batch.to(device))))
         swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
         wrong.append(float(objective(swapped.to(device))))
@@ -101,13 +107,26 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
     """Train `weights` (the backbone, or one Tldr) through `objective` with the Trainer; `describe` goes into
     every checkpoint next to them."""
-    task = LmTask(objective, weights, describe, train_items, valid_items, cfg, process.device)
+    return run_task(LmTask(objective, weights, describe, train_items, valid_items, cfg, process.device), cfg, out,
+                    process, state, desc)
+
+
+def run_task(task: LmTask, cfg: TrainConfig, out: Path, process: Process, state: dict | None,
+             desc: str) -> list[dict]:
+    """The speech LM's optimisation (every model over its tokens trains alike) for a task, with the Trainer."""
     opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.1, weight_decay=cfg.weight_decay,
                        betas=(0.9, 0.95), validate_every=cfg.validate_every, precision=cfg.precision)
     return Trainer(opt, out, process, desc).run(task, state)
 
 
-def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
+def backbone_tokens(backbone_path: Path, out: Path) -> Path:
+    """The tokens folder a model trained on a backbone reads: the backbone run's own when it is at hand (the very
+    tokens the backbone saw), else OUT/tokens."""
+    shared = Path(backbone_path).parent / "tokens"
+    return shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
+
+
+def prepare_run(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
              process: Process, tokens: Path) -> tuple[list, list, dict | None]:
     out.mkdir(parents=True, exist_ok=True)
     if (out / CHECKPOINT).exists() and not resume:
@@ -126,7 +145,7 @@ def _prepare(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resu
     return train, valid, state
 
 
-def _start(state: dict | None, init: Path | None, kind: str, what: str) -> tuple[dict | None, dict | None]:
+def starting_weights(state: dict | None, init: Path | None, kind: str, what: str) -> tuple[dict | None, dict | None]:
     """The weights a run starts from, and the record of where they came from: a resumed run's own checkpoint;
     else --init's (a training checkpoint or a packed model file, e.g. the shipped model's: training continues
     across machines whose /tmp is gone); else none, i.e. random weights."""
@@ -144,9 +163,9 @@ def _start(state: dict | None, init: Path | None, kind: str, what: str) -> tuple
 def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
                    resume: bool = False, jobs: int = 2, device: str = "auto", init: Path | None = None) -> list[dict]:
     process = start_process(device)
-    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
+    train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
     codec_sha256 = (Path(out) / "tokens" / "codec.sha256").read_text().strip()
-    start, started_from = _start(state, init, "backbone", "backbone")
+    start, started_from = starting_weights(state, init, "backbone", "backbone")
     if state is None and start is not None and start.get("codec_sha256") != codec_sha256:
         raise CorpusError(f"The backbone '{init}' was trained on the tokens of another codec than '{codec}': "
                           f"continue it with the codec it was trained on (--codec).")
@@ -170,12 +189,10 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
                codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto",
                init: Path | None = None) -> list[dict]:
     process = start_process(device)
-    # the adapters must see the very tokens the backbone saw: reuse its run's token folder when there is one
-    shared = Path(backbone_path).parent / "tokens"
-    tokens = shared if (shared / "codec.sha256").exists() else Path(out) / "tokens"
-    train, valid, state = _prepare(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
+    tokens = backbone_tokens(backbone_path, out)
+    train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
-    start, started_from = _start(state, init, "tldr", "TLDR adapter")  # --init: a head start, not a match
+    start, started_from = starting_weights(state, init, "tldr", "TLDR adapter")  # --init: a head start, not a match
     if state is None and start is not None and start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
         raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
                           f"not {tldr_cfg.patch_size}: name the adapter of the same patch size.")
