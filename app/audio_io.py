@@ -3,7 +3,8 @@
 The Player takes audio in chunks as they are produced (a voice sample now, model patches later) and plays
 them through one OutputStream whose callback reads a thread-safe buffer, so sound starts with the first
 chunk, not the last. The Recorder fills a buffer from an InputStream and reports the live level for a meter.
-Both turn "no such device" into an AudioDeviceError whose message a person can act on.
+Both turn "no such device" into an AudioDeviceError whose message a person can act on; a device that stops
+working mid-sound (unplugged) ends the Player's sound with a message too, never a hang.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tldr_core.errors import TldrError
 
 BLOCK_SECONDS = 0.02  # one callback's worth of audio: Stop is heard within this (plus the device's latency)
 SILENCE_DBFS = -90.0  # the meter's floor
+DEVICE_LOST = ("The sound device stopped working while playing (was it unplugged?). Plug it back in or choose "
+               "another output device in Settings; Export… still saves the whole speech.")
 
 
 class AudioDeviceError(TldrError):
@@ -64,6 +67,7 @@ class Player(QObject):
     """
 
     finished = Signal()  # all that was pushed before finish() has played, or there was nothing to play
+    failed = Signal(str)  # the device stopped mid-sound (unplugged?): what to tell the user
 
     def __init__(self, device: str | None = None, block_seconds: float = BLOCK_SECONDS):
         super().__init__()
@@ -74,6 +78,7 @@ class Player(QObject):
         self._offset = 0  # samples of _chunks[0] already played
         self._ended = False  # finish() was called: an empty buffer is the end, not an underrun
         self._session = 0  # bumps on every stop()
+        self._lost = -1  # the session whose device stopped working: the rest of its sound is not played
         self._lock = threading.Lock()  # the buffer, shared with the audio callback
         self._stream_lock = threading.Lock()
         self._stream: sd.OutputStream | None = None
@@ -97,6 +102,8 @@ class Player(QObject):
         with self._lock:
             if session != self._session:
                 return
+            if session == self._lost:
+                raise AudioDeviceError(DEVICE_LOST)
             self._chunks.append(chunk)
             self._ended = False
         with self._stream_lock:
@@ -159,8 +166,17 @@ class Player(QObject):
             raise sd.CallbackStop  # PortAudio still plays this last block, then ends the stream
 
     def _stream_finished(self, session: int) -> None:
-        if session == self._session and self._ended:  # not a stream that stop() aborted
+        """PortAudio's thread, when a stream has ended: played out, aborted by stop(), or failed (unplugged)."""
+        if session != self._session:  # stop() aborted it
+            return
+        with self._lock:
+            played_out = self._ended and not self._chunks
+            if not played_out:
+                self._lost = session
+        if played_out:
             self.finished.emit()
+        else:
+            self.failed.emit(DEVICE_LOST)
 
 
 class Recorder:

@@ -147,6 +147,7 @@ class MainWindow(QMainWindow):
         self.settings_button.clicked.connect(self._ask_settings)
         self.voice_picker.currentIndexChanged.connect(self._voice_picked)
         self.player.finished.connect(self._sound_ended)
+        self.player.failed.connect(self._job_failed)
         self.editor.textChanged.connect(self._update_char_count)
 
     def _start(self, notices: list[str]) -> None:
@@ -282,7 +283,8 @@ class MainWindow(QMainWindow):
 
     def _voice_saved(self, voice: SavedVoice) -> None:
         self.refresh_voices(select=voice.id)
-        self.show_status(f"The voice '{voice.name}' is saved ({voice.speech_seconds:.1f} s of speech).")
+        self.show_status(" ".join([f"The voice '{voice.name}' is saved ({voice.speech_seconds:.1f} s of speech).",
+                                   *voice.notices]))
 
     def _job_failed(self, message: str) -> None:
         self.show_status(message, error=True)
@@ -450,12 +452,17 @@ class MainWindow(QMainWindow):
         self._sound_jobs.wait()
         self._update_buttons()
 
-    def export_audio(self, path: str | Path) -> Path:
-        """Write the last speech as WAV or FLAC (by the extension; WAV when there is none)."""
+    def export_audio(self, path: str | Path) -> Path | None:
+        """Write the last speech as WAV or FLAC (by the extension; WAV when there is none); None when it could not
+        be written (a read-only folder, a full disk), which the status line then says."""
         path = Path(path)
         if path.suffix.lower() not in EXPORT_FORMATS.values():
             path = path.with_name(path.name + ".wav")
-        write_wav(path, self.last_audio, SAMPLE_RATE, subtype="PCM_16")
+        try:
+            write_wav(path, self.last_audio, SAMPLE_RATE, subtype="PCM_16")
+        except TldrError as error:
+            self.show_status(str(error), error=True)
+            return None
         self.show_status(f"Saved {len(self.last_audio) / SAMPLE_RATE:.1f} s of speech to {path}.")
         return path
 
@@ -520,10 +527,7 @@ class MainWindow(QMainWindow):
             return
         if not Path(path).suffix:
             path += EXPORT_FORMATS.get(chosen, ".wav")
-        try:
-            self.export_audio(path)
-        except (OSError, RuntimeError) as error:  # soundfile raises RuntimeError subclasses
-            self.show_status(f"The audio could not be saved to {path}: {error}", error=True)
+        self.export_audio(path)
 
     def _ask_settings(self) -> None:
         loaded = self.synth is not None

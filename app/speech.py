@@ -148,4 +148,4 @@ def describe(outcome: SpeakOutcome) -> str:
     parts.append(stats.device)
     head = (f"Stopped after {stats.audio_seconds:.1f} s of speech" if outcome.stopped
             else f"Spoke {stats.audio_seconds:.1f} s of speech")
-    return f"{head}: {' · '.join(parts)}."
+    return " ".join([f"{head}: {' · '.join(parts)}.", *stats.notices])

@@ -4,10 +4,17 @@ Whatever a real sounddevice OutputStream plays on the default device is written 
 mono, the format PortAudio picks for float streams; each new stream starts the file afresh), and an InputStream records what was put in a second
 raw file, so the whole audio path runs with no sound card and can be checked sample by sample. The null
 device is not paced in real time: streams run as fast as the callbacks do.
+
+`unpluggable_speakers` is a sound card that is pulled out mid-sound: its file plugin writes into a pipe whose
+reader goes away after a while, so the next write fails as on a vanished device; the pipe is removed then, so
+nothing can hang opening it again.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,5 +88,43 @@ def no_sound_card(tmp_path, monkeypatch):
     if sd.query_devices():
         pytest.skip("this machine has sound cards that ALSA finds by itself")
     yield
+    monkeypatch.undo()
+    _use_alsa_config(monkeypatch, None)
+
+
+UNPLUGGABLE = """\
+pcm.!default {{ type plug; slave.pcm "pipe" }}
+pcm.pipe {{ type file; slave.pcm "null"; file "{pipe}"; format "raw" }}
+"""
+
+
+@pytest.fixture
+def unpluggable_speakers(tmp_path, monkeypatch):
+    """Speakers unplugged after the first half second of sound (silence included); yields the Event set then."""
+    if not Path("/usr/share/alsa/alsa.conf").exists():
+        pytest.skip("ALSA is not installed (Linux with libasound2 and libportaudio2 needed)")
+    folder = tmp_path / "speakers"
+    folder.mkdir()
+    os.mkfifo(folder / "pcm")
+    reader = os.open(folder / "pcm", os.O_RDONLY | os.O_NONBLOCK)  # now ALSA's opening for writing never waits
+    unplugged = threading.Event()
+
+    def listen(wanted: int = 16000 * 4 // 2) -> None:
+        heard = 0
+        while heard < wanted:
+            try:
+                heard += len(os.read(reader, 65536))
+            except BlockingIOError:
+                pass
+            time.sleep(0.001)
+        os.close(reader)
+        shutil.rmtree(folder)
+        unplugged.set()
+
+    config = tmp_path / "asoundrc-unpluggable"
+    config.write_text(UNPLUGGABLE.format(pipe=folder / "pcm"))
+    _use_alsa_config(monkeypatch, config)
+    threading.Thread(target=listen, daemon=True).start()
+    yield unplugged
     monkeypatch.undo()
     _use_alsa_config(monkeypatch, None)

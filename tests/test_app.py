@@ -12,6 +12,7 @@ from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication
 
 from app.main_window import NO_MODEL_MESSAGE, MainWindow
+from faults import full_disk, read_only
 from app.settings_dialog import SettingsDialog
 from app.speech import MODEL_DIR_ENV
 from tldr_core import paths, text
@@ -89,6 +90,37 @@ def test_starter_voices_are_offered_while_the_library_is_empty(qtbot, window):
     assert window.status.text().startswith(f"Added {len(names)} starter voices")
 
 
+def test_an_imported_clip_says_what_was_noticed_about_it(qtbot, window, speech_wav, tmp_path):
+    """A lightly clipped file (0.1 % of its samples flat at full scale) is used, and the status line says so, as
+    `tldr-voice audio check` does."""
+    samples, rate = sf.read(speech_wav, dtype="float32")
+    hot = samples / np.abs(samples).max()
+    loud = np.flatnonzero(np.abs(hot) > 0.3)
+    for i in loud[np.linspace(0, len(loud) - 5, int(0.001 * len(hot) / 4)).astype(int)]:
+        hot[i:i + 4] = np.sign(hot[i])
+    sf.write(tmp_path / "hot.wav", hot, rate, subtype="FLOAT")
+    import_voice(qtbot, window, tmp_path / "hot.wav", "Hot")
+    status = window.status.text()
+    assert status.startswith("The voice 'Hot' is saved") and "lightly clipped" in status and not window.status_is_error
+
+
+def test_a_voice_that_cannot_be_saved_says_why_and_leaves_nothing_behind(qtbot, window, speech_wav):
+    with read_only(window.library.root):
+        import_voice(qtbot, window, speech_wav, "Anna")
+    assert window.status_is_error and "could not be saved" in window.status.text()
+    assert list(window.library.root.iterdir()) == [] and window.current_voice() is None
+
+
+def test_the_window_opens_on_a_read_only_data_folder_and_says_voices_cannot_be_saved(qtbot, speech_wav):
+    with read_only(paths.user_data_dir()):
+        window = MainWindow()
+        qtbot.addWidget(window)
+        assert window.status_is_error and "no voice can be saved" in window.status.text()
+        import_voice(qtbot, window, speech_wav, "Anna")
+        assert window.status_is_error and "could not be saved" in window.status.text()
+    assert window.current_voice() is None and not (paths.user_data_dir() / "voices").exists()
+
+
 def test_a_bad_file_gives_a_message_not_a_traceback(qtbot, window, tmp_path):
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
@@ -138,6 +170,20 @@ def test_export_writes_wav_or_flac_by_the_extension(qtbot, window, tmp_path):
         np.testing.assert_allclose(audio, speech, atol=1.5 / 32768)  # 16-bit PCM
     assert sf.info(tmp_path / "speech.flac").format == "FLAC"
     assert window.export_audio(tmp_path / "no-extension").name == "no-extension.wav"
+
+
+def test_export_on_a_full_disk_or_to_a_read_only_folder_says_so_and_keeps_the_old_file(qtbot, window, tmp_path):
+    window.last_audio = np.sin(np.arange(16000) / 10).astype(np.float32) * 0.5
+    exports = tmp_path / "exports"
+    old = window.export_audio(exports / "speech.wav").read_bytes()
+    window.last_audio = window.last_audio[:8000]
+    with full_disk(room=1000):
+        assert window.export_audio(exports / "speech.wav") is None
+    assert window.status_is_error and "could not be saved (File too large)" in window.status.text()
+    with read_only(exports):
+        assert window.export_audio(exports / "speech.flac") is None
+    assert window.status_is_error and "could not be saved" in window.status.text()
+    assert [p.name for p in exports.iterdir()] == ["speech.wav"] and (exports / "speech.wav").read_bytes() == old
 
 
 def test_without_speakers_playing_says_why(qtbot, window, no_sound_card, speech_wav):

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from app.audio_io import AudioDeviceError, Player, Recorder, device_names
+from app.audio_io import DEVICE_LOST, AudioDeviceError, Player, Recorder, device_names
 
 
 def tone(seconds: float, hz: float = 220.0, rate: int = 16000) -> np.ndarray:
@@ -77,6 +77,19 @@ def test_no_output_device_gives_a_clear_error(no_sound_card):
 def test_a_missing_named_device_says_which(alsa_tap):
     with pytest.raises(AudioDeviceError, match="'USB Headset' is not connected"):
         Player(device="USB Headset").push(tone(0.1))
+
+
+def test_speakers_unplugged_mid_sound_end_it_with_a_message_and_nothing_waits_on_them(qtbot, unpluggable_speakers):
+    player = Player()
+    with qtbot.waitSignal(player.failed, timeout=5000) as failure:
+        player.push(tone(600))  # ten minutes: still playing when the speakers go
+        player.finish()
+    assert failure.args == [DEVICE_LOST] and unpluggable_speakers.is_set() and not player.is_playing
+    started = time.perf_counter()
+    with pytest.raises(AudioDeviceError, match="stopped working"):
+        player.push(tone(0.1))  # more of the same sound is refused at once, not queued for a dead device
+    assert time.perf_counter() - started < 0.1
+    player.stop()
 
 
 def test_the_recorder_hears_the_microphone_up_to_its_maximum_length(qtbot, alsa_tap):

@@ -10,11 +10,15 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from app import main_window as main_window_module
+from app.audio_io import DEVICE_LOST
 from app.main_window import MainWindow
 from app.speech import LOADING_MESSAGE, MODEL_DIR_ENV
+from faults import raise_cuda_out_of_memory
 from tldr_core import paths
+from tldr_core.synthesis import GPU_FULL
 from tldr_core.settings import Settings, save_settings
 from tldr_core.voices import VoiceLibrary
 
@@ -136,6 +140,46 @@ def test_a_new_speak_replaces_the_one_playing(qtbot, window, alsa_tap):
     speak_and_wait(qtbot, window, SHORT)
     assert not window.last_outcome.stopped and window.last_outcome.stats.sentences == 1
     np.testing.assert_allclose(sound_only(alsa_tap.played()), sound_only(window.last_audio), atol=1e-6)
+
+
+def test_closing_the_window_while_speaking_stops_everything_at_once(qtbot, window, alsa_tap):
+    window.editor.setPlainText(LONG)
+    window.speak()
+    qtbot.waitUntil(lambda: window.player.played_samples > 1600, timeout=20000)
+    started = time.perf_counter()
+    window.close()
+    assert time.perf_counter() - started < 1.0
+    assert not window._sound_jobs.busy and not window.player.is_playing and window.synth.last_stats.cancelled
+
+
+def test_speakers_unplugged_while_speaking_are_named_and_the_whole_speech_is_still_made(
+        qtbot, window, unpluggable_speakers):
+    window.editor.setPlainText(LONG[:LONG.index(" This is sentence number 6")])
+    window.speak()
+    qtbot.waitUntil(lambda: not window._speaking, timeout=20000)
+    assert unpluggable_speakers.is_set() and window.status_is_error and DEVICE_LOST in window.status.text()
+    outcome = window.last_outcome
+    assert not outcome.stopped and outcome.stats.sentences == 5 and window.export_button.isEnabled()
+    assert not window.player.is_playing and not window.stop_button.isEnabled()
+
+
+def test_a_gpu_running_out_of_memory_while_speaking_is_said_in_the_status_line(qtbot, window, alsa_tap):
+    hook = raise_cuda_out_of_memory({2})
+    try:
+        speak_and_wait(qtbot, window)
+    finally:
+        hook.remove()
+    assert window.status.text().startswith("Spoke") and GPU_FULL in window.status.text()
+    assert window.synth.device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_the_gpu_setting_says_so_and_speak_says_why(qtbot, tiny_model):
+    save_settings(Settings(device="cuda"))
+    window = open_window(qtbot, tiny_model)
+    qtbot.waitUntil(lambda: not window.model_loading, timeout=20000)
+    assert window.synth is None and window.status_is_error and "no usable NVIDIA GPU" in window.status.text()
+    assert "no usable NVIDIA GPU" in window.speak_button.toolTip() and window.import_button.isEnabled()
 
 
 def test_play_again_and_export_use_the_speech_not_the_sample(qtbot, window, alsa_tap, tmp_path):

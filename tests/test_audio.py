@@ -205,6 +205,16 @@ def test_a_valid_file_without_samples_is_reported_as_soundless(tmp_path):
         read_audio(tmp_path / "none.wav")
 
 
+def test_a_ten_minute_file_is_the_longest_taken_and_is_cut_to_the_first_half_minute(speech, tmp_path):
+    samples, rate = speech
+    voice = np.concatenate([to_model_rate(samples, rate), np.zeros(int(0.4 * SAMPLE_RATE), np.float32)])
+    ten_minutes = np.resize(voice, int(audio.MAX_FILE_SECONDS * SAMPLE_RATE))
+    sf.write(tmp_path / "lecture.wav", ten_minutes, SAMPLE_RATE)
+    clip = load_reference_clip(tmp_path / "lecture.wav")
+    assert MAX_SAMPLE_SECONDS - 5.0 <= len(clip.samples) / SAMPLE_RATE <= MAX_SAMPLE_SECONDS
+    assert len(clip.notices) == 1 and "only the first" in clip.notices[0]
+
+
 def test_a_file_too_long_to_be_a_voice_sample_is_refused_before_reading(tmp_path):
     sf.write(tmp_path / "podcast.wav", np.zeros(int(audio.MAX_FILE_SECONDS * 8000) + 8000, np.int16), 8000)
     with pytest.raises(AudioInputError, match="podcast.wav.*minutes long.*cut a short piece"):
@@ -273,17 +283,46 @@ def test_a_lightly_clipped_recording_is_used_with_a_notice(speech):
     assert clip.speech_seconds > 3.0 and any("lightly clipped" in notice for notice in clip.notices)
 
 
+def _flattened(samples: np.ndarray, fraction: float) -> np.ndarray:
+    """The speech at full scale with about `fraction` of its samples flattened at +-1, in runs of 4 spread over
+    its loud parts: the mark an overdriven input leaves."""
+    peak = samples / np.abs(samples).max()
+    loud = np.flatnonzero(np.abs(peak) > 0.3)
+    clipped = peak.copy()
+    for i in loud[np.linspace(0, len(loud) - 5, max(1, round(fraction * len(peak) / 4))).astype(int)]:
+        clipped[i:i + 4] = np.sign(peak[i])
+    return clipped
+
+
+@pytest.mark.parametrize("fraction, outcome", [(0.0003, "clean"), (0.0007, "notice"), (0.009, "notice"),
+                                               (0.013, "refused")])
+def test_clipping_under_a_twentieth_of_a_percent_passes_up_to_one_percent_is_noticed_and_more_is_refused(
+        speech, fraction, outcome):
+    samples, rate = speech
+    clipped = _flattened(samples, fraction)
+    assert abs(np.mean(np.abs(clipped) >= 0.99) - fraction) < 0.2 * fraction
+    if outcome == "refused":
+        with pytest.raises(AudioInputError, match=r"clipped \(distorted\): 1\.\d% of its samples"):
+            prepare_reference_clip(clipped, rate)
+        return
+    clip = prepare_reference_clip(clipped, rate)
+    assert clip.speech_seconds > 3.0
+    assert ["lightly clipped" in notice for notice in clip.notices] == ([True] if outcome == "notice" else [])
+
+
 def test_speech_touching_full_scale_once_is_not_called_clipped(speech):
     samples, rate = speech
     peak = samples / np.abs(samples).max()
     assert prepare_reference_clip(peak, rate).speech_seconds > 3.0
 
 
-def test_too_little_speech_says_how_much_was_found_and_needed(speech):
+@pytest.mark.parametrize("seconds", [0.5, 1.2])
+def test_too_little_speech_says_how_much_was_found_and_needed(speech, seconds):
     samples, rate = speech
     start, _ = _speech_bounds(samples, rate)
-    short = samples[: int((start + 1.2) * rate)]
-    with pytest.raises(AudioInputError, match=rf"Only 1\.\d s of speech .* at least {MIN_SPEECH_SECONDS:.0f} s"):
+    short = samples[: int((start + seconds) * rate)]
+    with pytest.raises(AudioInputError, match=rf"Only {int(seconds)}\.\d s of speech .* at least "
+                                              rf"{MIN_SPEECH_SECONDS:.0f} s"):
         prepare_reference_clip(short, rate)
 
 

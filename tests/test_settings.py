@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from faults import read_only
 from tldr_core import paths
+from tldr_core.errors import SaveError
 from tldr_core.settings import Settings, load_settings, save_settings, settings_path
 
 
@@ -70,6 +72,13 @@ def test_a_file_from_before_the_decoding_mode_keeps_its_token_level_choice():
     """Token by token used to be the patch size "baseline"; it is the decoding mode "baseline" now."""
     settings_path().write_text(json.dumps({"patch_size": "baseline", "seed": 7}), encoding="utf-8")
     assert load_settings() == (Settings(decoding_mode="baseline", seed=7), [])
+
+
+def test_settings_that_cannot_be_saved_say_so_and_the_old_ones_stay():
+    save_settings(Settings(patch_size=8))
+    with read_only(paths.user_config_dir()), pytest.raises(SaveError, match="settings.json' could not be saved"):
+        save_settings(Settings(patch_size=2))
+    assert load_settings() == (Settings(patch_size=8), [])
 
 
 def test_invalid_settings_are_never_written():

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from faults import raise_cuda_out_of_memory, read_only
 from tldr_core import audio
 from tldr_core.cli import main
 from tldr_core.errors import ModelError, TextInputError
@@ -16,7 +17,7 @@ from tldr_core.files import file_sha256
 from tldr_core.model import Tldr, TldrConfig
 from tldr_core.model_store import load_backbone, pack_model
 from tldr_core.paths import RESOURCES_DIR
-from tldr_core.synthesis import BASELINE, TLDR, Synthesizer
+from tldr_core.synthesis import BASELINE, GPU_FULL, TLDR, Synthesizer
 from tldr_core.voices import VoiceLibrary
 
 VOICE = RESOURCES_DIR / "voices" / "flite-rms.wav"
@@ -93,6 +94,47 @@ def test_cancel_stops_within_one_patch(synth, voice):
     assert synth.last_stats.cancelled and len(produced) == 2
 
 
+@pytest.mark.parametrize("mode, patch_size", [(TLDR, 4), (BASELINE, 1)])
+def test_cuda_out_of_memory_moves_speaking_to_the_cpu_with_a_notice(tiny_model, voice, mode, patch_size):
+    """The GPU fills up in the middle of the first sentence, after its first sound: the models move to the CPU,
+    the sentence goes on there from where its sound had got to (nothing is said twice: one codec token is
+    640 samples), and the notice says what happened. (Here the models are on the CPU already; on a GPU the same
+    test sees them move.)"""
+    synth = Synthesizer(tiny_model, device="auto")
+    text = "One sentence here. And another one."
+    hook = raise_cuda_out_of_memory({3})
+    try:
+        audio_out = np.concatenate(list(synth.stream(text, voice, mode, patch_size, seed=3)))
+    finally:
+        hook.remove()
+    stats = synth.last_stats
+    assert stats.notices == [GPU_FULL] and stats.device == "cpu" and synth.device.type == "cpu"
+    assert next(synth.backbone.parameters()).device.type == "cpu"
+    assert stats.sentences == 2 and len(audio_out) == stats.tokens * 640 and np.isfinite(audio_out).all()
+    list(synth.stream(text, voice, mode, patch_size, seed=3))
+    assert synth.last_stats.notices == []  # said once, when it happened
+
+
+def test_speak_prints_the_notice_when_the_gpu_runs_out_of_memory(tiny_model, tmp_path, capsys):
+    hook = raise_cuda_out_of_memory({2})
+    try:
+        assert main(["speak", "Hello world.", "--voice", str(VOICE), "--out", str(tmp_path / "out.wav"),
+                     "--model", str(tiny_model), "--device", "auto"]) == 0
+    finally:
+        hook.remove()
+    printed = capsys.readouterr().out
+    assert f"notice: {GPU_FULL}" in printed and "on cpu" in printed
+
+
+def test_running_out_of_memory_again_after_moving_is_a_clear_error_not_a_loop(synth, voice):
+    hook = raise_cuda_out_of_memory(set(range(1, 100)))
+    try:
+        with pytest.raises(ModelError, match="ran out of memory even on the CPU.*shorter text"):
+            list(synth.stream("Hello there.", voice, TLDR, 4, seed=0))
+    finally:
+        hook.remove()
+
+
 def test_tldr_needs_fewer_backbone_steps_and_less_speech_cache_than_the_baseline(synth, voice):
     text = "The same words in both modes."
     list(synth.stream(text, voice, BASELINE, seed=0))
@@ -151,6 +193,16 @@ def test_speak_writes_a_wav_and_reports_the_figures(tiny_model, tmp_path, capsys
         assert figure in printed
     samples, rate = sf.read(out)
     assert rate == audio.SAMPLE_RATE and len(samples) > 0
+
+
+def test_speak_into_a_read_only_folder_is_one_clear_line_and_no_file(tiny_model, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    with read_only(tmp_path / "out"):
+        assert main(["speak", "Hello.", "--voice", str(VOICE), "--out", str(tmp_path / "out" / "o.wav"),
+                     "--model", str(tiny_model), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "o.wav' could not be saved" in error and error.count("\n") == 1
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_speak_with_a_bad_voice_file_is_one_clear_line(tiny_model, tmp_path, capsys):

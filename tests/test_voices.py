@@ -1,13 +1,16 @@
 """The voice library keeps each voice complete on disk, survives restarts and shrugs off damaged folders."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from faults import full_disk, read_only
 from tldr_core import paths
-from tldr_core.errors import AudioInputError
+from tldr_core.audio import load_reference_clip
+from tldr_core.errors import AudioInputError, SaveError
 from tldr_core.speaker import EMBEDDING_DIM
 from tldr_core.errors import VoiceError
 from tldr_core.voices import VoiceLibrary
@@ -90,6 +93,25 @@ def test_a_damaged_voice_is_skipped_with_a_notice(library, anna, speech_wav):
     assert len(fresh.notices) == 2 and all("damaged" in n and "skipped" in n for n in fresh.notices)
     np.save(bert.folder / "embedding.npy", np.zeros(3, np.float32))
     assert fresh.list() == [] and len(fresh.notices) == 3
+
+
+def test_on_a_full_disk_or_in_a_read_only_folder_no_voice_is_half_saved(library, speech_wav):
+    for fault in (full_disk(room=4096), read_only(library.root)):
+        with fault, pytest.raises(SaveError, match=f"voice 'Anna' could not be saved in '{library.root}' .*nothing "
+                                                   f"was half-written"):
+            library.create_from_file("Anna", speech_wav)
+        assert list(library.root.iterdir()) == []
+    anna = library.create_from_file("Anna", speech_wav)
+    with full_disk(room=0), pytest.raises(SaveError):
+        library.rename(anna.id, "Bert")
+    assert [v.name for v in VoiceLibrary().list()] == ["Anna"] and sorted(p.name for p in anna.folder.iterdir()) == [
+        "clip.wav", "embedding.npy", "voice.json"]
+
+
+def test_what_preparing_the_clip_noticed_is_kept_with_the_voice(library, speech_wav):
+    clip = load_reference_clip(speech_wav)
+    voice = library.create("Anna", replace(clip, notices=("The recording is lightly clipped.",)))
+    assert VoiceLibrary().get(voice.id).notices == ("The recording is lightly clipped.",)
 
 
 def test_an_unfinished_save_is_invisible(library, anna):

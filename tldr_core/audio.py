@@ -7,6 +7,7 @@ silence and loudness-normalised, so every later stage sees the same kind of inpu
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -102,10 +103,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
     """Write audio atomically (temp file + rename), so a crash never leaves half a file.
 
-    The format follows the extension (.wav, .flac, ...); samples are clipped to [-1, 1] first.
+    The format follows the extension (.wav, .flac, ...); samples are clipped to [-1, 1] first. The file is made in
+    memory and written by Python, so a write the disk refuses is a SaveError with its reason (libsndfile would
+    only say "System error.").
     """
+    encoded = io.BytesIO()
+    sf.write(encoded, np.clip(samples, -1.0, 1.0), sample_rate, subtype=subtype, format=Path(path).suffix[1:])
     with atomic_path(path) as tmp:
-        sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype=subtype)
+        tmp.write_bytes(encoded.getvalue())
 
 
 # ------------------------------------------------------------------------------------------- measurements

@@ -1,7 +1,8 @@
 """The `tldr-voice` command line (also `python -m tldr_core`).
 
 Each command is a small function that imports what it needs only when it runs, so `--help` stays instant.
-Expected failures (TldrError) print one clear line and exit with status 2, never a traceback.
+Expected failures (TldrError) print one clear line and exit with status 2, never a traceback; a check that misses
+its target (`soak`) exits with status 1.
 """
 
 from __future__ import annotations
@@ -262,6 +263,8 @@ def cmd_speak(args: argparse.Namespace) -> None:
         unit = f"speculative (SSD), gamma {s.speculation.gamma}, {rule}"
     else:
         unit = "token-level baseline" if s.patch_size == 1 else f"TLDR, patch size {s.patch_size}"
+    for notice in s.notices:
+        print(f"notice: {notice}")
     print(f"mode: {unit} on {s.device}")
     print(f"audio: {s.audio_seconds:.2f} s in {s.sentences} sentence(s), {s.stopped_by_model} ended by the model")
     print(f"time to first audio: {s.first_audio_seconds * 1000:.0f} ms; real-time factor: {s.real_time_factor:.3f}")
@@ -293,6 +296,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.json:
         write_json(results, synth, args.json)
         print(f"wrote {args.json}")
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from tldr_core.evaluation.soak import SoakConfig, run_soak
+
+    synth = _synthesizer(args)
+    config = SoakConfig(runs=args.runs, warmup=args.warmup, seed=args.seed,
+                        max_memory_growth=args.max_memory_growth / 100)
+    report = run_soak(synth, config, progress=lambda line: print(line, flush=True))
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -395,7 +409,7 @@ def asr_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_speech_commands(commands: argparse._SubParsersAction) -> None:
-    """speak, bench, evaluate: the speech model at work."""
+    """speak, bench, soak, evaluate: the speech model at work."""
     p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
     p.add_argument("text")
     p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
@@ -418,6 +432,15 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
                    help="also SSD with the paper's acceptance rule at these tolerances, per gamma (none: leave out)")
     model_options(p)
     p.set_defaults(run=cmd_bench)
+
+    p = commands.add_parser("soak", help="many random Speak runs with Stops and odd input: memory growth, threads "
+                                         "left running and failures; exit status 1 when a target is missed")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=10, help="runs before memory and threads are first measured")
+    p.add_argument("--max-memory-growth", type=float, default=5.0, metavar="PERCENT",
+                   help="the target: resident memory at the end at most this much above after the warm-up")
+    model_options(p)
+    p.set_defaults(run=cmd_soak)
 
     p = commands.add_parser("evaluate", help="WER, speaker similarity and stopping on held-out voices of a corpus")
     p.add_argument("corpus", type=Path)
@@ -629,11 +652,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_other_packages()
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args) or 0
     except TldrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status

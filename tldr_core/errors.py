@@ -27,3 +27,8 @@ class CorpusError(TldrError):
 
 class VoiceError(TldrError):
     """A saved voice cannot be named, found or changed as asked."""
+
+
+class SaveError(TldrError, OSError):
+    """A file could not be written (a read-only folder, a full disk); nothing was half-written. Also an OSError,
+    so code that copes with a failed write keeps coping."""

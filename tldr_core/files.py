@@ -2,10 +2,11 @@
 files a folder of weights ships with against its manifest.
 
 Everything the app and its tools write (audio, settings, voices, corpus manifests, checkpoints, models) goes
-through `atomic_path`: the data is written to a temporary file beside the target and renamed over it. A model or
-codec folder carries manifest.json with the sha256 of each file (`file_entries`); `verified_manifest` reports a
-missing or damaged file by name before any library reads it (a flipped byte in an ONNX graph's weights would
-otherwise load and speak garbage).
+through `atomic_path`: the data is written to a temporary file beside the target and renamed over it, and a write
+the disk refuses (a read-only folder, a full disk) is a SaveError that says so. A model or codec folder carries
+manifest.json with the sha256 of each file (`file_entries`); `verified_manifest` reports a missing or damaged file
+by name before any library reads it (a flipped byte in an ONNX graph's weights would otherwise load and speak
+garbage).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tldr_core.errors import ModelError
+from tldr_core.errors import ModelError, SaveError
 
 MANIFEST = "manifest.json"
 
@@ -29,18 +30,32 @@ def _umask() -> int:
     return mask
 
 
+def _cannot_save(path: Path, reason: object) -> SaveError:
+    """The SaveError for `path`; like an OSError's, its strerror is the reason alone (for a message of its own)."""
+    error = SaveError(f"'{path}' could not be saved ({reason}); nothing was half-written. Make room on the disk or "
+                      f"choose a folder that can be written to, then try again.")
+    error.strerror = str(reason)
+    return error
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so writers that go by extension work) and move it
-    into place when the block succeeds; on any exception the temporary file is removed and `path` untouched."""
+    into place when the block succeeds; on any exception the temporary file is removed and `path` untouched, and
+    an OSError (the folder cannot be written, the disk is full) becomes a SaveError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    except OSError as error:
+        raise _cannot_save(path, error.strerror or error) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
+    except OSError as error:
+        raise _cannot_save(path, error.strerror or error) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -1,11 +1,13 @@
 """Where shipped files and user files live."""
 
+import sys
 from pathlib import Path
 
 import platformdirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESOURCES_DIR = REPO_ROOT / "resources"
+# The packaged app (packaging/build_app.sh, PyInstaller) carries its own copy of resources/ in its bundle folder.
+RESOURCES_DIR = (Path(sys._MEIPASS) if getattr(sys, "frozen", False) else REPO_ROOT) / "resources"
 SPEAKER_ENCODER_ONNX = RESOURCES_DIR / "speaker_encoder.onnx"
 
 APP_NAME = "tldr-voice"

@@ -10,7 +10,8 @@ Long text is split into sentences; all sentences go through one codec stream, so
 (no gap, no click at a sentence boundary). The codec (token decoder and vocoder) runs on its own thread, in
 order, while the model goes on generating: a chunk is yielded as soon as it is ready, and the model never
 waits for the codec. `cancel` is checked between patches (SSD: between verification steps), so Stop takes
-effect within one patch.
+effect within one patch. Should CUDA run out of memory while generating, the models move to the CPU and the
+sentence goes on there (slower), with a notice in `last_stats.notices`.
 
 Decoding modes: "tldr" (patches of k tokens), "baseline" (token by token) and "ssd" (speculative decoding: a
 draft model proposes, the backbone verifies several tokens per pass; only for a model folder with a draft).
@@ -47,6 +48,9 @@ BASELINE_GROUP = 4        # the baseline and SSD hand the codec 4 tokens (160 ms
 BASELINE = "baseline"
 TLDR = "tldr"
 SSD = "ssd"
+GPU_FULL = ("The GPU ran out of memory, so the speech is being made on the CPU from here on (slower). To use the GPU "
+            "again, close other programs that use it and load the model again (restart, or choose the compute device "
+            "again in Settings).")
 
 
 @dataclass
@@ -82,6 +86,7 @@ class SpeakStats(StepFigures):
     accepted: int = 0
     speculation: Speculation | None = None  # SSD: gamma and the acceptance rule
     cancelled: bool = False
+    notices: list[str] = field(default_factory=list)  # what the user should know (e.g. moved to the CPU)
     per_sentence: list[GenerationStats] = field(default_factory=list, repr=False)
 
     @property
@@ -182,22 +187,11 @@ class Synthesizer:
         started = time.perf_counter()
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
-        if mode == BASELINE:
-            generator, unit, push_every = TokenGenerator(self.backbone, sampling), 1, BASELINE_GROUP
-        elif mode == TLDR:
-            generator, unit, push_every = self._patch_generator(patch_size, sampling), patch_size, patch_size
-        elif mode == SSD:
-            if self.draft is None:
-                raise ModelError(NO_DRAFT)
-            speculation = speculation or Speculation()
-            generator = SpeculativeGenerator(self.backbone, self.draft, sampling, speculation)
-            unit, push_every = 1, BASELINE_GROUP
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
-        rng = torch.Generator(device=self.device)
-        rng.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**31))
-        stats = self.last_stats = SpeakStats(mode, unit, str(self.device),
-                                             speculation=speculation if mode == SSD else None)
+        speculation = (speculation or Speculation()) if mode == SSD else None
+        generator, unit, push_every = self._generator(mode, patch_size, sampling, speculation)
+        seed = int(seed) if seed is not None else int(torch.seed() % 2**31)
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        stats = self.last_stats = SpeakStats(mode, unit, str(self.device), speculation=speculation)
         audio_stream = self.codec.stream(voice.timbre)
         speaker = torch.from_numpy(voice.embedding).float()
         prompt = torch.from_numpy(voice.prompt_tokens)
@@ -206,6 +200,33 @@ class Synthesizer:
 
         def to_codec(push: Callable, *tokens: np.ndarray) -> None:
             in_codec.append(self._codec_thread.submit(push, *tokens))
+
+        def tokens_of(request: Request) -> Iterator[list[int]]:
+            """The sentence's speech tokens. When CUDA runs out of memory the models move to the CPU (once) and
+            the sentence is made again there; its tokens already handed on are skipped, so the sound goes on
+            from where it had got to instead of saying the start twice."""
+            nonlocal generator, rng
+            handed = 0
+            while True:
+                try:
+                    made = 0
+                    for group in generator.generate(request, rng):
+                        fresh = group[max(0, handed - made):]
+                        made += len(group)
+                        if fresh:
+                            handed += len(fresh)
+                            yield fresh
+                    return
+                except torch.cuda.OutOfMemoryError:
+                    if GPU_FULL in stats.notices:
+                        raise ModelError("Speaking ran out of memory even on the CPU: close other programs, or "
+                                         "speak a shorter text.") from None
+                # out here, the traceback and the GPU tensors its frames held are gone
+                self._move_to_cpu()
+                generator = self._generator(mode, patch_size, sampling, speculation)[0]
+                rng = torch.Generator().manual_seed(seed)
+                stats.device = str(self.device)
+                stats.notices.append(GPU_FULL)
 
         def stopped() -> bool:
             stats.cancelled = stats.cancelled or (cancel is not None and cancel())
@@ -227,7 +248,7 @@ class Synthesizer:
             for sentence in sentences:
                 request = Request(speaker, torch.tensor(text.text_to_ids(sentence)), prompt)
                 pending: list[int] = []
-                for group in generator.generate(request, rng):
+                for group in tokens_of(request):
                     pending.extend(group)
                     if len(pending) >= push_every:
                         to_codec(audio_stream.push, np.array(pending))
@@ -248,6 +269,29 @@ class Synthesizer:
                 push.cancel()
             stats.wall_seconds = time.perf_counter() - started
             stats.audio_seconds = samples_out / SAMPLE_RATE
+
+    def _generator(self, mode: str, patch_size: int, sampling: Sampling, speculation: Speculation | None
+                   ) -> tuple[TokenGenerator | PatchGenerator | SpeculativeGenerator, int, int]:
+        """The generator of a decoding mode, the tokens it takes per step, and how many go to the codec at once."""
+        if mode == BASELINE:
+            return TokenGenerator(self.backbone, sampling), 1, BASELINE_GROUP
+        if mode == TLDR:
+            return self._patch_generator(patch_size, sampling), patch_size, patch_size
+        if mode == SSD:
+            if self.draft is None:
+                raise ModelError(NO_DRAFT)
+            return SpeculativeGenerator(self.backbone, self.draft, sampling, speculation), 1, BASELINE_GROUP
+        raise ValueError(f"unknown mode {mode!r}")
+
+    def _move_to_cpu(self) -> None:
+        """After CUDA ran out of memory: the models go to the CPU and the GPU's memory is given back (TLDR
+        generators, each a LoRA-baked backbone copy, are made again on their next use)."""
+        self.device = torch.device("cpu")
+        self.backbone.to(self.device)
+        if self.draft is not None:
+            self.draft.to(self.device)
+        self._generators.clear()
+        torch.cuda.empty_cache()
 
     @staticmethod
     def _count(stats: SpeakStats, sentence: GenerationStats) -> None:

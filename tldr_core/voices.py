@@ -1,12 +1,12 @@
 """The voice library: the voices a person has recorded or imported, kept under the user data folder.
 
 Each voice is a folder voices/<id>/ holding the prepared clip (clip.wav, 16 kHz), its speaker embedding
-(embedding.npy) and voice.json (name, creation time, speech seconds, source, and once the voice has been
-spoken with: its prompt tokens and codec statistics, tagged with the codec they belong to). The folder is
-named by a random id, never by the voice's name, so a name can be any Unicode text and cannot point
-anywhere else on disk. A voice is built in a hidden temporary folder and renamed into place, so a crash
-leaves either a complete voice or none; a folder damaged anyway (by hand, by a disk fault) is skipped with a
-notice instead of breaking the list.
+(embedding.npy) and voice.json (name, creation time, speech seconds, source, what preparing the clip noticed
+(light clipping...), and once the voice has been spoken with: its prompt tokens and codec statistics, tagged with
+the codec they belong to). The folder is named by a random id, never by the voice's name, so a name can be any
+Unicode text and cannot point anywhere else on disk. A voice is built in a hidden temporary folder and renamed into
+place, so a crash, a full disk or a read-only folder leaves either a complete voice or none; a folder damaged anyway
+(by hand, by a disk fault) is skipped with a notice instead of breaking the list.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import soundfile as sf
 
 from tldr_core import paths
 from tldr_core.audio import SAMPLE_RATE, ReferenceClip, load_reference_clip, prepare_reference_clip, write_wav
-from tldr_core.errors import VoiceError
+from tldr_core.errors import SaveError, VoiceError
 from tldr_core.settings import write_json
 from tldr_core.speaker import EMBEDDING_DIM, SpeakerEncoder
 
@@ -47,6 +47,7 @@ class SavedVoice:
     folder: Path
     codec_stats: list[float] | None = None  # the codec decoder's reference statistics of the clip
     codec: str | None = None  # sha256 of the codec that made both (another codec must redo them)
+    notices: tuple[str, ...] = ()  # what preparing the clip noticed (ReferenceClip.notices), for the user
 
     @property
     def clip_path(self) -> Path:
@@ -71,7 +72,10 @@ class VoiceLibrary:
 
     def __init__(self, root: Path | None = None, device: str = "auto"):
         self.root = root or paths.user_data_dir() / "voices"
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only data folder: list() says so, create() refuses with the reason
+            pass
         self.device = device
         self.notices: list[str] = []  # what the last list() had to skip
         self._encoder: SpeakerEncoder | None = None
@@ -84,6 +88,10 @@ class VoiceLibrary:
     def list(self) -> list[SavedVoice]:
         """All complete voices, sorted by name; damaged folders are skipped and described in self.notices."""
         voices, self.notices = [], []
+        if not self.root.is_dir():
+            self.notices.append(f"The voices folder '{self.root}' could not be made, so no voice can be saved: check "
+                                f"that its parent folder can be written to.")
+            return voices
         for folder in sorted(self.root.iterdir()):
             if folder.name.startswith(".") or not folder.is_dir():
                 continue
@@ -122,9 +130,13 @@ class VoiceLibrary:
             raise ValueError("its prompt tokens are not whole numbers")
         if stats is not None and not all(isinstance(v, (int, float)) for v in stats):
             raise ValueError("its codec statistics are not numbers")
+        notices = meta.get("notices", [])
+        if not isinstance(notices, list) or not all(isinstance(n, str) for n in notices):
+            raise ValueError("its notices are not sentences")
         return SavedVoice(id=folder.name, name=name, created=str(meta["created"]),
                      speech_seconds=float(meta["speech_seconds"]), source=meta.get("source"),
-                     prompt_tokens=tokens, folder=folder, codec_stats=stats, codec=meta.get("codec"))
+                     prompt_tokens=tokens, folder=folder, codec_stats=stats, codec=meta.get("codec"),
+                     notices=tuple(notices))
 
     # --------------------------------------------------------------------------------------------- writing
 
@@ -157,17 +169,22 @@ class VoiceLibrary:
         embedding = self._encoder_for().embed(sample.samples)
         voice_id = uuid.uuid4().hex[:12]
         building = self.root / f".new-{voice_id}"
-        building.mkdir()
         try:
+            building.mkdir(parents=True)
             write_wav(building / CLIP_FILE, sample.samples, SAMPLE_RATE, subtype="FLOAT")
             np.save(building / EMBEDDING_FILE, embedding.astype(np.float32))
             write_json(building / META_FILE, {
                 "format": FORMAT_VERSION, "name": name,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "speech_seconds": round(sample.speech_seconds, 2), "source": source, "prompt_tokens": None})
+                "speech_seconds": round(sample.speech_seconds, 2), "source": source, "notices": list(sample.notices),
+                "prompt_tokens": None})
             os.rename(building, self.root / voice_id)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(building, ignore_errors=True)
+            if isinstance(error, OSError):  # a read-only or full data folder
+                raise SaveError(f"The voice '{name}' could not be saved in '{self.root}' ({error.strerror or error}); "
+                                f"nothing was half-written. Make room on the disk, or make that folder writable, "
+                                f"and try again.") from None
             raise
         return self.get(voice_id)
 

@@ -5,5 +5,6 @@
   codec_eval.py       `codec evaluate`: what survives the codec's round trip
   model_eval.py       `evaluate`: the speech model on held-out voices, split into the codec's share and the model's
   bench.py            `bench`: speed, backbone steps and KV cache of every decoding mode in one run
+  soak.py             `soak`: many random Speak runs with Stops and odd input: memory growth, threads left, failures
   speaker_encoder.py  `speaker eval`: same- against different-speaker similarity of the product's encoder
 """
