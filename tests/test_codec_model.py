@@ -372,7 +372,9 @@ def test_reference_blend_moves_envelopes_toward_the_voices_own_and_streams_as_of
     rng = np.random.default_rng(0)
     memory = rng.standard_normal((50, FEATURE_CONFIG.n_env)).astype(np.float32)
     stats = np.concatenate([[5.0, 0.2], rng.standard_normal(FEATURE_CONFIG.n_env)]).astype(np.float32)
-    timbre = Timbre(np.zeros(256, np.float32), stats, memory)
+    reference = np.zeros((50, FEATURE_CONFIG.dim), np.float32)
+    reference[:, ENV] = stats[2:] + memory
+    timbre = Timbre(np.zeros(256, np.float32), stats, reference)
     frames = rng.standard_normal((20, FEATURE_CONFIG.dim)).astype(np.float32)
     frames[3, ENV] = stats[2:] + memory[7]
     assert reference_blend(frames, timbre, 0.0) is frames
@@ -389,3 +391,58 @@ def test_reference_blend_moves_envelopes_toward_the_voices_own_and_streams_as_of
     streamed = np.concatenate([stream.push(tokens[i:i + 4]) for i in range(0, len(tokens), 4)] + [stream.finish()])
     np.testing.assert_allclose(streamed, offline, atol=1e-4)
     assert not np.allclose(offline, CodecRuntime(DEFAULT_CODEC).decode(tokens, voice), atol=1e-3)
+
+
+def test_a_new_voice_memory_changes_nothing_until_it_learns():
+    """The memory's output layer starts at zero: a decoder given a memory decodes exactly as without one, so adding
+    a memory to a trained decoder starts its training from that decoder."""
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(**TINY, memory_dim=16)).eval()
+    q = codec.fsq.from_index(torch.randint(0, codec.cfg.vocab_size, (1, 30)))
+    ref_q = codec.fsq.from_index(torch.randint(0, codec.cfg.vocab_size, (1, 20)))
+    ref_frames, emb, stats = torch.randn(1, 80, codec.cfg.feature_dim), torch.randn(1, 256), torch.randn(1, 42)
+    memory = codec.remember(ref_q, ref_frames, stats, torch.tensor([80]))
+    plain = codec.decode(codec.pad_window(q), emb, stats)[0]
+    assert torch.equal(codec.decode(codec.pad_window(q), emb, stats, memory=memory)[0], plain)
+    torch.nn.init.normal_(codec.memory.out.weight)
+    assert not torch.allclose(codec.decode(codec.pad_window(q), emb, stats, memory=memory)[0], plain)
+
+
+def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams_as_offline(tiny_corpus, tmp_path):
+    """`--memory-dim` with `--decoder-only` adds a voice memory to a trained codec: the tokens stay as they were,
+    the memory learns; the runtime then reads the reference clip's tokens and frames, a stream equals the offline
+    decode, the ONNX export equals torch, and a timbre without the clip is a clear error."""
+    from tldr_core.codec.runtime import CodecRuntime, Timbre
+    from tldr_core.training.codec_data import load_split
+    from tldr_core.training.codec_export import export_codec
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    cfg = TrainConfig(steps=10, batch=4, lr=3e-3, warmup=2, validate_every=10, threads=1)
+    train_codec(tiny_corpus, first, cfg, codec_cfg=CodecConfig(**TINY))
+    history = train_codec(tiny_corpus, second, cfg, codec_cfg=CodecConfig(memory_dim=16),
+                          decoder_only_from=first / "checkpoint.pt")
+    assert "val_recon" in history[-1]
+    before, after = load_codec(first / "checkpoint.pt"), load_codec(second / "checkpoint.pt")
+    assert after.cfg.memory_dim == 16 and float(after.memory.out.weight.detach().abs().sum()) > 0
+    clip = load_split(tiny_corpus, first / "cache", "validation", True)[0]
+    frames, stats = torch.from_numpy(clip["frames"])[None], torch.from_numpy(clip["stats"])[None]
+    assert torch.equal(before.tokens(frames, stats), after.tokens(frames, stats))
+
+    runtime = CodecRuntime(second / "checkpoint.pt")
+    samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
+    reference = to_model_rate(*read_audio(tiny_corpus / "audio" / "u0.wav"))
+    offline = runtime.roundtrip(samples, reference=reference)
+    for k in (1, 4):
+        assert np.max(np.abs(runtime.roundtrip(samples, stream_tokens=k, reference=reference).audio
+                             - offline.audio)) < 1e-4
+    other_voice = runtime.roundtrip(samples, reference=to_model_rate(*read_audio(tiny_corpus / "audio" / "u1.wav")))
+    assert not np.allclose(other_voice.audio, offline.audio, atol=1e-3)
+
+    export_codec(second / "checkpoint.pt", tmp_path / "onnx")
+    exported = CodecRuntime(tmp_path / "onnx").roundtrip(samples, stream_tokens=4, reference=reference)
+    assert np.array_equal(exported.tokens, offline.tokens)
+    assert np.max(np.abs(exported.audio - offline.audio)) < 1e-3
+
+    timbre = runtime.timbre(reference)
+    with pytest.raises(ModelError, match="reads the voice sample itself"):
+        runtime.decode(offline.tokens, Timbre(timbre.embedding, timbre.stats))

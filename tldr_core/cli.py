@@ -90,6 +90,10 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
         codec_cfg.levels = tuple(args.levels)
     if args.phone_weight is not None:
         codec_cfg.ctc_weight = args.phone_weight
+    if args.memory_dim is not None:
+        if args.resume:
+            raise CorpusError("--memory-dim changes the decoder; a resumed run keeps its checkpoint's.")
+        codec_cfg.memory_dim = args.memory_dim
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
                           decoder_only_from=args.decoder_only)
     if history:
@@ -544,6 +548,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                    help="add a phone listener's CTC loss on the decoded frames, so the decoder keeps phones apart "
                         "(trained first into OUT/listener.pt from the originals; default 0: none)")
     p.add_argument("--listener-steps", type=int, default=2000, metavar="STEPS", help="the listener's own training")
+    p.add_argument("--memory-dim", type=int, metavar="D",
+                   help="give the decoder a voice memory of width D that attends over the reference clip (trained "
+                        "in another clip's voice); with --decoder-only it is added to that codec's decoder")
     p.set_defaults(run=cmd_train_codec)
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")

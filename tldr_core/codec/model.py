@@ -13,6 +13,13 @@ once, and matches the offline output exactly (`DecoderStream`; offline decoding 
 on the whole clip from a zero state). The voice's absolute pitch and timbre come back from the reference
 statistics, which is why the tokens need not carry them.
 
+Voice memory (`memory_dim` > 0): the decoder also reads the reference clip itself. Each decoded token attends
+over the reference's tokens (keys: its quantised values in context) and takes back what the voice's own frames
+looked like there (values: the reference's speaker-normalised frames, four per token), as kNN-VC swaps each
+frame for the voice's nearest ones, but learnt, so sounds the reference lacks still come from the tokens.
+Attention over a fixed clip needs no state: streamed = offline still. Trained in another clip's voice
+(`Reference`), as the app decodes in a voice sample's.
+
 Training-only CTC head: two small convolutions over the quantised values predict the utterance's phones
 (CTC, as CosyVoice's supervised semantic tokens). Reconstruction alone let the tokens lose the words (the
 decoded envelope was over-smoothed; WER +68), so the phone loss pushes the codes to carry the phones. The
@@ -69,6 +76,28 @@ class Batch:
     phones: torch.Tensor         # (B, L) CTC targets, zero-padded
     phone_lengths: torch.Tensor  # (B,)
     features: torch.Tensor | None = None  # (B, 2N, 384) Whisper encoder output, for a codec whose source is it
+    reference: "Reference | None" = None   # another clip of each voice, for a codec with a voice memory
+
+
+@dataclass
+class Reference:
+    """Another clip of each batch item's speaker, padded alike: the voice the decoder renders (embedding, stats)
+    and, for a voice memory, what it reads (its tokens come from `Codec.encode` of frames / features)."""
+
+    frames: torch.Tensor          # (B, 4M, dim)
+    embedding: torch.Tensor       # (B, 256)
+    stats: torch.Tensor           # (B, 2 + n_env)
+    lengths: torch.Tensor         # (B,) real frames, a multiple of frames_per_token
+    features: torch.Tensor | None = None  # (B, 2M, 384)
+
+
+@dataclass
+class Memory:
+    """A reference clip as the voice memory reads it: (B, M, memory_dim) keys and values, (B, M) True where real."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
 
 
 @dataclass
@@ -92,6 +121,8 @@ class CodecConfig:
     kernel: int = 5
     lookahead: int = 2            # tokens the decoder may wait for (2 tokens = 80 ms)
     ctc_weight: float = 0.3       # phone (CTC) loss weight; 1.0 collapsed the codes before the decoder learnt
+    memory_dim: int = 0           # width of the voice memory's attention over the reference clip (0: none)
+    memory_heads: int = 4
     # formant postfilter on the decoded envelope: env + s (env - smoothed env), 5-point Hann along the mel axis;
     # it undoes the L1 decoder's flattened formants (measured: similarity 0.72 -> 0.77; 2 sharpened as much,
     # 3 lowered it). Not trained: it acts after the loss, in decoding only.
@@ -226,6 +257,38 @@ class DecoderState:
     frames: torch.Tensor
 
 
+class VoiceMemory(nn.Module):
+    """Multi-head attention from the decoder's token-rate state to a reference clip (`Memory`).
+
+    Keys read the reference's quantised values through a small non-causal convolution (a sound in its context),
+    values its frames; the output layer starts at zero, so a decoder trained without a memory is where a memory
+    decoder's training starts."""
+
+    def __init__(self, levels: int, frame_values: int, channels: int, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.key = nn.Sequential(nn.Conv1d(levels, channels, 3, padding=1), nn.GELU(), nn.Conv1d(channels, dim, 1))
+        self.value = nn.Linear(frame_values, dim)
+        self.query = nn.Linear(channels, dim)
+        self.out = nn.Linear(dim, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def read(self, q: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> Memory:
+        """(B, M, levels) quantised values + (B, M, frames_per_token * dim) normalised frames of a reference."""
+        return Memory(self.key(q.transpose(1, 2)).transpose(1, 2), self.value(frames), mask)
+
+    def forward(self, x: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """(B, C, N) -> (B, C, N): what each position takes from the reference."""
+        b, _, n = x.shape
+        split = lambda t: t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2)  # (B, heads, len, dim/heads)
+        query, key, value = split(self.query(x.transpose(1, 2))), split(memory.keys), split(memory.values)
+        scores = query @ key.transpose(2, 3) / key.shape[-1] ** 0.5
+        scores = scores.masked_fill(~memory.mask[:, None, None, :], -1e4)
+        taken = (scores.softmax(-1) @ value).transpose(1, 2).reshape(b, n, -1)
+        return self.out(taken).transpose(1, 2)
+
+
 # ----------------------------------------------------------------------------------------------- model
 
 class Codec(nn.Module):
@@ -255,6 +318,8 @@ class Codec(nn.Module):
         self.frame_blocks = nn.ModuleList([ResBlock(cfg.frame_channels, k, 2 ** i)
                                            for i in range(cfg.frame_blocks)])
         self.out = nn.Conv1d(cfg.frame_channels, cfg.feature_dim, 1)
+        self.memory = (VoiceMemory(d, cfg.feature_dim * cfg.frames_per_token, c, cfg.memory_dim, cfg.memory_heads)
+                       if cfg.memory_dim else None)
         # training only: phones from the quantised values; small, so the codes themselves must be phonetic
         self.ctc_head = nn.Sequential(nn.Conv1d(d, c, 3, padding=1), nn.GELU(),
                                       nn.Conv1d(c, 1 + len(PHONES), 3, padding=1))
@@ -293,16 +358,27 @@ class Codec(nn.Module):
         env = stats[:, 2:] / self.scale[ENV]
         return torch.cat([embedding, stats[:, :1] - 5.0, stats[:, 1:2] * 10.0, env], dim=1)
 
-    def decode_normalised(self, q: torch.Tensor, cond: torch.Tensor,
-                          state: DecoderState | None = None) -> tuple[torch.Tensor, DecoderState]:
+    def remember(self, q: torch.Tensor, frames: torch.Tensor, stats: torch.Tensor, lengths: torch.Tensor) -> Memory:
+        """A reference clip for the voice memory: (B, M, levels) quantised values, (B, 4M, dim) frames, its stats and
+        (B,) real frame counts."""
+        b, m, _ = q.shape
+        values = (normalise(frames, stats) / self.scale).reshape(b, m, -1)
+        mask = torch.arange(m)[None] < (lengths // self.cfg.frames_per_token)[:, None]
+        return self.memory.read(q, values, mask)
+
+    def decode_normalised(self, q: torch.Tensor, cond: torch.Tensor, state: DecoderState | None = None,
+                          memory: Memory | None = None) -> tuple[torch.Tensor, DecoderState]:
         """(B, past + N + lookahead, levels) quantised values, the window the look-ahead layer reads, + (B,
         cond_dim) -> (B, 4N, dim) normalised, scaled frames of the N middle tokens, and the state after them.
 
         A whole clip is decoded from `zero_state` with zeros as its window margin; a stream passes each
-        call's state to the next and gets the same frames."""
+        call's state to the next and gets the same frames. `memory`: the reference clip, for a voice memory."""
         cfg = self.cfg
         state = state or self.zero_state(q.shape[0])
-        x = self.dec_in(q.transpose(1, 2)) + self.cond(cond)[:, :, None]
+        x = self.dec_in(q.transpose(1, 2))
+        if memory is not None:
+            x = x + self.memory(x, memory)
+        x = x + self.cond(cond)[:, :, None]
         x, token_state = self._causal(self.dec_blocks, x, state.tokens)
         b, _, n = x.shape
         x = self.up(F.gelu(x)).view(b, cfg.frame_channels, cfg.frames_per_token, n)
@@ -322,10 +398,10 @@ class Codec(nn.Module):
         return x, torch.cat(new, dim=-1)
 
     def decode(self, q: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor,
-               state: DecoderState | None = None) -> tuple[torch.Tensor, DecoderState]:
+               state: DecoderState | None = None, memory: Memory | None = None) -> tuple[torch.Tensor, DecoderState]:
         """Quantised values (a window, as `decode_normalised`) -> vocoder frames in the voice given by
-        (embedding, stats), and the state after them."""
-        y, state = self.decode_normalised(q, self.conditioning(embedding, stats), state)
+        (embedding, stats, and the reference clip's `memory` for a voice memory), and the state after them."""
+        y, state = self.decode_normalised(q, self.conditioning(embedding, stats), state, memory)
         y = denormalise(y * self.scale, stats)
         vuv = (y[..., VUV:VUV + 1] > 0).float()  # the voicing output is a logit
         env = y[..., ENV] @ self.postfilter
@@ -341,10 +417,16 @@ class Codec(nn.Module):
         return F.pad(q, (0, 0, before, after))
 
     def decode_ids(self, ids: torch.Tensor, valid: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor,
-                   state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+                   state: DecoderState, reference_ids: torch.Tensor | None = None,
+                   reference_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
         """`decode` of a window of token ids, (B, W) with (B, W) `valid` 1 inside the stream and 0 in a margin
-        that runs past its ends (those positions read as zeros, as in `pad_window`): the exported graph."""
-        return self.decode(self.fsq.from_index(ids) * valid[..., None], embedding, stats, state)
+        that runs past its ends (those positions read as zeros, as in `pad_window`): the exported graph. A voice
+        memory reads the reference clip's (B, M) token ids and (B, 4M, dim) frames."""
+        memory = None
+        if self.memory is not None:
+            lengths = torch.full((ids.shape[0],), reference_frames.shape[1], dtype=torch.long)
+            memory = self.remember(self.fsq.from_index(reference_ids), reference_frames, stats, lengths)
+        return self.decode(self.fsq.from_index(ids) * valid[..., None], embedding, stats, state, memory)
 
     def phone_log_probs(self, q: torch.Tensor) -> torch.Tensor:
         """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
@@ -355,10 +437,17 @@ class Codec(nn.Module):
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
         `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
         also how well the decoded frames are heard."""
-        frames, stats = batch.frames, batch.stats
-        target = normalise(frames, stats) / self.scale
+        frames, stats, embedding, memory = batch.frames, batch.stats, batch.embedding, None
         q = self.encode(frames, stats, batch.features)
-        pred, _ = self.decode_normalised(self.pad_window(q), self.conditioning(batch.embedding, stats))
+        ref = batch.reference
+        if ref is not None:  # decoded in another clip's voice, as in use: its stats, its embedding, its frames
+            stats, embedding = ref.stats, ref.embedding
+            if self.memory is not None:
+                with torch.no_grad():
+                    ref_q = self.encode(ref.frames, ref.stats, ref.features)
+                memory = self.remember(ref_q, ref.frames, ref.stats, ref.lengths)
+        target = normalise(frames, stats) / self.scale
+        pred, _ = self.decode_normalised(self.pad_window(q), self.conditioning(embedding, stats), memory=memory)
         mask = (torch.arange(frames.shape[1])[None] < batch.lengths[:, None]).float()
         n = mask.sum()
         voiced = frames[..., VUV] * mask
@@ -410,11 +499,15 @@ def fit_scales(frames: list[np.ndarray]) -> list[float]:
 
 @torch.no_grad()
 def numpy_step(codec: Codec, ids: np.ndarray, valid: np.ndarray, embedding: np.ndarray, stats: np.ndarray,
-               state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """`Codec.decode_ids` for one stream, numpy in and out: what the exported decoder graph computes."""
+               state: tuple[np.ndarray, ...], reference: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """`Codec.decode_ids` for one stream, numpy in and out: what the exported decoder graph computes.
+    `reference`: the reference clip's (M,) token ids and (4M, dim) frames, for a voice memory."""
+    ref_ids, ref_frames = (None, None) if reference is None else (torch.from_numpy(reference[0])[None],
+                                                                    torch.from_numpy(reference[1])[None])
     frames, new = codec.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],
                                    torch.from_numpy(embedding)[None], torch.from_numpy(stats)[None],
-                                   DecoderState(*(torch.from_numpy(a) for a in state)))
+                                   DecoderState(*(torch.from_numpy(a) for a in state)), ref_ids, ref_frames)
     return frames[0].numpy(), (new.tokens.numpy(), new.frames.numpy())
 
 

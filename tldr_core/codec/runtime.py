@@ -1,7 +1,8 @@
 """The codec as the app uses it: audio -> tokens, tokens (+ a timbre) -> audio, offline or streamed.
 
 A `Timbre` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
-the reference statistics measured on the clip; it is computed once per reference clip. `AudioStream`
+the reference statistics measured on the clip, and the clip's frames and tokens (for a decoder with a voice
+memory, and the reference blend); it is computed once per reference clip. `AudioStream`
 turns tokens pushed k at a time into audio chunks: the decoder waits for `lookahead` tokens (80 ms),
 the vocoder for one frame (10 ms); the decoder carries its causal layers' state from push to push, so
 each token is decoded once and the concatenated chunks equal the offline output.
@@ -33,20 +34,39 @@ from tldr_core.speaker import SpeakerEncoder
 DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json; manifest.json: their sha256
 
 
+MEMORY_TOKENS = 375  # a voice memory reads at most the middle 15 s of a reference clip (trained on 3-15 s)
+
+
 @dataclass
 class Timbre:
     """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics, and the
-    reference clip's own envelopes (speaker-normalised, (M, n_env)) for `reference_blend`."""
+    reference clip's own vocoder frames (4M, dim) and token ids (M,), which a voice memory reads."""
 
     embedding: np.ndarray
     stats: np.ndarray
-    envelopes: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
     @classmethod
-    def of(cls, frames: np.ndarray, embedding: np.ndarray) -> "Timbre":
-        """A reference clip's timbre from its vocoder frames and its speaker embedding."""
-        stats = reference_stats(frames)
-        return cls(embedding, stats, frames[:, ENV] - stats[2:])
+    def of(cls, frames: np.ndarray, embedding: np.ndarray, tokens: np.ndarray | None = None) -> "Timbre":
+        """A reference clip's timbre from its vocoder frames (whole tokens), its speaker embedding and its tokens."""
+        return cls(embedding, reference_stats(frames), frames, tokens)
+
+    @property
+    def envelopes(self) -> np.ndarray | None:
+        """The reference's speaker-normalised envelopes, (4M, n_env), for `reference_blend`."""
+        return None if self.frames is None else self.frames[:, ENV] - self.stats[2:]
+
+    def memory(self, frames_per_token: int) -> tuple[np.ndarray, np.ndarray]:
+        """What a voice memory reads: the middle (at most MEMORY_TOKENS) token ids and their frames."""
+        if self.tokens is None or self.frames is None or not len(self.tokens):
+            raise ModelError("This codec's decoder reads the voice sample itself (its tokens and frames), and none "
+                             "was given: make the timbre with CodecRuntime.encode or CodecRuntime.timbre.")
+        n = min(len(self.tokens), len(self.frames) // frames_per_token)
+        length = min(n, MEMORY_TOKENS)
+        start = (n - length) // 2
+        frames = self.frames[start * frames_per_token:(start + length) * frames_per_token]
+        return self.tokens[start:start + length].astype(np.int64), frames.astype(np.float32)
 
 
 def reference_blend(frames: np.ndarray, timbre: Timbre, weight: float, k: int = 4) -> np.ndarray:
@@ -84,6 +104,7 @@ class _TorchBackend:
         self.margin = self.model.window_margin
         self.frames_per_token, self.vocab_size = self.model.cfg.frames_per_token, self.model.cfg.vocab_size
         self.whisper = load_whisper_encoder() if self.model.cfg.source == "whisper" else None
+        self.has_memory = self.model.memory is not None
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         state = self.model.zero_state()
@@ -98,7 +119,8 @@ class _TorchBackend:
 
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        return numpy_step(self.model, ids, valid, timbre.embedding, timbre.stats, state)
+        reference = timbre.memory(self.frames_per_token) if self.has_memory else None
+        return numpy_step(self.model, ids, valid, timbre.embedding, timbre.stats, state, reference)
 
 
 class _OnnxBackend:
@@ -119,6 +141,7 @@ class _OnnxBackend:
         self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
         self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
         self.whisper = meta["config"].get("source", "world") == "whisper"
+        self.has_memory = meta["config"].get("memory_dim", 0) > 0
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         return tuple(np.zeros((1, *shape), dtype=np.float32) for shape in self.state_shapes)
@@ -132,9 +155,12 @@ class _OnnxBackend:
 
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
              state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        frames, *new = self.decoder.run(None, {
-            "tokens": ids[None], "valid": valid[None], "embedding": timbre.embedding[None].astype(np.float32),
-            "stats": timbre.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]})
+        inputs = {"tokens": ids[None], "valid": valid[None], "embedding": timbre.embedding[None].astype(np.float32),
+                  "stats": timbre.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]}
+        if self.has_memory:
+            reference_tokens, reference_frames = timbre.memory(self.frames_per_token)
+            inputs |= {"reference_tokens": reference_tokens[None], "reference_frames": reference_frames[None]}
+        frames, *new = self.decoder.run(None, inputs)
         return frames[0], tuple(new)
 
 
@@ -183,14 +209,17 @@ class CodecRuntime:
         return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
 
     def timbre(self, samples: np.ndarray) -> Timbre:
-        """The decoder's view of a reference clip (16 kHz mono)."""
+        """The decoder's view of a reference clip (16 kHz mono): a voice memory's also reads its tokens."""
+        if self.backend.has_memory:
+            return self.encode(samples)[1]
         return Timbre.of(analyze(samples), self.speaker.embed(samples))
 
     def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
         """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
         frames = self.frames(samples)
         timbre = Timbre.of(frames, self.speaker.embed(samples) if embedding is None else embedding)
-        return self.backend.tokens(samples, frames, timbre.stats), timbre
+        timbre.tokens = self.backend.tokens(samples, frames, timbre.stats)
+        return timbre.tokens, timbre
 
     def decode(self, tokens: np.ndarray, timbre: Timbre) -> np.ndarray:
         """Token ids -> audio in the given timbre (offline: all tokens at once)."""

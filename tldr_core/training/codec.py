@@ -23,7 +23,8 @@ from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_e
 from tldr_core.codec.store import load_codec
 from tldr_core.errors import CorpusError
 from tldr_core.model_store import read_checkpoint
-from tldr_core.training.codec_data import add_whisper_features, build_cache, collate, load_split, sample_batch
+from tldr_core.training.codec_data import (add_whisper_features, build_cache, collate, collate_references, load_split,
+                                          reference_piece, sample_batch)
 from tldr_core.training.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
@@ -72,16 +73,23 @@ class CodecObjective(nn.Module):
 
 
 def validate(model: Codec, items: list[dict], listener: Listener | None = None,
-             phone_head: bool = True) -> dict[str, float]:
+             phone_head: bool = True, references: bool = False, seed: int = 0) -> dict[str, float]:
     """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate.
 
     `phone_head=False` (a decoder-only run: the phone head is not trained, nor exported) leaves out the figures
-    that read it: its CTC loss, the total that includes it, and the phone error rate."""
+    that read it: its CTC loss, the total that includes it, and the phone error rate. `references`: each clip
+    decoded in the voice of a piece of another clip of its speaker, the same pieces at every validation."""
     sums: dict[str, float] = {}
     readings = []
+    by_speaker: dict[str, list[dict]] = {}
+    for item in items:
+        by_speaker.setdefault(item.get("speaker", ""), []).append(item)
     with torch.no_grad():
-        for item in items:
+        for i, item in enumerate(items):
             batch = collate([item])
+            if references:
+                rng = np.random.default_rng([seed, i])
+                batch.reference = collate_references([reference_piece(item, by_speaker[item["speaker"]], rng)])
             for k, v in model.loss(batch, listener.ctc if listener else None).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
@@ -105,7 +113,8 @@ class CodecTask(Task):
 
     def batch(self, step: int, process: Process) -> Batch:
         rank = [process.rank] if process.rank else []  # rank 0 draws what a single process draws
-        return sample_batch(self.train, self.cfg.batch, np.random.default_rng([self.cfg.seed, step, *rank]))
+        return sample_batch(self.train, self.cfg.batch, np.random.default_rng([self.cfg.seed, step, *rank]),
+                            references=self.model.memory is not None)
 
     def at_step(self, step: int) -> None:
         # fixed codes: the phone loss has no use
@@ -113,12 +122,23 @@ class CodecTask(Task):
                                        else phone_weight_at(step, self.model.cfg.ctc_weight, self.cfg.phone_warmup))
 
     def validate(self) -> dict[str, float]:
-        scores = validate(self.model, self.valid, self.listener, phone_head=not self.frozen)
+        scores = validate(self.model, self.valid, self.listener, phone_head=not self.frozen,
+                          references=self.model.memory is not None, seed=self.cfg.seed)
         return {f"val_{k}": v for k, v in scores.items()}
 
     def describe(self) -> dict:
         return {"codec_config": self.model.cfg.to_dict(), "train_config": asdict(self.cfg),
                 "frozen_tokenizer": self.frozen}
+
+
+def _with_memory(model: Codec, memory_dim: int) -> Codec:
+    """The codec with a voice memory of that width added to its decoder (new, at zero output: it decodes as
+    before until the memory learns), every other weight kept."""
+    cfg = CodecConfig.from_dict({**model.cfg.to_dict(), "memory_dim": memory_dim})
+    grown = Codec(cfg).train()
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("memory.") for name in missing), (missing, unexpected)
+    return grown
 
 
 def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
@@ -159,6 +179,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         model.load_state_dict(state["model"])
     elif decoder_only_from is not None:
         model = load_codec(decoder_only_from).train()
+        if codec_cfg is not None and codec_cfg.memory_dim and codec_cfg.memory_dim != model.cfg.memory_dim:
+            model = _with_memory(model, codec_cfg.memory_dim)
     else:
         codec_cfg = codec_cfg or CodecConfig()
         codec_cfg.scale = fit_scales([item["frames"] for item in train])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import Batch, CodecConfig, phone_targets, reference_stats
+from tldr_core.codec.model import Batch, CodecConfig, Reference, phone_targets, reference_stats
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path
@@ -99,7 +99,7 @@ def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> l
             frames = z["frames"]
             items.append({"id": row["id"], "frames": frames, "embedding": z["embedding"],
                           "stats": reference_stats(frames), "phones": phone_targets(row["phonemes"]),
-                          "n_samples": int(z["n_samples"])})
+                          "n_samples": int(z["n_samples"]), "speaker": row["speaker"]})
     return items
 
 
@@ -128,8 +128,48 @@ def collate(items: list[dict]) -> Batch:
                  phone_lengths=torch.tensor([len(it["phones"]) for it in items]), features=features)
 
 
-def sample_batch(items: list[dict], batch: int, rng: np.random.Generator) -> Batch:
+def sample_batch(items: list[dict], batch: int, rng: np.random.Generator, references: bool = False) -> Batch:
     """`batch` whole clips of similar length (clips run from under 1 s to 16 s; a random mix would be mostly
-    padding)."""
-    chosen = similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)
-    return collate([items[i] for i in chosen])
+    padding); with `references`, each with a piece of another clip of its speaker (`reference_piece`)."""
+    chosen = [items[i] for i in similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)]
+    out = collate(chosen)
+    if references:
+        by_speaker: dict[str, list[dict]] = {}
+        for item in items:
+            by_speaker.setdefault(item["speaker"], []).append(item)
+        out.reference = collate_references([reference_piece(item, by_speaker[item["speaker"]], rng)
+                                            for item in chosen])
+    return out
+
+
+# a voice sample is 3-15 s: references in training are as long, so the decoder learns from what users give it
+REFERENCE_TOKENS = (75, 375)
+
+
+def reference_piece(item: dict, same_speaker: list[dict], rng: np.random.Generator) -> dict:
+    """A random 3-15 s piece (whole tokens) of another clip of the item's speaker (of the item itself only when the
+    speaker has no other), with that clip's embedding and its own statistics."""
+    others = [other for other in same_speaker if other["id"] != item["id"]] or [item]
+    source = others[int(rng.integers(len(others)))]
+    fpt = CodecConfig.frames_per_token
+    n_tokens = len(source["frames"]) // fpt
+    want = min(n_tokens, int(rng.integers(REFERENCE_TOKENS[0], REFERENCE_TOKENS[1] + 1)))
+    start = int(rng.integers(0, n_tokens - want + 1))
+    frames = source["frames"][start * fpt:(start + want) * fpt]
+    piece = {"frames": frames, "embedding": source["embedding"], "stats": reference_stats(frames)}
+    if "features" in source:
+        piece["features"] = fit_length(source["features"], n_tokens * 2)[start * 2:(start + want) * 2]
+    return piece
+
+
+def collate_references(pieces: list[dict]) -> Reference:
+    """Reference pieces padded to the longest (edge-padded; the memory masks the padding out)."""
+    length = max(len(p["frames"]) for p in pieces)
+    pad = lambda x, n: np.pad(x, ((0, n - len(x)), (0, 0)), mode="edge")
+    features = None
+    if "features" in pieces[0]:
+        features = torch.from_numpy(np.stack([pad(p["features"], length // 2) for p in pieces])).float()
+    return Reference(frames=torch.from_numpy(np.stack([pad(p["frames"], length) for p in pieces])),
+                     embedding=torch.from_numpy(np.stack([p["embedding"] for p in pieces])),
+                     stats=torch.from_numpy(np.stack([p["stats"] for p in pieces])),
+                     lengths=torch.tensor([len(p["frames"]) for p in pieces]), features=features)

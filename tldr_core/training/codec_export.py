@@ -3,7 +3,8 @@
 Two graphs, both with dynamic length: tokenizer.onnx (frames (1, 4N, dim) + stats (1, 2+n_env) -> token
 ids (1, N); for a codec whose source is Whisper: log-mel (1, 4N, 80) -> ids (1, N), the frozen Whisper tiny.en
 encoder inside the graph) and decoder.onnx, one step of a stream (a window of token ids (1, W) with its `valid` mask,
-embedding (1, 256), stats and the carried state of the causal layers -> frames (1, 4(W - margins), dim)
+embedding (1, 256), stats and the carried state of the causal layers (and, for a decoder with a voice memory,
+the reference clip's token ids (1, M) and frames (1, 4M, dim)) -> frames (1, 4(W - margins), dim)
 and the next state; a whole clip is one step from the zero state). The FSQ index arithmetic is inside the
 graphs, so callers only ever see integer token ids. codec.json keeps the numbers the runtime needs
 (look-ahead and window margins, state shapes, frames per token, vocabulary size); manifest.json the sha256 of
@@ -55,8 +56,10 @@ class _Decoder(nn.Module):
         self.codec = codec
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor,
-                past_tokens: torch.Tensor, past_frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        frames, state = self.codec.decode_ids(tokens, valid, embedding, stats, DecoderState(past_tokens, past_frames))
+                past_tokens: torch.Tensor, past_frames: torch.Tensor, reference_tokens: torch.Tensor | None = None,
+                reference_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        frames, state = self.codec.decode_ids(tokens, valid, embedding, stats, DecoderState(past_tokens, past_frames),
+                                              reference_tokens, reference_frames)
         return frames, state.tokens, state.frames
 
 
@@ -82,11 +85,16 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
             torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
                               opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
                               dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})
-        torch.onnx.export(_Decoder(codec), (tokens, torch.ones(1, n), embedding, stats, state.tokens, state.frames),
-                          out_dir / "decoder.onnx", dynamo=False, opset_version=OPSET,
-                          input_names=["tokens", "valid", "embedding", "stats", "past_tokens", "past_frames"],
-                          output_names=["frames", "next_tokens", "next_frames"],
-                          dynamic_axes={"tokens": {1: "window"}, "valid": {1: "window"}, "frames": {1: "frames"}})
+        inputs = (tokens, torch.ones(1, n), embedding, stats, state.tokens, state.frames)
+        names = ["tokens", "valid", "embedding", "stats", "past_tokens", "past_frames"]
+        axes = {"tokens": {1: "window"}, "valid": {1: "window"}, "frames": {1: "frames"}}
+        if codec.memory is not None:
+            inputs += (torch.randint(0, cfg.vocab_size, (1, 2 * n)), torch.randn(1, 2 * n * cfg.frames_per_token,
+                                                                                  cfg.feature_dim))
+            names += ["reference_tokens", "reference_frames"]
+            axes |= {"reference_tokens": {1: "reference"}, "reference_frames": {1: "reference_frames"}}
+        torch.onnx.export(_Decoder(codec), inputs, out_dir / "decoder.onnx", dynamo=False, opset_version=OPSET,
+                          input_names=names, output_names=["frames", "next_tokens", "next_frames"], dynamic_axes=axes)
     meta = {"lookahead": cfg.lookahead, "window_margin": list(codec.window_margin),
             "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
