@@ -239,3 +239,38 @@ def test_packing_a_packed_backbone_with_new_adapters_keeps_its_file_and_training
     assert manifest["training"]["backbone"] == shipped["training"]["backbone"]
     assert manifest["training"]["tldr_k4.pt"]["steps"] == 7
     assert Synthesizer(tmp_path / "model", device="cpu").patch_sizes == [4]
+
+
+def test_a_codec_whose_decoder_reads_the_voice_sample_gets_it_from_prepared_and_saved_voices(tmp_path):
+    """With a voice-memory codec a prepared voice carries its clip's frames and tokens to the decoder, and so does a
+    saved voice (made again from its clip: the library keeps no frames); both speak. Without the clip the decoder
+    cannot run, so this is what carries it."""
+    from tiny_model import make_tiny_model
+    from tldr_core.codec.model import Codec, CodecConfig
+    from tldr_core.synthesis import VoicePrompt
+    from tldr_core.training.codec_export import export_codec
+
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(channels=32, frame_channels=16, encoder_blocks=1, decoder_blocks=2, frame_blocks=1,
+                              memory_dim=16))
+    torch.nn.init.normal_(codec.memory.out.weight, std=0.1)  # a memory that has learnt something
+    torch.save({"codec_config": codec.cfg.to_dict(), "model": codec.state_dict()}, tmp_path / "codec.pt")
+    export_codec(tmp_path / "codec.pt", tmp_path / "codec")
+    synth = Synthesizer(make_tiny_model(tmp_path, codec=tmp_path / "codec"), device="cpu",
+                        codec_dir=tmp_path / "codec")
+    assert synth.codec.reads_reference
+
+    voice = synth.prepare_voice(audio.load_reference_clip(VOICE).samples)
+    frames, tokens = voice.reference
+    assert len(tokens) == len(frames) // 4 and len(tokens) >= len(voice.prompt_tokens)
+    spoken = np.concatenate(list(synth.stream("Hello there.", voice, TLDR, 4, seed=0)))
+    assert len(spoken) and np.isfinite(spoken).all()
+    with pytest.raises(ModelError, match="reads the voice sample itself"):
+        list(synth.stream("Hello there.", VoicePrompt(voice.embedding, voice.prompt_tokens, voice.stats), TLDR, 4))
+
+    library = VoiceLibrary(device="cpu")
+    saved = library.create_from_file("Rms", VOICE)
+    synth.saved_voice_prompt(saved, library)
+    prompt = synth.saved_voice_prompt(library.get(saved.id), library)  # kept in the library, still made again
+    assert prompt.reference is not None
+    assert len(list(synth.stream("Hello there.", prompt, TLDR, 4, seed=0)))

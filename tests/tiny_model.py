@@ -20,13 +20,13 @@ TINY_PATCH_SIZES = (2, 4)
 TINY_DRAFT = ModelConfig(dim=32, layers=1, heads=2, kv_heads=1, ffn=64, max_len=1024, tokens_per_phoneme=0.5)
 
 
-def make_tiny_model(folder: Path, draft: bool = False) -> Path:
+def make_tiny_model(folder: Path, draft: bool = False, codec: Path = DEFAULT_CODEC) -> Path:
     torch.manual_seed(0)
     backbone = Backbone(TINY)
     raw = folder / "raw"
     raw.mkdir(parents=True)
     torch.save({"kind": "backbone", "model_config": TINY.to_dict(), "model": backbone.state_dict(),
-                "codec_sha256": codec_fingerprint(DEFAULT_CODEC)}, raw / "backbone.pt")
+                "codec_sha256": codec_fingerprint(codec)}, raw / "backbone.pt")
     adapters = {}
     for k in TINY_PATCH_SIZES:
         tcfg = TldrConfig(patch_size=k, lora_rank=4)

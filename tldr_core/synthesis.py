@@ -18,7 +18,8 @@ draft model proposes, the backbone verifies several tokens per pass; only for a 
 
 A saved voice (voices.py) is prepared once: `saved_voice_prompt` keeps its prompt tokens and statistics in the
 library, tagged with the codec's fingerprint, and makes them again only for another codec; the embedding the
-library computed when the voice was saved is used as it is.
+library computed when the voice was saved is used as it is. A codec with a voice memory also reads the clip's
+frames and tokens (`VoicePrompt.reference`).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ class VoicePrompt:
     embedding: np.ndarray      # (256,) SpeakerEncoder embedding
     prompt_tokens: np.ndarray  # codec tokens of the clip's middle, a multiple of PROMPT_MULTIPLE long
     stats: np.ndarray          # the codec decoder's reference statistics
+    reference: tuple[np.ndarray, np.ndarray] | None = None  # the clip's frames and token ids, for a voice memory
 
     @property
     def timbre(self) -> Timbre:
-        return Timbre(self.embedding, self.stats)
+        frames, tokens = self.reference or (None, None)
+        return Timbre(self.embedding, self.stats, frames, tokens)
 
 
 @dataclass
@@ -158,12 +161,16 @@ class Synthesizer:
         tokens, timbre = self.codec.encode(samples, embedding)
         length = min(MAX_PROMPT_TOKENS, len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
         start = (len(tokens) - length) // 2  # the middle: away from breaths and trimmed edges
-        return VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64), timbre.stats)
+        reference = (timbre.frames, timbre.tokens) if self.codec.reads_reference else None
+        return VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64), timbre.stats, reference)
 
     def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None) -> VoicePrompt:
         """A saved voice's VoicePrompt: what the library kept for this codec, else made now (and kept when a
-        library is given; a read-only or vanished voice folder only costs making it again next time)."""
-        if voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256:
+        library is given; a read-only or vanished voice folder only costs making it again next time). A codec
+        whose decoder reads the clip itself (voice memory) needs the clip's frames, which the library does not keep:
+        for it the prompt is made from the clip each time."""
+        kept = voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256
+        if kept and not self.codec.reads_reference:
             return VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
                                np.array(voice.codec_stats, dtype=np.float32))
         try:

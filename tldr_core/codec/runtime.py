@@ -197,6 +197,11 @@ class CodecRuntime:
             self.backend = _OnnxBackend(path)
         self.vocab_size = self.backend.vocab_size
 
+    @property
+    def reads_reference(self) -> bool:
+        """Whether the decoder reads the reference clip's frames and tokens (a voice memory), not only its timbre."""
+        return self.backend.has_memory
+
     @cached_property
     def speaker(self) -> SpeakerEncoder:
         """Loaded on first use: a caller that has the clip's embedding already (a saved voice) never needs it."""
@@ -210,7 +215,7 @@ class CodecRuntime:
 
     def timbre(self, samples: np.ndarray) -> Timbre:
         """The decoder's view of a reference clip (16 kHz mono): a voice memory's also reads its tokens."""
-        if self.backend.has_memory:
+        if self.reads_reference:
             return self.encode(samples)[1]
         return Timbre.of(analyze(samples), self.speaker.embed(samples))
 
