@@ -84,15 +84,16 @@ if [ "$DRAFT_STEPS" -gt 0 ]; then
   DRAFT=(--draft "$WORK/draft/checkpoint.pt")
 fi
 # the decoder learns further, with a phone listener's loss that keeps its phones apart; its tokenizer stays, and its
-# re-export must be byte-identical, since tokenizer.onnx's sha256 is what pairs the model with its tokens
+# re-export must carry the same fingerprint, since that is what pairs the model with its tokens
 if [ "$DECODER_STEPS" -gt 0 ]; then
   stage "codec decoder" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only "$WORK/codec/checkpoint.pt" \
     --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 --validate-every 500 --threads "$THREADS" \
     --listener-weight "$DECODER_LISTENER_WEIGHT" --listener-steps "$DECODER_LISTENER_STEPS" $(RESUME "$WORK/codec_decoder")
   stage "codec decoder export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$WORK/codec_decoder/onnx"
-  cmp -s "$WORK/codec_decoder/onnx/tokenizer.onnx" "$OUT/codec/tokenizer.onnx" || \
-    { echo "the decoder-only codec exported another tokenizer.onnx: the model's tokens would not match" >&2; exit 1; }
-  cp "$WORK/codec_decoder/onnx/"{decoder.onnx,codec.json,manifest.json} "$OUT/codec/"
+  $PY -c 'import sys; from tldr_core.codec.store import codec_fingerprint as f; sys.exit(f(sys.argv[1]) != f(sys.argv[2]))' \
+    "$WORK/codec_decoder/onnx" "$OUT/codec" || \
+    { echo "the decoder-only codec has another tokenizer fingerprint: the model's tokens would not match" >&2; exit 1; }
+  cp "$WORK/codec_decoder/onnx/"{tokenizer.onnx,decoder.onnx,codec.json,manifest.json} "$OUT/codec/"
 fi
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "phases": [$PHASES_JSON], "codec_steps": $CODEC_STEPS,

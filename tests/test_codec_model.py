@@ -446,3 +446,26 @@ def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams
     timbre = runtime.timbre(reference)
     with pytest.raises(ModelError, match="reads the voice sample itself"):
         runtime.decode(offline.tokens, Timbre(timbre.embedding, timbre.stats))
+
+
+def test_a_tokenizer_is_known_by_its_weights_not_by_its_files_bytes(tiny_corpus, tmp_path):
+    """A checkpoint, its export and the export of a decoder-only run on it share one fingerprint (what pairs a
+    speech model with its tokens); a tokenizer trained further does not. A folder exported before codec.json kept
+    the fingerprint is known by its tokenizer.onnx's sha256, as the shipped codec is."""
+    from tldr_core.codec.store import codec_fingerprint
+    from tldr_core.files import file_sha256
+    from tldr_core.training.codec_export import export_codec
+
+    cfg = TrainConfig(steps=4, batch=2, validate_every=4, threads=1)
+    first, decoder, further = tmp_path / "first", tmp_path / "decoder", tmp_path / "further"
+    train_codec(tiny_corpus, first, cfg, codec_cfg=CodecConfig(**TINY))
+    train_codec(tiny_corpus, decoder, cfg, decoder_only_from=first / "checkpoint.pt")
+    shutil.copytree(first, further)
+    train_codec(tiny_corpus, further, TrainConfig(**{**cfg.__dict__, "steps": 8}), resume=True)
+    export_codec(first / "checkpoint.pt", tmp_path / "first_onnx")
+    export_codec(decoder / "checkpoint.pt", tmp_path / "decoder_onnx")
+    same = {codec_fingerprint(p) for p in (first / "checkpoint.pt", tmp_path / "first_onnx", decoder / "checkpoint.pt",
+                                           tmp_path / "decoder_onnx")}
+    assert len(same) == 1
+    assert codec_fingerprint(further / "checkpoint.pt") not in same
+    assert codec_fingerprint(RESOURCES_DIR / "codec") == file_sha256(RESOURCES_DIR / "codec" / "tokenizer.onnx")

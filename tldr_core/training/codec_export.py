@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
-from tldr_core.codec.store import load_codec
+from tldr_core.codec.store import load_codec, tokenizer_fingerprint
 from tldr_core.codec.whisper import WhisperEncoder
 from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.files import MANIFEST, file_entries, write_text
@@ -99,7 +99,8 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
             "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
             "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25,
-            "config": cfg.to_dict()}  # what `load_codec` needs to rebuild the network from the two graphs
+            "config": cfg.to_dict(),  # what `load_codec` needs to rebuild the network from the two graphs
+            "fingerprint": tokenizer_fingerprint(codec)}  # what the tokens mean: a speech model is paired by it
     write_text(out_dir / "codec.json", json.dumps(meta, indent=2) + "\n")
     manifest = {"format": 1, "files": file_entries(out_dir, ["tokenizer.onnx", "decoder.onnx", "codec.json"]),
                 "training": _training(Path(checkpoint)), "recipe": recipe or {}}
