@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QCloseEvent, QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                                QMainWindow, QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
@@ -38,6 +38,7 @@ EXPORT_FORMATS = {"WAV audio (*.wav)": ".wav", "FLAC audio (*.flac)": ".flac"}
 CHUNK_SECONDS = 0.2  # recorded audio is played in chunks of this size, like model patches
 SPEAK_TIP = "Speak the text in the chosen voice (Ctrl+Enter)"
 STARTER_VOICES = paths.RESOURCES_DIR / "voices"  # reference clips offered while the library is empty
+APP_ICON = paths.RESOURCES_DIR / "icons" / "tldr-voice.png"  # the windows' icon, and the desktop entry's
 
 
 class _Relay(QObject):
@@ -561,6 +562,7 @@ def run() -> int:
     QApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
     app = QApplication(sys.argv)
     app.setApplicationName("TLDR Voice")
+    app.setWindowIcon(QIcon(str(APP_ICON)))
     window = MainWindow()
     window.show()
     return app.exec()

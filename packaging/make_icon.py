@@ -1,4 +1,4 @@
-"""Draw the app icon, packaging/tldr-voice.png (256 x 256): a rounded tile with a row of sound-wave bars.
+"""Draw the app icon, resources/icons/tldr-voice.png (256 x 256): a rounded tile with a row of sound-wave bars.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python packaging/make_icon.py
 
@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QLinearGradient, QPainter
 
 SIZE = 256
-OUT = Path(__file__).resolve().parent / "tldr-voice.png"
+OUT = Path(__file__).resolve().parents[1] / "resources" / "icons" / "tldr-voice.png"
 
 
 def draw(size: int = SIZE) -> QImage:

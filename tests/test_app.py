@@ -7,7 +7,7 @@ sample. Dialogs are thin; the window's methods they call are what these tests dr
 import numpy as np
 import pytest
 import soundfile as sf
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication
 
@@ -294,3 +294,13 @@ def test_a_corrupt_settings_file_is_survived_with_a_notice(qtbot):
     qtbot.addWidget(window)
     assert window.settings == Settings() and window.status_is_error
     assert "could not be read" in window.status.text()
+
+
+def test_the_app_icon_loads(qtbot):
+    """The icon the app gives its windows (also the desktop entry's) is a picture Qt can read, not a blank default."""
+    from PySide6.QtGui import QIcon
+
+    from app.main_window import APP_ICON
+
+    icon = QIcon(str(APP_ICON))
+    assert not icon.isNull() and icon.actualSize(QSize(256, 256)).width() == 256
