@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from alsa_tap import alsa_tap, no_sound_card, unpluggable_speakers  # noqa: F401 (a sound card, none, one unplugged)
-from tiny_model import tiny_model, tiny_model_with_draft  # noqa: F401 (fixtures: untrained model folders)
+from tiny_model import tiny_model, tiny_model_with_draft, voice  # noqa: F401 (fixtures: untrained models, a voice)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

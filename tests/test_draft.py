@@ -124,11 +124,6 @@ def synth(tiny_model_with_draft):
     return Synthesizer(tiny_model_with_draft, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def voice(synth):
-    return synth.prepare_voice(audio.load_reference_clip(VOICE).samples)
-
-
 def test_ssd_streams_what_token_by_token_says_at_temperature_zero(synth, voice):
     """Greedy SSD keeps exactly the baseline's tokens, handed to the codec as they are accepted."""
     text, greedy = "Two sentences here. Then a second one.", Sampling(temperature=0)

@@ -28,11 +28,6 @@ def synth(tiny_model):
     return Synthesizer(tiny_model, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def voice(synth):
-    return synth.prepare_voice(audio.load_reference_clip(VOICE).samples)
-
-
 def test_a_prepared_voice_has_a_whole_patch_prompt(voice):
     assert len(voice.prompt_tokens) in (24, 48, 72)
     assert voice.embedding.shape == (256,)

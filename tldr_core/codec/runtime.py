@@ -52,7 +52,7 @@ class Timbre:
         """A reference clip's timbre from its vocoder frames (whole tokens), its speaker embedding and its tokens."""
         return cls(embedding, reference_stats(frames), frames, tokens)
 
-    @property
+    @cached_property
     def envelopes(self) -> np.ndarray | None:
         """The reference's speaker-normalised envelopes, (4M, n_env), for `reference_blend`."""
         return None if self.frames is None else self.frames[:, ENV] - self.stats[2:]
@@ -117,9 +117,8 @@ class _TorchBackend:
                                    for piece, n in mel_pieces(log_mel(samples))])
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
-    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
-             state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        reference = timbre.memory(self.frames_per_token) if self.has_memory else None
+    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre, state: tuple[np.ndarray, ...],
+             reference: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         return numpy_step(self.model, ids, valid, timbre.embedding, timbre.stats, state, reference)
 
 
@@ -153,13 +152,12 @@ class _OnnxBackend:
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
-    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre,
-             state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre, state: tuple[np.ndarray, ...],
+             reference: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         inputs = {"tokens": ids[None], "valid": valid[None], "embedding": timbre.embedding[None].astype(np.float32),
                   "stats": timbre.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]}
-        if self.has_memory:
-            reference_tokens, reference_frames = timbre.memory(self.frames_per_token)
-            inputs |= {"reference_tokens": reference_tokens[None], "reference_frames": reference_frames[None]}
+        if reference is not None:
+            inputs |= {"reference_tokens": reference[0][None], "reference_frames": reference[1][None]}
         frames, *new = self.decoder.run(None, inputs)
         return frames[0], tuple(new)
 
@@ -170,8 +168,9 @@ class AudioStream:
     def __init__(self, runtime: "CodecRuntime", timbre: Timbre):
         b = runtime.backend
         self.timbre, self.blend = timbre, runtime.blend
-        self.decoder = DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state), b.zero_state(),
-                                     b.margin)
+        reference = timbre.memory(b.frames_per_token) if b.has_memory else None  # read once, not at every push
+        self.decoder = DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state, reference),
+                                     b.zero_state(), b.margin)
         self.vocoder = StreamingVocoder()
 
     def push(self, tokens: np.ndarray) -> np.ndarray:

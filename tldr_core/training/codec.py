@@ -23,8 +23,8 @@ from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_e
 from tldr_core.codec.store import load_codec
 from tldr_core.errors import CorpusError
 from tldr_core.model_store import read_checkpoint
-from tldr_core.training.codec_data import (add_whisper_features, build_cache, collate, collate_references, load_split,
-                                          reference_piece, sample_batch)
+from tldr_core.training.codec_data import (add_whisper_features, build_cache, by_speaker, collate, collate_references,
+                                          load_split, reference_piece, sample_batch)
 from tldr_core.training.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
@@ -81,15 +81,13 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
     decoded in the voice of a piece of another clip of its speaker, the same pieces at every validation."""
     sums: dict[str, float] = {}
     readings = []
-    by_speaker: dict[str, list[dict]] = {}
-    for item in items:
-        by_speaker.setdefault(item.get("speaker", ""), []).append(item)
+    speakers = by_speaker(items)
     with torch.no_grad():
         for i, item in enumerate(items):
             batch = collate([item])
             if references:
                 rng = np.random.default_rng([seed, i])
-                batch.reference = collate_references([reference_piece(item, by_speaker[item["speaker"]], rng)])
+                batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng)])
             for k, v in model.loss(batch, listener.ctc if listener else None).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
@@ -110,11 +108,12 @@ class CodecTask(Task):
                                                                                     valid, cfg)
         self.objective = CodecObjective(model, listener, cfg.listener_weight)
         self.trainable = _freeze_tokenizer(model) if frozen else list(model.parameters())
+        self.speakers = by_speaker(train) if model.memory is not None else None  # where reference pieces come from
 
     def batch(self, step: int, process: Process) -> Batch:
         rank = [process.rank] if process.rank else []  # rank 0 draws what a single process draws
         return sample_batch(self.train, self.cfg.batch, np.random.default_rng([self.cfg.seed, step, *rank]),
-                            references=self.model.memory is not None)
+                            self.speakers)
 
     def at_step(self, step: int) -> None:
         # fixed codes: the phone loss has no use

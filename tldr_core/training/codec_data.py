@@ -111,34 +111,42 @@ def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return x[:n] if len(x) >= n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
 
 
+def _stacked(arrays: list[np.ndarray], n: int) -> np.ndarray:
+    """Arrays of rows, each edge-padded (its last row repeated) to `n` rows, stacked."""
+    return np.stack([fit_length(a, n) for a in arrays])
+
+
+def by_speaker(items: list[dict]) -> dict[str, list[dict]]:
+    """A split's items grouped by speaker: where a clip's reference pieces come from (`reference_piece`)."""
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["speaker"], []).append(item)
+    return groups
+
+
 def collate(items: list[dict]) -> Batch:
     """Whole clips padded to the longest one (frames edge-padded, phones zero-padded), with their lengths."""
     length = max(len(it["frames"]) for it in items)
     n_phones = max(len(it["phones"]) for it in items)
-    frames = np.stack([np.pad(it["frames"], ((0, length - len(it["frames"])), (0, 0)), mode="edge")
-                       for it in items])
     phones = np.stack([np.pad(it["phones"], (0, n_phones - len(it["phones"]))) for it in items])
     features = None
     if "features" in items[0]:  # half as many as frames: padded alike
-        features = torch.from_numpy(np.stack([fit_length(it["features"], length // 2) for it in items])).float()
-    return Batch(frames=torch.from_numpy(frames),
+        features = torch.from_numpy(_stacked([it["features"] for it in items], length // 2)).float()
+    return Batch(frames=torch.from_numpy(_stacked([it["frames"] for it in items], length)),
                  embedding=torch.from_numpy(np.stack([it["embedding"] for it in items])),
                  stats=torch.from_numpy(np.stack([it["stats"] for it in items])),
                  lengths=torch.tensor([len(it["frames"]) for it in items]), phones=torch.from_numpy(phones),
                  phone_lengths=torch.tensor([len(it["phones"]) for it in items]), features=features)
 
 
-def sample_batch(items: list[dict], batch: int, rng: np.random.Generator, references: bool = False) -> Batch:
+def sample_batch(items: list[dict], batch: int, rng: np.random.Generator,
+                 speakers: dict[str, list[dict]] | None = None) -> Batch:
     """`batch` whole clips of similar length (clips run from under 1 s to 16 s; a random mix would be mostly
-    padding); with `references`, each with a piece of another clip of its speaker (`reference_piece`)."""
+    padding); given the items `by_speaker`, each with a piece of another clip of its speaker (`reference_piece`)."""
     chosen = [items[i] for i in similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)]
     out = collate(chosen)
-    if references:
-        by_speaker: dict[str, list[dict]] = {}
-        for item in items:
-            by_speaker.setdefault(item["speaker"], []).append(item)
-        out.reference = collate_references([reference_piece(item, by_speaker[item["speaker"]], rng)
-                                            for item in chosen])
+    if speakers is not None:
+        out.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng) for item in chosen])
     return out
 
 
@@ -165,11 +173,10 @@ def reference_piece(item: dict, same_speaker: list[dict], rng: np.random.Generat
 def collate_references(pieces: list[dict]) -> Reference:
     """Reference pieces padded to the longest (edge-padded; the memory masks the padding out)."""
     length = max(len(p["frames"]) for p in pieces)
-    pad = lambda x, n: np.pad(x, ((0, n - len(x)), (0, 0)), mode="edge")
     features = None
     if "features" in pieces[0]:
-        features = torch.from_numpy(np.stack([pad(p["features"], length // 2) for p in pieces])).float()
-    return Reference(frames=torch.from_numpy(np.stack([pad(p["frames"], length) for p in pieces])),
+        features = torch.from_numpy(_stacked([p["features"] for p in pieces], length // 2)).float()
+    return Reference(frames=torch.from_numpy(_stacked([p["frames"] for p in pieces], length)),
                      embedding=torch.from_numpy(np.stack([p["embedding"] for p in pieces])),
                      stats=torch.from_numpy(np.stack([p["stats"] for p in pieces])),
                      lengths=torch.tensor([len(p["frames"]) for p in pieces]), features=features)
