@@ -123,10 +123,11 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
     from tldr_core.model import ModelConfig
     from tldr_core.training.lm import train_backbone
 
-    model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
+    model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn,
+                            alignment_hints=args.aligner is not None)
     cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior)
-    _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec,
-                           resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
+    _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec, resume=args.resume,
+                           jobs=args.jobs, device=args.device, init=args.init, aligner=args.aligner), args.out)
 
 
 def cmd_train_tldr(args: argparse.Namespace) -> None:
@@ -559,6 +560,10 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--alignment-prior", type=float, default=0.0, metavar="FRACTION",
                    help="guide one attention head per layer along the text for this fraction of the steps, fading "
                         "(0: off)")
+    p.add_argument("--aligner", type=Path, metavar="CODEC_CHECKPOINT",
+                   help="a new backbone with alignment hints: every speech token is told the phoneme it says, from "
+                        "this codec checkpoint's phone alignment (the codec of --codec), and the backbone learns "
+                        "to predict the durations")
     p.set_defaults(run=cmd_train_backbone)
     p = train_cmds.add_parser("tldr", help="train one patch size's compressor, LoRA and extractor on a frozen backbone")
     lm_options(p, steps=2000)

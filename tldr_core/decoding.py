@@ -4,7 +4,8 @@ Every generator prefills [speaker, phonemes, PROMPT, prompt units, SOS] in one f
 cache one unit per backbone step (SSD: several verified tokens per backbone step), and yields speech tokens as
 soon as they exist so the codec can turn them into sound while generation goes on. Length is bounded by the
 text: STOP is masked until half the expected length, and output is cut at twice it, so a model can neither
-swallow a sentence nor babble on.
+swallow a sentence nor babble on. A model with alignment hints (model.AlignmentHints) first predicts how long
+each phoneme lasts; every unit then carries the hint for the token it predicts, and STOP comes when all is said.
 """
 
 from __future__ import annotations
@@ -139,6 +140,43 @@ def _bounds(request: Request, tokens_per_phoneme: float) -> tuple[int, int]:
     return int(0.5 * expected), max(2, int(2.0 * expected))
 
 
+@dataclass
+class Plan:
+    """How long a sentence will be: length bounds, and for a model with alignment hints its durations."""
+
+    bounds: tuple[int, int]             # STOP allowed from, output cut at (tokens)
+    text_ids: torch.Tensor
+    durations: torch.Tensor | None      # (phonemes,) tokens each, or None for a model without hints
+
+    def hints(self, model: Backbone, length: int | None = None) -> torch.Tensor | None:
+        """(length, dim) `model`'s hints, row j for predicting token j (default: up to the token after the last),
+        or None without hints."""
+        if self.durations is None:
+            return None
+        return model.hints(self.text_ids, self.durations, length or self.bounds[1] + 1)
+
+
+def _hinted(x: torch.Tensor, hints: torch.Tensor | None, first: int, rows: int = 1) -> torch.Tensor:
+    """(1, T, dim) units with the hints for predicting tokens first .. first + rows - 1 added to the last rows."""
+    if hints is None or rows == 0:
+        return x
+    x = x.clone()
+    x[0, -rows:] += hints[first:first + rows]
+    return x
+
+
+def _plan(model: Backbone, request: Request, device: torch.device) -> Plan:
+    """A model with alignment hints predicts its durations first, and may say STOP only when they are spoken;
+    one without them gets length bounds from the speaking rate of its training data."""
+    text_ids = request.text_ids.to(device)
+    if model.hints is None:
+        return Plan(_bounds(request, model.cfg.tokens_per_phoneme), text_ids, None)
+    durations = model.hints.predict(request.speaker.to(device), text_ids)
+    spoken = max(1, int(durations.sum()))
+    durations[0] += spoken - int(durations.sum())  # nothing to say at all: one token of silence
+    return Plan((spoken, spoken), text_ids, durations)
+
+
 def _next_token(logits: torch.Tensor, stats: GenerationStats, sampling: Sampling, generator: torch.Generator | None,
                 bounds: tuple[int, int], stop: int) -> int | None:
     """Sample within the length bounds and count the token; None once the utterance has ended."""
@@ -170,8 +208,10 @@ class TokenGenerator:
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
         bb, cfg = self.backbone, self.backbone.cfg
         device = next(bb.parameters()).device
-        bounds = _bounds(request, cfg.tokens_per_phoneme)
+        plan = _plan(bb, request, device)
+        bounds, hints = plan.bounds, plan.hints(bb)
         x, speech_start = _prefill(bb, request, device)
+        x = _hinted(x, hints, 0)
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1])
         self.stats = stats = GenerationStats()
         while True:
@@ -182,7 +222,7 @@ class TokenGenerator:
             if token is None:
                 break
             yield [token]
-            x = bb.speech_embed(torch.tensor([[token]], device=device))
+            x = _hinted(bb.speech_embed(torch.tensor([[token]], device=device)), hints, stats.tokens)
         stats.kv_bytes = cache.bytes()
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
 
@@ -199,10 +239,13 @@ class PatchGenerator:
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
         bb, cfg, tldr, k = self.backbone, self.backbone.cfg, self.tldr, self.tldr.k
         device = next(bb.parameters()).device
-        bounds = _bounds(request, cfg.tokens_per_phoneme)
+        plan = _plan(bb, request, device)
+        bounds, hints = plan.bounds, plan.hints(bb, (plan.bounds[1] // k + 2) * k)
+        patch_hints = hints.view(-1, k, hints.shape[-1]).mean(1) if hints is not None else None
         speaker = request.speaker[None].to(device)
         prefix = bb.prefix(speaker, request.text_ids[None].to(device))
         x = torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1)
+        x = _hinted(x, patch_hints, 0)
         speech_start = prefix.shape[1]
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1] // k + 1)
         self.stats = stats = GenerationStats()
@@ -212,10 +255,11 @@ class PatchGenerator:
             cache.length += x.shape[1]
             stats.backbone_steps += 1
             patch: list[int] = []
-            inputs = tldr.extractor.start(hidden[:, -1], speaker)
+            inputs = _hinted(tldr.extractor.start(hidden[:, -1], speaker), hints, stats.tokens)
             while len(patch) < k:
                 if patch:  # the tokens so far are the extractor's next inputs
-                    inputs = torch.cat([inputs, bb.speech_embed(torch.tensor([patch[-1:]], device=device))], dim=1)
+                    last = _hinted(bb.speech_embed(torch.tensor([patch[-1:]], device=device)), hints, stats.tokens)
+                    inputs = torch.cat([inputs, last], dim=1)
                 token = _next_token(bb.logits(tldr.extractor(inputs)[0, -1]), stats, self.sampling, generator,
                                     bounds, cfg.stop)
                 if token is None:
@@ -225,7 +269,7 @@ class PatchGenerator:
             if patch:
                 yield patch
             if not done:
-                x = tldr.patches(bb, torch.tensor([patch], device=device))
+                x = _hinted(tldr.patches(bb, torch.tensor([patch], device=device)), patch_hints, stats.tokens // k)
         stats.kv_bytes = cache.bytes()
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
 
@@ -289,6 +333,8 @@ class SpeculativeGenerator:
         if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
             raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
                              f"{backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
+        if (draft.hints is None) != (backbone.hints is None):
+            raise ValueError("a draft must read alignment hints exactly when its backbone does")
         self.backbone, self.draft, self.sampling = backbone, draft, sampling
         self.speculation = speculation or Speculation()
         self.stats = GenerationStats()
@@ -299,9 +345,12 @@ class SpeculativeGenerator:
         bb, dr, cfg, sampling, gamma = self.backbone, self.draft, self.backbone.cfg, self.sampling, \
             self.speculation.gamma
         device = next(bb.parameters()).device
-        min_tokens, max_tokens = _bounds(request, cfg.tokens_per_phoneme)
+        plan = _plan(bb, request, device)  # the draft follows the backbone's durations
+        min_tokens, max_tokens = plan.bounds
+        bb_hints, dr_hints = plan.hints(bb, max_tokens + gamma + 2), plan.hints(dr, max_tokens + gamma + 2)
         bb_in, bb_speech = _prefill(bb, request, device)  # what each model reads next: prefill first
         dr_in, dr_speech = _prefill(dr, request, device)  # (each embeds the request with its own tables)
+        bb_in, dr_in = _hinted(bb_in, bb_hints, 0), _hinted(dr_in, dr_hints, 0)
         bb_cache = bb.new_cache(max_len=bb_in.shape[1] + max_tokens + gamma + 2)
         dr_cache = dr.new_cache(max_len=dr_in.shape[1] + max_tokens + gamma + 2)
         self.stats = stats = GenerationStats()
@@ -325,10 +374,12 @@ class SpeculativeGenerator:
                 drafted.append(int(torch.multinomial(q[-1], 1, generator=generator)))
                 if drafted[-1] == cfg.stop:
                     break
-                x = dr.speech_embed(torch.tensor([drafted[-1:]], device=device))
+                x = _hinted(dr.speech_embed(torch.tensor([drafted[-1:]], device=device)), dr_hints,
+                            stats.tokens + len(drafted))
             dr_read = dr_cache.length  # the draft has read dr_in and drafted[:-1]
             # 2. one backbone pass over what it has not read yet and every drafted token
-            x = torch.cat([bb_in, bb.speech_embed(torch.tensor([drafted], device=device, dtype=torch.long))], dim=1)
+            drafts = bb.speech_embed(torch.tensor([drafted], device=device, dtype=torch.long))
+            x = torch.cat([bb_in, _hinted(drafts, bb_hints, stats.tokens + 1, len(drafted))], dim=1)
             logits = bb.logits(bb(x, bb_cache)[0, bb_in.shape[1] - 1:])  # row i: the position of drafted[i]
             bb_cache.length += x.shape[1]
             stats.backbone_steps += 1
@@ -365,8 +416,9 @@ class SpeculativeGenerator:
             if done:
                 break
             unread = [final] if len(kept) < len(drafted) else [drafted[-1], final]
-            bb_in = bb.speech_embed(torch.tensor([[final]], device=device))
-            dr_in = dr.speech_embed(torch.tensor([unread], device=device))
+            bb_in = _hinted(bb.speech_embed(torch.tensor([[final]], device=device)), bb_hints, stats.tokens)
+            dr_in = _hinted(dr.speech_embed(torch.tensor([unread], device=device)), dr_hints,
+                            stats.tokens - len(unread) + 1, len(unread))
         stats.draft_kv_bytes = dr_cache.bytes()
         stats.kv_bytes = bb_cache.bytes() + stats.draft_kv_bytes
         stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - bb_speech - 1)  # not the SOS markers

@@ -45,6 +45,7 @@ class ModelConfig:
     max_len: int = 1536               # positions: text + prompt + speech units
     rope_base: float = 10000.0
     tokens_per_phoneme: float = 2.0   # measured on the training data; expected length = this x phonemes
+    alignment_hints: bool = False     # each speech unit is told the phoneme it says (AlignmentHints)
 
     @property
     def stop(self) -> int:
@@ -169,6 +170,77 @@ class Block(nn.Module):
         return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
 
 
+# ------------------------------------------------------------------------------------------- alignment
+
+END = text.VOCAB_SIZE  # hint id past the last phoneme: the unit that says STOP
+MAX_HINT_STEP = 16     # steps into and left of a phoneme are told up to this many tokens
+_PHONE_IDS = frozenset(text.phoneme_ids(list(text.PHONES)))
+
+
+class DurationPredictor(nn.Module):
+    """Speaker + phonemes -> log(1 + tokens) of each text position (convolutions: a phoneme's length depends
+    on its neighbours, a pause on the punctuation after it)."""
+
+    def __init__(self, dim: int, layers: int = 3, kernel: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(text.VOCAB_SIZE, dim)
+        self.speaker_proj = nn.Linear(SPEAKER_DIM, dim)
+        self.norms = nn.ModuleList([RMSNorm(dim) for _ in range(layers)])
+        self.convs = nn.ModuleList([nn.Conv1d(dim, dim, kernel, padding=kernel // 2) for _ in range(layers)])
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, speaker: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """(256,) speaker, (n,) text ids -> (n,) log(1 + tokens)."""
+        x = self.embed(text_ids) + self.speaker_proj(speaker)
+        for norm, conv in zip(self.norms, self.convs):
+            x = x + F.gelu(conv(norm(x).T[None])[0].T)
+        return self.out(x)[:, 0]
+
+
+class AlignmentHints(nn.Module):
+    """What each speech unit says, added to the unit that predicts it: the phoneme being said, the text symbols
+    before and after it, how many tokens into the phoneme and how many are left.
+
+    A decoder-only model left to find its place in the text learns to continue the prompt's voice long before it
+    learns to read (docs/EXPERIMENTS.md); told where it is, reading becomes local. Training takes the durations
+    from the codec's phone alignment (training/alignment.py), synthesis from the model's own DurationPredictor,
+    so the length of an utterance is the model's decision, made before its first token."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.now = nn.Embedding(text.VOCAB_SIZE + 1, dim)
+        self.before = nn.Embedding(text.VOCAB_SIZE + 1, dim)
+        self.after = nn.Embedding(text.VOCAB_SIZE + 1, dim)
+        self.into = nn.Embedding(MAX_HINT_STEP, dim)
+        self.left = nn.Embedding(MAX_HINT_STEP, dim)
+        self.durations = DurationPredictor(dim)
+
+    def forward(self, text_ids: torch.Tensor, durations: torch.Tensor, length: int) -> torch.Tensor:
+        """(n,) text ids and their (n,) durations in tokens -> (length, dim): row j is the hint for predicting
+        token j; rows from sum(durations) on say END (STOP now)."""
+        n, device = len(text_ids), text_ids.device
+        spoken = int(durations.sum())
+        at = torch.repeat_interleave(torch.arange(n, device=device), durations)  # token -> its text position
+        into = torch.arange(spoken, device=device) - (durations.cumsum(0) - durations)[at]
+        left = durations[at] - into - 1
+        past = max(0, length - spoken)
+        at = torch.cat([at, at.new_full((past,), n)])[:length]
+        into = torch.cat([into, into.new_zeros(past)])[:length].clamp(max=MAX_HINT_STEP - 1)
+        left = torch.cat([left, left.new_zeros(past)])[:length].clamp(max=MAX_HINT_STEP - 1)
+        ids = torch.cat([text_ids, text_ids.new_tensor([END, END])])  # ids[n]: END; ids[-1]: nothing before BOS
+        return (self.now(ids[at]) + self.before(ids[at - 1]) + self.after(ids[at + 1]) + self.into(into)
+                + self.left(left))
+
+    def predict(self, speaker: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """(256,) speaker, (n,) text ids -> (n,) durations in tokens: at least one per phone, none for the marks
+        and EOS; BOS holds the silence before the first phone."""
+        tokens = torch.expm1(self.durations(speaker, text_ids).float()).round().clamp(min=0).long()
+        phone = torch.tensor([int(t) in _PHONE_IDS for t in text_ids], device=tokens.device)
+        spoken = torch.where(phone, tokens.clamp(min=1), torch.zeros_like(tokens))
+        spoken[0] = tokens[0]
+        return spoken
+
+
 # ----------------------------------------------------------------------------------------- backbone
 
 class Backbone(nn.Module):
@@ -181,6 +253,7 @@ class Backbone(nn.Module):
         self.speech_embed = nn.Embedding(cfg.speech_vocab + 1, cfg.dim)  # + STOP (seen by the extractor)
         self.speaker_proj = nn.Linear(SPEAKER_DIM, cfg.dim)
         self.markers = nn.Embedding(2, cfg.dim)  # PROMPT, SOS
+        self.hints = AlignmentHints(cfg.dim) if cfg.alignment_hints else None
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.kv_heads, cfg.ffn) for _ in range(cfg.layers)])
         self.norm = RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.speech_vocab + 1, bias=False)

@@ -50,6 +50,8 @@ PHONEMES: tuple[str, ...] = (
     "b", "t͡ʃ", "d", "ð", "f", "ɡ", "h", "d͡ʒ", "k", "l", "m", "n", "ŋ", "p", "ɹ", "s", "ʃ", "t", "θ",
     "v", "w", "j", "z", "ʒ",
 )
+MARKS = frozenset({WORD_BOUNDARY, *STRESS, ",", ".", "?", "!", ";", ":", "-"})  # no sound segment of their own
+PHONES: tuple[str, ...] = tuple(p for p in PHONEMES if p not in MARKS)
 VOCAB_SIZE = 4 + len(PHONEMES)  # rows of the model's embedding table
 _ID_OF = {symbol: 4 + index for index, symbol in enumerate(PHONEMES)}
 

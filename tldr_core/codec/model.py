@@ -37,13 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tldr_core.codec.features import AP, CONFIG as FEATURES, ENV, LF0, VUV
-from tldr_core.text import PHONEMES, STRESS, WORD_BOUNDARY
+from tldr_core.text import PHONES
 
 EMBED_DIM = 256  # SpeakerEncoder's output
 WHISPER_DIM = 384  # Whisper tiny.en encoder's output
 # CTC targets are the phones only: stress marks, word gaps and punctuation have no segment of their own
-NOT_PHONES = frozenset({WORD_BOUNDARY, *STRESS, ",", ".", "?", "!", ";", ":", "-"})
-PHONES: tuple[str, ...] = tuple(p for p in PHONEMES if p not in NOT_PHONES)
 _PHONE_ID = {p: 1 + i for i, p in enumerate(PHONES)}  # 0 is the CTC blank
 
 

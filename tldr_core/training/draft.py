@@ -20,7 +20,7 @@ from tldr_core.files import file_sha256
 from tldr_core.model import Backbone, ModelConfig
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training.lm import (LmTask, TrainConfig, backbone_tokens, prepare_run, run_task, starting_weights,
-                                   validation_batches)
+                                   validation_batches, with_durations)
 from tldr_core.training.objectives import DraftObjective
 from tldr_core.training.trainer import start_process
 
@@ -61,6 +61,7 @@ def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, 
         raise CorpusError(f"The backbone '{backbone_path}' was trained on the tokens of another codec than "
                           f"'{codec or 'the shipped codec'}': name its codec with --codec.")
     backbone = load_backbone(backbone_path).to(process.device)
+    with_durations(backbone.cfg, tokens, None, train, valid)
     start, started_from = starting_weights(state, init, "draft", "draft model")
     model_cfg = ModelConfig(**start["model_config"]) if start is not None else draft_config(backbone.cfg, size)
     if model_cfg.speech_vocab != backbone.cfg.speech_vocab:

@@ -63,16 +63,21 @@ def validation_batches(items: list[lm_data.Utterance], cfg: TrainConfig) -> Iter
 
 
 def validate(objective: torch.nn.Module, items: list[lm_data.Utterance], cfg: TrainConfig,
-             device: torch.device) -> tuple[float, float]:
-    """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), and over
-    the same batches with each utterance given another one's text: the gap between the two is what the model
-    has learnt from reading the text (zero while it only continues the prompt's voice)."""
-    right, wrong = [], []
+             device: torch.device) -> dict[str, float]:
+    """Mean loss over fixed batches of the held-out speakers (the same batches at every validation), its parts
+    (an objective's `figures`), and the loss over the same batches with each utterance given another one's text
+    (and durations): the gap is what the model has learnt from reading the text (zero while it only continues
+    the prompt's voice)."""
+    right, wrong, parts = [], [], {}
     for batch in validation_batches(items, cfg):
         right.append(float(objective(batch.to(device))))
-        swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1])
+        for name, value in getattr(objective, "figures", {}).items():
+            parts.setdefault(f"validation_{name}", []).append(value)
+        swapped = replace(batch, text_ids=batch.text_ids[1:] + batch.text_ids[:1],
+                          durations=batch.durations and batch.durations[1:] + batch.durations[:1])
         wrong.append(float(objective(swapped.to(device))))
-    return float(np.mean(right)), float(np.mean(wrong))
+    return {"validation": float(np.mean(right)), "validation_wrong_text": float(np.mean(wrong)),
+            **{name: float(np.mean(values)) for name, values in parts.items()}}
 
 
 class LmTask(Task):
@@ -96,8 +101,7 @@ class LmTask(Task):
             self.objective.prior = _prior(self.cfg, step)
 
     def validate(self) -> dict[str, float]:
-        right, wrong = validate(self.objective, self.valid_items, self.cfg, self.device)
-        return {"validation": right, "validation_wrong_text": wrong}
+        return validate(self.objective, self.valid_items, self.cfg, self.device)
 
     def describe(self) -> dict:
         return self._describe
@@ -127,7 +131,7 @@ def backbone_tokens(backbone_path: Path, out: Path) -> Path:
 
 
 def prepare_run(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, resume: bool, jobs: int,
-             process: Process, tokens: Path) -> tuple[list, list, dict | None]:
+                process: Process, tokens: Path) -> tuple[list, list, dict | None]:
     out.mkdir(parents=True, exist_ok=True)
     if (out / CHECKPOINT).exists() and not resume:
         raise CorpusError(f"'{out}' already holds a checkpoint: pass --resume to continue it, or choose another "
@@ -160,9 +164,21 @@ def starting_weights(state: dict | None, init: Path | None, kind: str, what: str
     return start, {"path": str(init), "sha256": file_sha256(init)}
 
 
+def with_durations(model_cfg: ModelConfig, tokens: Path, aligner: Path | None, *splits: list) -> None:
+    """A model with alignment hints trains on durations: from `aligner` (a codec checkpoint), or kept in
+    `tokens` by its backbone's run."""
+    if model_cfg.alignment_hints:
+        for items in splits:
+            lm_data.align_utterances(items, tokens, aligner)
+
+
 def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, codec: Path | None = None,
-                   resume: bool = False, jobs: int = 2, device: str = "auto", init: Path | None = None) -> list[dict]:
+                   resume: bool = False, jobs: int = 2, device: str = "auto", init: Path | None = None,
+                   aligner: Path | None = None) -> list[dict]:
     process = start_process(device)
+    if model_cfg.alignment_hints and aligner is None and not resume and init is None:
+        raise CorpusError("A backbone with alignment hints learns from durations: name the checkpoint of the "
+                          "codec that makes its tokens with --aligner.")
     train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
     codec_sha256 = (Path(out) / "tokens" / "codec.sha256").read_text().strip()
     start, started_from = starting_weights(state, init, "backbone", "backbone")
@@ -174,6 +190,7 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     else:
         model_cfg.tokens_per_phoneme = lm_data.tokens_per_phoneme(train)
         model_cfg.speech_vocab = lm_data.codec_vocab_size(codec)
+    with_durations(model_cfg, Path(out) / "tokens", aligner, train, valid)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = Backbone(model_cfg)
     if start is not None:
@@ -192,6 +209,7 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
     tokens = backbone_tokens(backbone_path, out)
     train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
+    with_durations(backbone.cfg, tokens, None, train, valid)
     start, started_from = starting_weights(state, init, "tldr", "TLDR adapter")  # --init: a head start, not a match
     if state is None and start is not None and start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
         raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "

@@ -30,6 +30,7 @@ class Utterance:
     text_ids: np.ndarray   # [BOS, phonemes..., EOS]
     tokens: np.ndarray     # codec token ids, 25 per second
     embedding: np.ndarray  # (256,) SpeakerEncoder embedding of this utterance
+    durations: np.ndarray | None = None  # tokens per text position (alignment.py), for a model with hints
 
 
 @lru_cache(maxsize=1)
@@ -84,6 +85,37 @@ def load_utterances(corpus: Path, folder: Path, split: str, shippable_only: bool
     return items
 
 
+def align_utterances(items: list[Utterance], folder: Path, aligner_checkpoint: Path | None) -> None:
+    """Give every utterance its durations from a codec checkpoint's phone alignment, kept in
+    folder/durations.npz (about 5 ms an utterance; redone only for another checkpoint). Without a checkpoint,
+    the durations already kept there (a TLDR adapter or a draft of a backbone trained with hints)."""
+    from tldr_core.codec.store import codec_fingerprint
+    from tldr_core.files import file_sha256
+    from tldr_core.training.alignment import Aligner
+
+    store = folder / "durations.npz"
+    known: dict[str, np.ndarray] = {}
+    stamp = file_sha256(aligner_checkpoint) if aligner_checkpoint else None
+    if store.exists():
+        with np.load(store) as z:
+            if stamp is None or str(z["aligner"]) == stamp:
+                known, stamp = {k: z[k] for k in z.files if k != "aligner"}, str(z["aligner"])
+    missing = [it for it in items if it.id not in known]
+    if missing and aligner_checkpoint is None:
+        raise CorpusError(f"'{folder}' has no durations for {len(missing)} utterances: train the backbone with "
+                          f"--aligner CODEC_CHECKPOINT first (its tokens folder keeps them).")
+    if missing:
+        if codec_fingerprint(aligner_checkpoint) != (folder / "codec.sha256").read_text().strip():
+            raise CorpusError(f"'{aligner_checkpoint}' is not the codec that made these tokens: align with the "
+                              f"checkpoint of the codec named by --codec.")
+        aligner = Aligner.load(aligner_checkpoint)
+        known.update({it.id: aligner.durations(it.text_ids, it.tokens) for it in missing})
+        with atomic_path(store) as tmp:
+            np.savez(tmp, aligner=np.array(stamp), **known)
+    for it in items:
+        it.durations = known[it.id].astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------------- batches
 
 @dataclass
@@ -92,10 +124,12 @@ class Batch:
     text_ids: list[torch.Tensor]
     prompt: torch.Tensor         # (B, P), P a multiple of PROMPT_MULTIPLE (may be 0)
     speech: list[torch.Tensor]
+    durations: list[torch.Tensor] | None = None  # tokens per text position, for a model with alignment hints
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(self.speaker.to(device), [t.to(device) for t in self.text_ids], self.prompt.to(device),
-                     [s.to(device) for s in self.speech])
+                     [s.to(device) for s in self.speech],
+                     None if self.durations is None else [d.to(device) for d in self.durations])
 
 
 def prompt_crop(tokens: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,6 +161,8 @@ def sample_batch(items: list[Utterance], by_speaker: dict[str, list[int]], batch
         text_ids=[torch.from_numpy(items[i].text_ids) for i in chosen],
         prompt=torch.from_numpy(np.stack([prompt_crop(s.tokens, prompt_len, rng) for s in sources])),
         speech=[torch.from_numpy(items[i].tokens) for i in chosen],
+        durations=(None if items[0].durations is None
+                   else [torch.from_numpy(items[i].durations) for i in chosen]),
     )
 
 

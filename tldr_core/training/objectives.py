@@ -21,6 +21,13 @@ IGNORE = -100
 OFF_TEXT = -20.0  # alignment prior: what the prior heads' speech queries pay for attending off the text
 
 
+def duration_loss(model: Backbone, batch: Batch) -> torch.Tensor:
+    """A model with alignment hints: squared error of its predicted log(1 + tokens) per text position."""
+    errors = [(model.hints.durations(batch.speaker[i], ids) - torch.log1p(batch.durations[i].float())) ** 2
+              for i, ids in enumerate(batch.text_ids)]
+    return torch.cat(errors).mean()
+
+
 def token_sequences(model: Backbone, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
     """The token-level sequences of a batch embedded by `model`: (B, T, dim) inputs, (B, T) next-token targets
     (IGNORE outside the speech; the last speech position predicts STOP) and per utterance (phonemes, position of
@@ -28,8 +35,10 @@ def token_sequences(model: Backbone, batch: Batch) -> tuple[torch.Tensor, torch.
     rows, targets, spans = [], [], []
     for i, speech in enumerate(batch.speech):
         prefix = model.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
-        rows.append(torch.cat([prefix, model.speech_embed(batch.prompt[i]), model.sos(1)[0],
-                               model.speech_embed(speech)]))
+        units = torch.cat([model.sos(1)[0], model.speech_embed(speech)])  # unit j predicts token j (then STOP)
+        if model.hints is not None:
+            units = units + model.hints(batch.text_ids[i], batch.durations[i], len(units))
+        rows.append(torch.cat([prefix, model.speech_embed(batch.prompt[i]), units]))
         ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
         targets.append(torch.cat([ignore, speech, speech.new_tensor([model.cfg.stop])]))
         spans.append((len(batch.text_ids[i]), len(ignore), len(speech)))
@@ -49,13 +58,19 @@ class BackboneObjective(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.prior, self.prior_heads, self.prior_width = 0.0, prior_heads, prior_width
+        self.figures: dict[str, float] = {}  # the parts of the last loss
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
         x, target, spans = token_sequences(bb, batch)
         bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        tokens = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        if bb.hints is None:
+            return tokens
+        durations = duration_loss(bb, batch)
+        self.figures = {"tokens": float(tokens.detach()), "durations": float(durations.detach())}
+        return tokens + durations
 
     def alignment_bias(self, spans: list[tuple[int, int, int]], length: int, device: torch.device) -> torch.Tensor:
         """(B, heads, T, T): the causal mask, plus on the prior heads, from the query predicting speech token j,
@@ -87,7 +102,7 @@ class TldrObjective(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb, tldr, k, stop = self.backbone, self.tldr, self.tldr.k, self.backbone.cfg.stop
-        rows, patch_targets, positions = [], [], []
+        rows, patch_targets, positions, hints = [], [], [], []
         for i, speech in enumerate(batch.speech):
             n_patches = -(-(len(speech) + 1) // k)  # speech + STOP, in whole patches
             full = torch.full((n_patches * k,), IGNORE, dtype=speech.dtype, device=speech.device)
@@ -95,8 +110,11 @@ class TldrObjective(nn.Module):
             full[len(speech)] = stop
             prefix = bb.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
             prompt = tldr.patches(bb, batch.prompt[i:i + 1])[0]
-            inputs = tldr.patches(bb, speech[None, :(n_patches - 1) * k])[0]
-            rows.append(torch.cat([prefix, prompt, bb.sos(1)[0], inputs]))
+            units = torch.cat([bb.sos(1)[0], tldr.patches(bb, speech[None, :(n_patches - 1) * k])[0]])
+            if bb.hints is not None:  # a patch unit: the mean of its tokens' hints; each token's to the extractor
+                hints.append(bb.hints(batch.text_ids[i], batch.durations[i], n_patches * k).view(n_patches, k, -1))
+                units = units + hints[-1].mean(1)
+            rows.append(torch.cat([prefix, prompt, units]))
             first = len(prefix) + len(prompt)  # the SOS position
             positions.append((i, first, n_patches))
             patch_targets.append(full.view(n_patches, k))
@@ -107,6 +125,8 @@ class TldrObjective(nn.Module):
         speakers = torch.cat([batch.speaker[i:i + 1].expand(n, -1) for i, _, n in positions])
         teacher = bb.speech_embed(target[:, :-1].clamp(min=0).masked_fill(target[:, :-1] == IGNORE, stop))
         x = torch.cat([tldr.extractor.start(states, speakers), teacher], dim=1)
+        if hints:
+            x = x + torch.cat(hints)
         logits = bb.logits(tldr.extractor(x))
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
         return loss
