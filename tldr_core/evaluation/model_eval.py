@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from tldr_core import audio
 from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
@@ -103,7 +104,7 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple], split: 
                           f"one as the voice): build a larger corpus.")
     reports = [ModelReport(mode, 1 if mode == "baseline" else k, *rest) for mode, k, *rest in modes]
     refs, heard_original, heard_codec, similarity_codec = [], [], [], []
-    for row, ref_row in pairs:
+    for row, ref_row in tqdm(pairs, desc=f"judging {len(reports)} mode(s)", unit="utterance"):
         original = audio.to_model_rate(*audio.read_audio(Path(corpus) / row["path"]))
         reference = audio.load_reference_clip(Path(corpus) / ref_row["path"]).samples
         voice = synth.prepare_voice(reference)
