@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from tldr_core import text
-from tldr_core.codec.model import PHONES, Codec
+from tldr_core.codec.model import Codec, phone_targets
 
-_CTC_CLASS = {text.phoneme_ids([p])[0]: 1 + i for i, p in enumerate(PHONES)}  # text id -> CTC class (0: blank)
+# text id -> the class the codec's CTC head gives that phone (0: blank), numbered by the codec itself
+_CTC_CLASS = {text.phoneme_ids([p])[0]: int(phone_targets(p)[0]) for p in text.PHONES}
 
 
 def phone_positions(text_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
