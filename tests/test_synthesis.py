@@ -35,7 +35,8 @@ def test_a_prepared_voice_has_a_whole_patch_prompt(voice):
 
 def test_a_saved_voice_is_prepared_once_per_codec_with_the_embedding_it_was_saved_with(tiny_model):
     """The library embedded the clip when the voice was saved: preparing it reuses that embedding (the codec's own
-    speaker encoder is never loaded), keeps the prompt in the library for this codec, and redoes it for another."""
+    speaker encoder is never loaded), keeps the prompt in the library for this codec (with the clip's frames and
+    tokens, which the shipped codec's voice memory reads), and redoes it for another or when that file is damaged."""
     library = VoiceLibrary(device="cpu")
     saved = library.create_from_file("Rms", VOICE)
     fresh = Synthesizer(tiny_model, device="cpu")
@@ -49,9 +50,13 @@ def test_a_saved_voice_is_prepared_once_per_codec_with_the_embedding_it_was_save
     fresh.prepare_voice = lambda *args: made.append(args) or make(*args)  # from here on, making one is noticed
     again = fresh.saved_voice_prompt(kept, library)
     assert made == [] and np.array_equal(again.prompt_tokens, prompt.prompt_tokens)
-    library.save_prompt(saved.id, kept.prompt_tokens, kept.codec_stats, "another codec")
+    assert fresh.codec.reads_reference and all(np.array_equal(a, b) for a, b in zip(again.reference, prompt.reference))
+    (kept.folder / "codec_reference.npz").write_bytes(b"damaged")
     fresh.saved_voice_prompt(library.get(saved.id), library)
     assert len(made) == 1
+    library.save_prompt(saved.id, kept.prompt_tokens, kept.codec_stats, "another codec")
+    fresh.saved_voice_prompt(library.get(saved.id), library)
+    assert len(made) == 2
 
 
 def test_audio_streams_in_chunks_and_every_sentence_is_said(synth, voice):

@@ -396,7 +396,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 
 def speculation_options(p: argparse.ArgumentParser, acceptance: bool = True) -> None:
-    p.add_argument("--gamma", type=int, default=2, help="SSD: tokens the draft proposes per backbone pass")
+    p.add_argument("--gamma", type=int, default=4,  # decoding.Speculation's (not imported here: --help stays instant)
+                   help="SSD: tokens the draft proposes per backbone pass")
     if acceptance:
         p.add_argument("--acceptance", choices=["exact", "ssd"], default="exact",
                        help="SSD: exact speculative sampling (the backbone's own distribution) or the SSD paper's "

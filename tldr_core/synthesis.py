@@ -165,14 +165,14 @@ class Synthesizer:
         return VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64), timbre.stats, reference)
 
     def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None) -> VoicePrompt:
-        """A saved voice's VoicePrompt: what the library kept for this codec, else made now (and kept when a
-        library is given; a read-only or vanished voice folder only costs making it again next time). A codec
-        whose decoder reads the clip itself (voice memory) needs the clip's frames, which the library does not keep:
-        for it the prompt is made from the clip each time."""
+        """A saved voice's VoicePrompt: what the library kept for this codec (with the clip's frames and tokens for
+        a codec whose decoder reads the clip itself), else made now (and kept when a library is given; a read-only
+        or vanished voice folder only costs making it again next time)."""
         kept = voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256
-        if kept and not self.codec.reads_reference:
+        reference = voice.codec_reference() if kept and self.codec.reads_reference else None
+        if kept and (reference is not None or not self.codec.reads_reference):
             return VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
-                               np.array(voice.codec_stats, dtype=np.float32))
+                               np.array(voice.codec_stats, dtype=np.float32), reference)
         try:
             clip, embedding = voice.clip(), voice.embedding()
         except (OSError, RuntimeError, ValueError) as error:  # soundfile reports a damaged file as RuntimeError
@@ -180,7 +180,8 @@ class Synthesizer:
         prompt = self.prepare_voice(clip, embedding)
         if library is not None:
             try:
-                library.save_prompt(voice.id, prompt.prompt_tokens.tolist(), prompt.stats.tolist(), self.codec_sha256)
+                library.save_prompt(voice.id, prompt.prompt_tokens.tolist(), prompt.stats.tolist(), self.codec_sha256,
+                                    prompt.reference)
             except (OSError, VoiceError):  # deleted meanwhile, or a read-only disk: speaking still works
                 pass
         return prompt

@@ -3,7 +3,8 @@
 Each voice is a folder voices/<id>/ holding the prepared clip (clip.wav, 16 kHz), its speaker embedding
 (embedding.npy) and voice.json (name, creation time, speech seconds, source, what preparing the clip noticed
 (light clipping...), and once the voice has been spoken with: its prompt tokens and codec statistics, tagged with
-the codec they belong to). The folder is named by a random id, never by the voice's name, so a name can be any
+the codec they belong to; for a codec whose decoder reads the clip itself, also the clip's frames and tokens in
+codec_reference.npz). The folder is named by a random id, never by the voice's name, so a name can be any
 Unicode text and cannot point anywhere else on disk. A voice is built in a hidden temporary folder and renamed into
 place, so a crash, a full disk or a read-only folder leaves either a complete voice or none; a folder damaged anyway
 (by hand, by a disk fault) is skipped with a notice instead of breaking the list.
@@ -27,11 +28,13 @@ import soundfile as sf
 from tldr_core import paths
 from tldr_core.audio import SAMPLE_RATE, ReferenceClip, load_reference_clip, prepare_reference_clip, write_wav
 from tldr_core.errors import SaveError, VoiceError
+from tldr_core.files import atomic_path
 from tldr_core.settings import write_json
 from tldr_core.speaker import EMBEDDING_DIM, SpeakerEncoder
 
 FORMAT_VERSION = 1
 CLIP_FILE, EMBEDDING_FILE, META_FILE = "clip.wav", "embedding.npy", "voice.json"
+REFERENCE_FILE = "codec_reference.npz"
 MAX_NAME_CHARS = 80
 STALE_TEMP_SECONDS = 24 * 3600  # a hidden folder this old belongs to a crashed save, not a running one
 
@@ -60,6 +63,15 @@ class SavedVoice:
 
     def embedding(self) -> np.ndarray:
         return np.load(self.folder / EMBEDDING_FILE)
+
+    def codec_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The clip's frames and token ids as the `codec` read them (for a decoder with a voice memory), if kept
+        and readable; None means derive them again."""
+        try:
+            with np.load(self.folder / REFERENCE_FILE) as kept:
+                return kept["frames"].astype(np.float32), kept["tokens"].astype(np.int64)
+        except (OSError, ValueError, KeyError):
+            return None
 
 
 def _clean_name(name: str) -> str:
@@ -206,9 +218,17 @@ class VoiceLibrary:
         write_json(voice.folder / META_FILE, meta)
         return self.get(voice_id)
 
-    def save_prompt(self, voice_id: str, tokens: list[int], stats: list[float], codec: str) -> SavedVoice:
-        """Keep what the model derived from the clip, so the next session need not derive it again."""
+    def save_prompt(self, voice_id: str, tokens: list[int], stats: list[float], codec: str,
+                    reference: tuple[np.ndarray, np.ndarray] | None = None) -> SavedVoice:
+        """Keep what the model derived from the clip, so the next session need not derive it again; `reference`:
+        the clip's frames and token ids, for a codec with a voice memory (written first: voice.json names the codec
+        they belong to only once they are in place)."""
         voice = self.get(voice_id)
+        if reference is not None:
+            with atomic_path(voice.folder / REFERENCE_FILE) as tmp:
+                np.savez(tmp, frames=reference[0], tokens=reference[1])
+        else:
+            (voice.folder / REFERENCE_FILE).unlink(missing_ok=True)
         meta = json.loads((voice.folder / META_FILE).read_text(encoding="utf-8"))
         meta.update(prompt_tokens=[int(t) for t in tokens], codec_stats=[float(v) for v in stats], codec=codec)
         write_json(voice.folder / META_FILE, meta)

@@ -527,10 +527,12 @@ class DecoderStream:
         self.emitted = 0  # tokens whose frames were returned
 
     @classmethod
-    def for_codec(cls, codec: Codec, embedding: np.ndarray, stats: np.ndarray) -> "DecoderStream":
-        """A stream through the torch model (the runtime uses its ONNX export the same way)."""
+    def for_codec(cls, codec: Codec, embedding: np.ndarray, stats: np.ndarray,
+                  reference: tuple[np.ndarray, np.ndarray] | None = None) -> "DecoderStream":
+        """A stream through the torch model (the runtime uses its ONNX export the same way); `reference`: what a
+        voice memory reads (`Timbre.memory`)."""
         zero = codec.zero_state()
-        return cls(lambda ids, valid, state: numpy_step(codec, ids, valid, embedding, stats, state),
+        return cls(lambda ids, valid, state: numpy_step(codec, ids, valid, embedding, stats, state, reference),
                    (zero.tokens.numpy(), zero.frames.numpy()), codec.window_margin)
 
     def _frames(self, upto: int) -> np.ndarray:

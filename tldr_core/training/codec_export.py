@@ -93,8 +93,11 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
                                                                                   cfg.feature_dim))
             names += ["reference_tokens", "reference_frames"]
             axes |= {"reference_tokens": {1: "reference"}, "reference_frames": {1: "reference_frames"}}
+        # unfolded, so every weight keeps its parameter's name (folding would store the voice memory's linear
+        # weights transposed under generated names, and `load_codec` could not rebuild the decoder from the graph)
         torch.onnx.export(_Decoder(codec), inputs, out_dir / "decoder.onnx", dynamo=False, opset_version=OPSET,
-                          input_names=names, output_names=["frames", "next_tokens", "next_frames"], dynamic_axes=axes)
+                          input_names=names, output_names=["frames", "next_tokens", "next_frames"], dynamic_axes=axes,
+                          do_constant_folding=False)
     meta = {"lookahead": cfg.lookahead, "window_margin": list(codec.window_margin),
             "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
