@@ -18,6 +18,7 @@ import shutil
 import time
 import unicodedata
 import uuid
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,7 +71,7 @@ class SavedVoice:
         try:
             with np.load(self.folder / REFERENCE_FILE) as kept:
                 return kept["frames"].astype(np.float32), kept["tokens"].astype(np.int64)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged
             return None
 
 
