@@ -230,8 +230,9 @@ class MainWindow(QMainWindow):
 
     def _show_engine(self) -> None:
         s = self.settings
-        decoding = {"baseline": "token by token", "ssd": "speculative (SSD)"}.get(s.decoding_mode,
-                                                                                 f"TLDR, patch size {s.patch_size}")
+        decoding = {"baseline": "token by token", "ssd": "speculative (SSD)",
+                    "tldr-ssd": f"TLDR, patch size {s.patch_size} + speculation"}.get(
+            s.decoding_mode, f"TLDR, patch size {s.patch_size}")
         self.engine.setText(f"{decoding} · {s.device}")
 
     def _update_char_count(self) -> None:

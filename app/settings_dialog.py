@@ -11,7 +11,10 @@ from tldr_core.settings import DECODING_MODES, DEVICES, MAX_SEED, PATCH_SIZES, T
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
-MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)"}
+MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)",
+               "tldr-ssd": "TLDR patches + speculation"}
+SPECULATIVE_MODES = ("ssd", "tldr-ssd")  # they need the model's draft
+PATCH_MODES = ("tldr", "tldr-ssd")       # the patch size applies to them
 NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
                 "`tldr-voice train draft` and pack it in with `tldr-voice model pack --draft`.")
 DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
@@ -46,11 +49,12 @@ def _grey_out_missing(combo: QComboBox, available: list[int]) -> None:
 
 
 def _grey_out_ssd(combo: QComboBox) -> None:
-    """Disable speculative decoding for a model without a draft, and say why in its label and tooltip."""
-    row = combo.findData("ssd")
-    combo.setItemText(row, f"{combo.itemText(row)}: no draft in this model")
-    combo.model().item(row).setEnabled(False)
-    combo.setItemData(row, NO_DRAFT_TIP, Qt.ItemDataRole.ToolTipRole)
+    """Disable speculative decoding for a model without a draft, and say why in its labels and tooltips."""
+    for mode in SPECULATIVE_MODES:
+        row = combo.findData(mode)
+        combo.setItemText(row, f"{combo.itemText(row)}: no draft in this model")
+        combo.model().item(row).setEnabled(False)
+        combo.setItemData(row, NO_DRAFT_TIP, Qt.ItemDataRole.ToolTipRole)
 
 
 class SettingsDialog(QDialog):
@@ -65,7 +69,8 @@ class SettingsDialog(QDialog):
         self.decoding_mode.setToolTip("TLDR writes a patch of speech tokens per model step; token by token is the "
                                       "slower reference it is measured against; speculative (SSD) lets a small "
                                       "draft model propose tokens that the model checks several at a time, with "
-                                      "the same speech as token by token.")
+                                      "the same speech as token by token; TLDR patches + speculation lets it "
+                                      "propose whole patches, checked two at a time.")
         if has_draft is False:
             _grey_out_ssd(self.decoding_mode)
         self.patch_size = _combo({p: PATCH_LABELS[p] for p in PATCH_SIZES}, settings.patch_size)
@@ -110,7 +115,7 @@ class SettingsDialog(QDialog):
         form.addRow(buttons)
 
     def _patch_size_applies(self) -> None:
-        self.patch_size.setEnabled(self.decoding_mode.currentData() == "tldr")
+        self.patch_size.setEnabled(self.decoding_mode.currentData() in PATCH_MODES)
 
     def settings(self) -> Settings:
         """The settings as the dialog shows them (fields it does not show are kept)."""

@@ -23,7 +23,7 @@ from tldr_core.decoding import Sampling
 from tldr_core.errors import ModelError
 from tldr_core.settings import Settings
 from tldr_core.model_store import NO_DRAFT
-from tldr_core.synthesis import BASELINE, SSD, TLDR, SpeakStats, Synthesizer, VoicePrompt
+from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, SpeakStats, Synthesizer, VoicePrompt
 from tldr_core.voices import SavedVoice, VoiceLibrary
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
@@ -59,23 +59,24 @@ def load_synthesizer(model_dir: Path | None, device: str, progress: Callable[[st
 
 @dataclass(frozen=True)
 class Decoding:
-    mode: str         # TLDR, BASELINE or SSD
+    mode: str         # TLDR, BASELINE, SSD or TLDR_SSD
     patch_size: int   # speech tokens per step (1 for the baseline and SSD)
 
 
 def decoding_for(settings: Settings, patch_sizes: list[int], has_draft: bool = False) -> Decoding:
-    """The settings as a decoding the loaded model can do; ModelError when its patch size has no adapter, or SSD
-    is asked of a model without a draft."""
-    if settings.decoding_mode == BASELINE:
+    """The settings as a decoding the loaded model can do; ModelError when its patch size has no adapter, or a
+    speculative mode is asked of a model without a draft."""
+    mode = settings.decoding_mode
+    if mode == BASELINE:
         return Decoding(BASELINE, 1)
-    if settings.decoding_mode == SSD:
-        if not has_draft:
-            raise ModelError(f"{NO_DRAFT} Or choose another decoding in Settings.")
+    if mode in (SSD, TLDR_SSD) and not has_draft:
+        raise ModelError(f"{NO_DRAFT} Or choose another decoding in Settings.")
+    if mode == SSD:
         return Decoding(SSD, 1)
     if settings.patch_size not in patch_sizes:
         raise ModelError(f"This model has no TLDR adapter for patch size {settings.patch_size} (it has "
                          f"{', '.join(map(str, patch_sizes)) or 'none'}): choose another patch size in Settings.")
-    return Decoding(TLDR, settings.patch_size)
+    return Decoding(mode, settings.patch_size)
 
 
 @dataclass
@@ -137,8 +138,8 @@ def describe(outcome: SpeakOutcome) -> str:
         parts.append(f"time to first audio {stats.first_audio_seconds:.2f} s")
     if stats.audio_seconds:
         parts.append(f"real-time factor {stats.real_time_factor:.2f}")
-    if stats.mode == SSD:
-        parts.append("speculative (SSD)")
+    if stats.mode in (SSD, TLDR_SSD):
+        parts.append("speculative (SSD)" if stats.mode == SSD else f"patch size {stats.patch_size} + speculation")
         if stats.drafted:
             parts.append(f"{stats.acceptance_rate:.0%} of drafted tokens kept")
         if stats.backbone_steps:

@@ -5,11 +5,12 @@ import numpy as np
 import torch
 
 from tldr_core import text
+from tldr_core.codec.model import Codec, CodecConfig
 from tldr_core.decoding import PatchGenerator, Request, Sampling, SpeculativeGenerator, TokenGenerator
 from tldr_core.model import END, Backbone, ModelConfig, Tldr, TldrConfig
-from tldr_core.training.alignment import durations, forced_alignment, phone_positions
+from tldr_core.training.alignment import Aligner, durations, forced_alignment, phone_positions
 from tldr_core.training.lm_data import Batch
-from tldr_core.training.objectives import BackboneObjective, TldrObjective
+from tldr_core.training.objectives import AlignerObjective, BackboneObjective, TldrObjective
 
 CFG = ModelConfig(speech_vocab=50, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256,
                   alignment_hints=True)
@@ -127,3 +128,46 @@ def test_the_backbone_learns_durations_beside_its_tokens_and_an_adapter_reads_th
     assert objective.figures["tokens"] < first["tokens"]
     tldr = Tldr(bb, TldrConfig(patch_size=4))
     assert torch.isfinite(TldrObjective(bb, tldr)(batch()))
+
+
+def test_a_phone_head_trained_on_frozen_tokens_reads_and_aligns_them():
+    """`tldr-voice train aligner`, for a codec whose own checkpoint (and phone head) is gone: only the phone head
+    learns, so the tokens keep their meaning; on tokens that say each phone as two of its own code, the phone
+    error rate falls and forced alignment then finds each phone within a token of where it starts."""
+    from test_codec_model import TINY as TINY_CODEC
+
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(**TINY_CODEC))
+    frozen = {k: v.clone() for k, v in codec.state_dict().items() if not k.startswith("ctc_head.")}
+    rng = np.random.default_rng(0)
+    phones = sorted(text.PHONES)[:12]
+    code = {p: 3 + 5 * i for i, p in enumerate(phones)}
+
+    def batch() -> Batch:
+        said = [list(rng.permutation(phones)[:int(rng.integers(4, 9))]) for _ in range(8)]  # no phone twice
+        ids = [torch.tensor([text.BOS_ID, *text.phoneme_ids(s), text.EOS_ID]) for s in said]
+        speech = [torch.tensor([code[p] for p in s for _ in range(2)]) for s in said]
+        return Batch(torch.zeros(8, 256), ids, torch.zeros(8, 0, dtype=torch.long), speech)
+
+    objective = AlignerObjective(codec)
+    optimiser = torch.optim.Adam([p for p in codec.parameters() if p.requires_grad], lr=1e-2)
+    per = []
+    for step in range(150):
+        if step in (0, 149):
+            objective.eval()
+            with torch.no_grad():
+                objective(batch())
+            per.append(objective.figures["per"])
+            objective.train()
+        loss = objective(batch())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert per[0] > 80 and per[1] < 10, per
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in frozen.items())
+    test = batch()
+    d = Aligner(codec).durations(test.text_ids[0].numpy(), test.speech[0].numpy())
+    positions, _ = phone_positions(test.text_ids[0].numpy())
+    starts = np.cumsum(d)[positions] - d[positions]  # CTC may place a phone's peak on either of its tokens
+    assert d.sum() == len(test.speech[0]) and (d[positions] >= 1).all()
+    assert np.abs(starts - 2 * np.arange(len(positions))).max() <= 1

@@ -239,17 +239,19 @@ def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
 
 
 def test_the_settings_dialog_offers_only_decoding_modes_that_exist(qtbot):
-    """TLDR patches, token by token or speculative (SSD); the patch size applies to TLDR alone, so it is off for
-    the other two."""
+    """TLDR patches, token by token, speculative (SSD) or TLDR patches + speculation; the patch size applies to
+    the two TLDR modes alone, so it is off for the other two."""
     dialog = SettingsDialog(Settings())
     qtbot.addWidget(dialog)
     modes = [dialog.decoding_mode.itemData(row) for row in range(dialog.decoding_mode.count())]
-    assert modes == ["tldr", "baseline", "ssd"] and dialog.patch_size.isEnabled()
+    assert modes == ["tldr", "baseline", "ssd", "tldr-ssd"] and dialog.patch_size.isEnabled()
     dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("baseline"))
     assert not dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "baseline"
     dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("ssd"))
     assert not dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "ssd"
     assert dialog.decoding_mode.currentText() == "Speculative (SSD)"
+    dialog.decoding_mode.setCurrentIndex(dialog.decoding_mode.findData("tldr-ssd"))
+    assert dialog.patch_size.isEnabled() and dialog.settings().decoding_mode == "tldr-ssd"
 
 
 def test_the_settings_dialog_greys_out_speculative_decoding_for_a_model_without_a_draft(qtbot):
@@ -258,12 +260,13 @@ def test_the_settings_dialog_greys_out_speculative_decoding_for_a_model_without_
         dialog = SettingsDialog(Settings(), patch_sizes=[2, 4], has_draft=has_draft)
         qtbot.addWidget(dialog)
         combo = dialog.decoding_mode
-        row = combo.findData("ssd")
-        combos[has_draft] = (combo.model().item(row).isEnabled(), combo.itemText(row),
-                             combo.itemData(row, Qt.ItemDataRole.ToolTipRole))
-    assert combos[False][0] is False and combos[False][1].endswith("no draft in this model")
-    assert "tldr-voice train draft" in combos[False][2]
-    assert combos[True] == combos[None] == (True, "Speculative (SSD)", None)
+        rows = [combo.findData("ssd"), combo.findData("tldr-ssd")]
+        combos[has_draft] = [(combo.model().item(row).isEnabled(), combo.itemText(row),
+                              combo.itemData(row, Qt.ItemDataRole.ToolTipRole)) for row in rows]
+    for enabled, label, tip in combos[False]:
+        assert enabled is False and label.endswith("no draft in this model") and "tldr-voice train draft" in tip
+    assert combos[True] == combos[None] == [(True, "Speculative (SSD)", None),
+                                            (True, "TLDR patches + speculation", None)]
 
 
 def test_the_settings_dialog_lists_audio_devices_and_keeps_an_unplugged_one(qtbot, alsa_tap):

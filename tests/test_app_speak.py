@@ -220,10 +220,18 @@ def test_speculative_decoding_speaks_and_the_status_line_shows_its_figures(qtbot
     assert stats.mode == "ssd" and stats.drafted > 0 and len(window.last_audio) > 4000
     status = window.status.text()
     assert "speculative (SSD)" in status and "of drafted tokens kept" in status and "tokens per model step" in status
+    window.apply_settings(Settings(device="cpu", seed=7, decoding_mode="tldr-ssd", patch_size=4))
+    assert window.settings_note() is None and window.engine.text() == "TLDR, patch size 4 + speculation · cpu"
+    speak_and_wait(qtbot, window)
+    stats = window.last_outcome.stats
+    assert stats.mode == "tldr-ssd" and stats.patch_size == 4 and stats.drafted > 0
+    assert "patch size 4 + speculation" in window.status.text() and "of drafted tokens kept" in window.status.text()
     window.close()
 
 
 def test_speculative_decoding_with_a_model_without_a_draft_is_named(qtbot, window):
+    window.apply_settings(Settings(device="cpu", decoding_mode="tldr-ssd"))
+    assert "no draft model" in window.settings_note()
     window.apply_settings(Settings(device="cpu", decoding_mode="ssd"))
     assert "no draft model" in window.settings_note()
     window.editor.setPlainText(SHORT)

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from test_training import CFG as TOY, interrupt_at_step_13, items
+from tiny_model import TINY_DRAFT
 from tldr_core import audio
 from tldr_core.cli import main
-from tldr_core.decoding import Sampling, Speculation
+from tldr_core.decoding import PATCH_SPECULATION, SSD_RULE, Sampling, Speculation
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.model import Backbone, ModelConfig
 from tldr_core.model_store import open_model_folder, pack_model, read_checkpoint
+from tldr_core.files import file_sha256
 from tldr_core.paths import RESOURCES_DIR
-from tldr_core.synthesis import BASELINE, SSD, Synthesizer
+from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, Synthesizer
 from tldr_core.training import draft as draft_recipe
 from tldr_core.training import lm_data
 from tldr_core.training.lm import TrainConfig, run
@@ -119,6 +121,20 @@ def test_a_draft_is_packed_with_its_sha256_beside_the_backbone_it_learnt_from(ti
             f.write(last)
 
 
+def test_a_shipped_model_is_packed_again_with_a_new_draft(tiny_model, tmp_path):
+    """Packed adapters no longer record their backbone's file; their folder vouches for them, so a new draft
+    trained on the packed backbone joins them (the files copied byte for byte), and a foreign adapter still does not."""
+    draft = tmp_path / "draft.pt"
+    torch.save({"kind": "draft", "model_config": TINY_DRAFT.to_dict(), "model": Backbone(TINY_DRAFT).state_dict(),
+                "backbone_sha256": file_sha256(tiny_model / "backbone.pt")}, draft)
+    manifest = pack_model(tiny_model / "backbone.pt", {4: tiny_model / "tldr_k4.pt"}, tmp_path / "again", {},
+                          draft_checkpoint=draft)
+    assert manifest["draft"] == "draft.pt" and open_model_folder(tmp_path / "again").has_draft
+    assert (tmp_path / "again" / "tldr_k4.pt").read_bytes() == (tiny_model / "tldr_k4.pt").read_bytes()
+    with pytest.raises(ModelError, match="TLDR adapter .* another backbone"):
+        pack_model(tiny_model / "backbone.pt", {4: tiny_model.parent / "raw" / "tldr_k4.pt"}, tmp_path / "no", {})
+
+
 @pytest.fixture(scope="module")
 def synth(tiny_model_with_draft):
     return Synthesizer(tiny_model_with_draft, device="cpu")
@@ -138,9 +154,29 @@ def test_ssd_streams_what_token_by_token_says_at_temperature_zero(synth, voice):
     assert stats.kv_bytes > 0
 
 
-def test_cancel_stops_ssd_between_verification_steps(synth, voice):
+def test_tldr_ssd_streams_what_tldr_says_at_temperature_zero(synth, voice):
+    """Greedy TLDR + SSD keeps exactly plain TLDR's tokens (the draft proposing whole patches), patch by patch."""
+    text, greedy = "Two sentences here. Then a second one.", Sampling(temperature=0)
+    plain = np.concatenate(list(synth.stream(text, voice, TLDR, 4, sampling=greedy, seed=0)))
+    tokens = [s.history for s in synth.last_stats.per_sentence]
+    chunks = list(synth.stream(text, voice, TLDR_SSD, 4, sampling=greedy, seed=0,
+                               speculation=Speculation(gamma=2)))
+    stats = synth.last_stats
+    assert [s.history for s in stats.per_sentence] == tokens and len(chunks) > 3
+    np.testing.assert_allclose(np.concatenate(chunks), plain, atol=1e-4)
+    assert stats.mode == TLDR_SSD and stats.patch_size == 4 and stats.speculation.gamma == 2
+    assert 0 <= stats.accepted <= stats.drafted and stats.drafted > 0
+
+
+def test_tldr_ssd_speculates_by_the_papers_rule_unless_told(synth, voice):
+    list(synth.stream("Hello there.", voice, TLDR_SSD, 4, seed=0))
+    assert synth.last_stats.speculation == PATCH_SPECULATION and PATCH_SPECULATION.acceptance == SSD_RULE
+
+
+@pytest.mark.parametrize("mode", [SSD, TLDR_SSD])
+def test_cancel_stops_speculation_between_verification_steps(synth, voice, mode):
     produced = []
-    chunks = synth.stream("A sentence long enough to be stopped in the middle of it.", voice, SSD, seed=0,
+    chunks = synth.stream("A sentence long enough to be stopped in the middle of it.", voice, mode, seed=0,
                           cancel=lambda: len(produced) >= 2)
     for chunk in chunks:
         produced.append(chunk)
@@ -152,9 +188,10 @@ def test_ssd_on_a_model_without_a_draft_says_how_to_get_one(tiny_model, tmp_path
     assert not synth.has_draft
     with pytest.raises(ModelError, match="no draft model.*train draft"):
         list(synth.stream("Hello.", synth.prepare_voice(audio.load_reference_clip(VOICE).samples), SSD))
-    assert main(["speak", "Hello.", "--voice", str(VOICE), "--out", str(tmp_path / "a.wav"), "--model",
-                 str(tiny_model), "--device", "cpu", "--mode", "ssd"]) == 2
-    assert "no draft model" in capsys.readouterr().err
+    for mode in ("ssd", "tldr-ssd"):
+        assert main(["speak", "Hello.", "--voice", str(VOICE), "--out", str(tmp_path / "a.wav"), "--model",
+                     str(tiny_model), "--device", "cpu", "--mode", mode]) == 2
+        assert "no draft model" in capsys.readouterr().err
 
 
 def test_speak_with_ssd_reports_what_was_kept(tiny_model_with_draft, tmp_path, capsys):
@@ -167,16 +204,29 @@ def test_speak_with_ssd_reports_what_was_kept(tiny_model_with_draft, tmp_path, c
     assert "drafted tokens kept:" in printed and "tokens per backbone pass" in printed and out.is_file()
 
 
+def test_speak_with_tldr_ssd_says_how_it_speculated(tiny_model_with_draft, tmp_path, capsys):
+    out = tmp_path / "tldr_ssd.wav"
+    assert main(["speak", "Hello world.", "--voice", str(VOICE), "--out", str(out), "--model",
+                 str(tiny_model_with_draft), "--device", "cpu", "--mode", "tldr-ssd", "--patch-gamma", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "TLDR, patch size 4, verified speculatively: gamma 3 patches, the SSD paper's acceptance, tolerance 0.5" \
+        in printed and "drafted tokens kept:" in printed and out.is_file()
+
+
 def test_bench_puts_ssd_beside_token_level_in_the_same_run(tiny_model_with_draft, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", str(tiny_model_with_draft), "--device", "cpu", "--rounds", "1",
-                 "--patch-sizes", "2", "--gammas", "2", "--tolerances", "0.1", "--json", str(out)]) == 0
+                 "--patch-sizes", "2", "4", "--gammas", "2", "--tolerances", "0.1", "--patch-gammas", "1",
+                 "--patch-tolerances", "0.5", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert [r["name"] for r in results] == ["baseline", "TLDR k=2", "SSD g=2", "SSD g=2 b=0.1"]
-    base, _, exact, loose = results
+    assert [r["name"] for r in results] == ["baseline", "TLDR k=2", "TLDR k=4", "SSD g=2", "SSD g=2 b=0.1",
+                                            "k=4+SSD g=1", "k=4+SSD g=1 b=0.5"]
+    base, _, _, exact, loose, *patches = results
+    assert [(r["mode"], r["patch_size"], r["gamma"]) for r in patches] == [("tldr-ssd", 4, 1)] * 2
+    assert "k=4+SSD g=1 b=0.5: " in capsys.readouterr().out
     assert (exact["gamma"], exact["acceptance"], exact["tolerance"]) == (2, "exact", None)
     assert (loose["acceptance"], loose["tolerance"]) == ("ssd", 0.1)
     assert all(0 <= r["acceptance_rate"] <= 1 and r["tokens_per_step"] <= 3 for r in (exact, loose))
     assert base["tokens_per_step"] < 1 and exact["speedup"] > 0
     assert exact["kv_speech_saving"] < 0  # the draft's cache comes on top of the backbone's
-    assert "SSD g=2 b=0.1" in capsys.readouterr().out
+

@@ -109,6 +109,18 @@ def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_p
                             "--init", packed / "tldr_k4.pt", *common)
     assert wrong_kind.returncode == 2 and "is not a backbone" in wrong_kind.stderr
 
+    # a machine where only the packed model and the exported codec are left (no run folder, no codec checkpoint):
+    # durations come from a phone head trained anew on the exported codec's frozen tokens
+    draft = ["train", "draft", corpus, "--codec", out / "codec", "--backbone", packed / "backbone.pt",
+             "--init", packed / "draft.pt", *common]
+    lost = run_cli(*draft, "--out", tmp_path / "d1")
+    assert lost.returncode == 2 and "tldr-voice train aligner" in lost.stderr
+    done = run_cli("train", "aligner", corpus, "--codec", out / "codec", "--out", tmp_path / "aligner", "--steps", "2",
+                   "--batch", "2", "--jobs", "1")
+    assert done.returncode == 0 and "phone error rate" in done.stdout, done.stderr[-2000:]
+    done = run_cli(*draft, "--out", tmp_path / "d2", "--aligner", tmp_path / "aligner" / "checkpoint.pt")
+    assert done.returncode == 0, done.stderr[-2000:]
+
 
 def test_train_speed_times_each_precision_and_batching_in_one_run_on_a_runs_tokens(recipe, tmp_path):
     _, work, _ = recipe

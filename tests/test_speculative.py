@@ -2,15 +2,17 @@
 tokens have the very distribution of token-by-token sampling, which a broken acceptance rule demonstrably lacks."""
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
 from scipy.stats import chi2
 from test_decoding import StopBiased
 
-from tldr_core.decoding import (Request, Sampling, Speculation, SpeculativeGenerator, TokenGenerator,
-                                accept_probability, distribution, sample)
-from tldr_core.model import Backbone, ModelConfig
+from tldr_core.decoding import (PatchGenerator, Request, Sampling, Speculation, SpeculativeGenerator,
+                                SpeculativePatchGenerator, TokenGenerator, accept_probability, distribution, sample)
+from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 
 # A toy vocabulary (4 codes + STOP) so that the joint law of the first tokens has few outcomes and can be
 # written out exactly; sampling with every rule of the baseline active: top-k and top-p cut the tail, RAS
@@ -57,12 +59,10 @@ def tokens(generator, req: Request, seed: int, first: int | None = None) -> tupl
     return tuple(out) + ((generator.backbone.cfg.stop,) if generator.stats.stopped else ())
 
 
-@torch.inference_mode()
-def exact_law(model: Backbone, req: Request, sampling: Sampling) -> dict[tuple[int, ...], float]:
-    """The probability of every outcome of the first FIRST tokens, written out from full passes of `model` over
-    each prefix (no cache) and the per-token sampling distribution."""
-    prefix = model.prefix(req.speaker[None], req.text_ids[None])
-    start = torch.cat([prefix, model.speech_embed(req.prompt[None]), model.sos(1)], dim=1)
+def law_of(next_logits: Callable[[list[int]], torch.Tensor], req: Request, model: Backbone,
+           sampling: Sampling) -> dict[tuple[int, ...], float]:
+    """The probability of every outcome of the first FIRST tokens, walking every prefix: `next_logits(said)` gives
+    the logits of the token after `said`, the per-token sampling distribution the rest."""
     min_tokens = int(0.5 * req.expected_tokens(model.cfg.tokens_per_phoneme))
     law: dict[tuple[int, ...], float] = {}
 
@@ -70,8 +70,7 @@ def exact_law(model: Backbone, req: Request, sampling: Sampling) -> dict[tuple[i
         if len(said) == FIRST:
             law[tuple(said)] = mass
             return
-        x = torch.cat([start, model.speech_embed(torch.tensor([said], dtype=torch.long))], dim=1)
-        p = distribution(model.logits(model(x)[0, -1]), said, sampling, len(said) >= min_tokens, STOP)
+        p = distribution(next_logits(said), said, sampling, len(said) >= min_tokens, STOP)
         for token, pt in enumerate(p.tolist()):
             if pt > 0:
                 if token == STOP:
@@ -79,8 +78,21 @@ def exact_law(model: Backbone, req: Request, sampling: Sampling) -> dict[tuple[i
                 else:
                     walk(said + [token], mass * pt)
 
-    walk([], 1.0)
+    with torch.inference_mode():
+        walk([], 1.0)
     return law
+
+
+def exact_law(model: Backbone, req: Request, sampling: Sampling) -> dict[tuple[int, ...], float]:
+    """The law of token-level sampling, from full passes of `model` over each prefix (no cache)."""
+    prefix = model.prefix(req.speaker[None], req.text_ids[None])
+    start = torch.cat([prefix, model.speech_embed(req.prompt[None]), model.sos(1)], dim=1)
+
+    def next_logits(said: list[int]) -> torch.Tensor:
+        x = torch.cat([start, model.speech_embed(torch.tensor([said], dtype=torch.long))], dim=1)
+        return model.logits(model(x)[0, -1])
+
+    return law_of(next_logits, req, model, sampling)
 
 
 def chi_square(counts: Counter, law: dict[tuple[int, ...], float]) -> tuple[float, float, float]:
@@ -232,3 +244,159 @@ def test_the_ssd_rule_loosens_the_exact_one_by_its_tolerance():
             drafted, accepted = drafted + generator.stats.drafted, accepted + generator.stats.accepted
         rates[rule.acceptance] = accepted / drafted
     assert rates["ssd"] > rates["exact"] + 0.1
+
+
+# ------------------------------------------------------------------------ TLDR patches + speculation
+
+def random_tldr(backbone: Backbone, k: int, seed: int, std: float) -> Tldr:
+    """An untrained adapter whose compressor and extractor matter (weights large enough to change the tokens)."""
+    torch.manual_seed(seed)
+    tldr = Tldr(backbone, TldrConfig(patch_size=k)).eval()
+    with torch.no_grad():
+        for name, p in tldr.named_parameters():
+            if p.dim() == 2 and not name.startswith("lora"):
+                p.normal_(0, std)
+    return tldr
+
+
+def exact_patch_law(patches: PatchGenerator, req: Request) -> dict[tuple[int, ...], float]:
+    """The law of TLDR's sampling, from full passes over each prefix: the adapted backbone over the whole patches
+    said, the extractor over the tokens of the patch being said."""
+    bb, tldr, k = patches.backbone, patches.tldr, patches.tldr.k
+    speaker = req.speaker[None]
+    start = torch.cat([bb.prefix(speaker, req.text_ids[None]), tldr.patches(bb, req.prompt[None]), bb.sos(1)], dim=1)
+
+    def next_logits(said: list[int]) -> torch.Tensor:
+        whole = len(said) // k * k
+        x = torch.cat([start, tldr.patches(bb, torch.tensor([said[:whole]], dtype=torch.long))], dim=1)
+        rows = [tldr.extractor.start(bb(x)[:, -1], speaker),
+                bb.speech_embed(torch.tensor([said[whole:]], dtype=torch.long))]
+        return bb.logits(tldr.extractor(torch.cat(rows, dim=1))[0, -1])
+
+    return law_of(next_logits, req, bb, patches.sampling)
+
+
+@pytest.mark.slow
+def test_speculative_patches_have_exactly_tldrs_distribution_and_broken_rules_do_not(monkeypatch):
+    """As for SSD, against the exact law of TLDR k=2's first FIRST tokens (they span two patches, so a drafted
+    patch is verified from the hidden state of the one before): plain TLDR and exact speculation fit it; keeping
+    every drafted token, or correcting from the extractor's distribution instead of the residual, does not."""
+    backbone, draft = random_model(TOY, seed=0, std=0.1), random_model(TOY_DRAFT, seed=1, std=0.1)
+    patches = PatchGenerator(backbone, random_tldr(backbone, 2, seed=2, std=0.3), TOY_SAMPLING)
+    req = request(TOY, phonemes=2)
+    law = exact_patch_law(patches, req)
+    assert sum(law.values()) == pytest.approx(1.0, abs=1e-5) and len(law) > 40
+    draft_law = exact_law(draft, req, TOY_SAMPLING)
+    assert 0.5 * sum(abs(law.get(o, 0) - draft_law.get(o, 0)) for o in {*law, *draft_law}) > 0.5
+
+    def fit(generator) -> tuple[float, float, float]:
+        return chi_square(Counter(tokens(generator, req, seed, FIRST) for seed in range(SAMPLES)), law)
+
+    plain = fit(patches)
+    exact = [fit(SpeculativePatchGenerator(patches, draft, Speculation(gamma=g))) for g in (1, 2)]
+    for _, p_value, tv in (plain, *exact):
+        assert p_value > 1e-3 and tv < 0.1, (plain, exact)
+    with monkeypatch.context() as broken:
+        broken.setattr("tldr_core.decoding.accept_probability", lambda p, q, speculation: 1.0)
+        always = fit(SpeculativePatchGenerator(patches, draft, Speculation(gamma=2)))
+    with monkeypatch.context() as broken:
+        broken.setattr("tldr_core.decoding._residual", lambda p, q, g: int(torch.multinomial(p, 1, generator=g)))
+        from_p = fit(SpeculativePatchGenerator(patches, draft, Speculation(gamma=1)))
+    for _, p_value, tv in (always, from_p):
+        assert p_value < 1e-12 and tv > 0.15, (always, from_p)
+
+
+def bigram_draft(cfg: ModelConfig, said: tuple[int, ...]) -> Backbone:
+    """A draft that proposes the most frequent successor in `said` of the last token it read: its blocks add
+    nothing, so its hidden state is its input's embedding (one-hot), and its head maps token to successor."""
+    draft = Backbone(cfg).eval()
+    successor = {a: Counter(b for x, b in zip(said, said[1:]) if x == a).most_common(1)[0][0] for a in said[:-1]}
+    with torch.no_grad():
+        for block in draft.blocks:
+            block.attn.wo.weight.zero_()
+            block.w_down.weight.zero_()
+        draft.speech_embed.weight.copy_(torch.eye(cfg.speech_vocab + 1, cfg.dim) * 5)
+        draft.head.weight.zero_()
+        for a, b in successor.items():
+            draft.head.weight[b, a] = 20.0
+    return draft
+
+
+@pytest.mark.parametrize("k, gamma", [(2, 1), (2, 3), (4, 1), (4, 2)])
+def test_greedy_speculative_patches_say_what_greedy_tldr_says(k, gamma):
+    """At temperature 0 both must say the same tokens, with a draft that knows TLDR's bigrams (mostly right) and
+    with an unrelated one: caches not rolled back right, a patch verified from the wrong hidden state, or a bonus
+    patch taken after a correction would change them."""
+    backbone = random_model(TOY, seed=0, std=0.3)
+    patches = PatchGenerator(backbone, random_tldr(backbone, k, seed=7, std=0.3), Sampling(temperature=0))
+    req = request(TOY, phonemes=12)
+    expected = tokens(patches, req, seed=0)
+    rates = []
+    for draft in (bigram_draft(TOY_DRAFT, expected), random_model(TOY_DRAFT, seed=1, std=0.3)):
+        speculative = SpeculativePatchGenerator(patches, draft, Speculation(gamma=gamma))
+        assert tokens(speculative, req, seed=0) == expected
+        rates.append(speculative.stats.acceptance_rate)
+        assert speculative.stats.backbone_steps <= patches.stats.backbone_steps
+    assert 0.3 < rates[0] < 1.0 and rates[1] < rates[0]  # rejections too, so the rollback was exercised
+
+
+def test_a_draft_that_agrees_with_the_extractor_settles_gamma_plus_one_patches_per_pass():
+    """A TLDR whose extractor always says token 3 and a draft that always proposes it: every drafted patch is
+    kept and the extractor adds one, so each pass says (gamma + 1) k tokens."""
+    backbone, draft = random_model(CFG, seed=0, std=0.3), random_model(DRAFT, seed=1, std=0.3)
+    tldr = random_tldr(backbone, 4, seed=2, std=0.3)
+    for model in (backbone, draft):
+        model.logits = lambda hidden: torch.nn.functional.one_hot(
+            torch.full(hidden.shape[:-1], 3), CFG.speech_vocab + 1).float() * 50
+    generator = SpeculativePatchGenerator(PatchGenerator(backbone, tldr, Sampling()), draft, Speculation(gamma=2))
+    said = tokens(generator, request(CFG, phonemes=20), seed=0)
+    s = generator.stats
+    assert said == (3,) * 80 and s.accepted == s.drafted and s.tokens == 80
+    assert s.backbone_steps == -(-80 // 12) + (80 % 12 == 0)
+
+
+@pytest.mark.parametrize("k, gamma", [(2, 1), (4, 2), (4, 3)])
+def test_speculative_patches_keep_tldrs_length_bounds(k, gamma):
+    """STOP refused before half the expected length, output cut at twice it, whatever gamma and the draft want."""
+    req = request(CFG, phonemes=20)  # expected 40 tokens
+    never = stop_biased(CFG, 0, -50.0)
+    generator = SpeculativePatchGenerator(PatchGenerator(never, random_tldr(never, k, 2, 0.3), Sampling()),
+                                          stop_biased(DRAFT, 1, +50.0), Speculation(gamma=gamma))
+    assert len(tokens(generator, req, seed=0)) == 80 and not generator.stats.stopped
+    eager = stop_biased(CFG, 0, +50.0)
+    generator = SpeculativePatchGenerator(PatchGenerator(eager, random_tldr(eager, k, 2, 0.3), Sampling()),
+                                          stop_biased(DRAFT, 1, -50.0), Speculation(gamma=gamma))
+    assert tokens(generator, req, seed=0)[-1] == CFG.stop and generator.stats.tokens == 20
+
+
+def test_speculative_patches_follow_a_hinted_models_durations():
+    """With alignment hints the tokens must be greedy TLDR's, as many as the durations say."""
+    cfg = replace(TOY, alignment_hints=True, max_len=256)
+    backbone = random_model(cfg, seed=0, std=0.3)
+    with torch.no_grad():  # 2 tokens per phone
+        backbone.hints.durations.out.weight.zero_()
+        backbone.hints.durations.out.bias.fill_(1.1)
+    patches = PatchGenerator(backbone, random_tldr(backbone, 4, seed=7, std=0.3), Sampling(temperature=0))
+    req = request(cfg, phonemes=12)
+    expected = tokens(patches, req, seed=0)
+    draft = bigram_draft(replace(TOY_DRAFT, alignment_hints=True, max_len=256), expected)
+    speculative = SpeculativePatchGenerator(patches, draft, Speculation(gamma=2))
+    assert tokens(speculative, req, seed=0) == expected and speculative.stats.accepted > 0
+    assert len(expected) == int(backbone.hints.predict(req.speaker, req.text_ids).sum())
+
+
+def test_speculative_patch_caches_hold_the_prompt_and_the_tokens_said():
+    """Rejected drafts rolled back: the backbone ends holding the prompt's patches and the whole patches said (but
+    perhaps the last), the draft the prompt and the tokens said (but perhaps the last patch's)."""
+    backbone, draft = random_model(CFG, seed=0, std=0.3), random_model(DRAFT, seed=1, std=0.3)
+    patches = PatchGenerator(backbone, random_tldr(backbone, 4, seed=2, std=0.3), Sampling())
+    generator = SpeculativePatchGenerator(patches, draft, Speculation(gamma=2))
+    said = tokens(generator, request(CFG, phonemes=20, prompt=24), seed=2)
+    s = generator.stats
+    assert s.tokens == len(said) - s.stopped and s.history == list(said[:s.tokens])
+    assert 0 < s.accepted < s.drafted
+    bb_position = patches.backbone.new_cache(max_len=1).bytes_per_position
+    dr_position = draft.new_cache(max_len=1).bytes_per_position
+    possible = {(24 // 4 + p) * bb_position + (24 + t) * dr_position
+                for p in (s.tokens // 4 - 1, s.tokens // 4) for t in range(s.tokens - 4, s.tokens + 1)}
+    assert s.kv_speech_bytes in possible and s.kv_bytes > s.draft_kv_bytes

@@ -136,7 +136,8 @@ def cmd_train_tldr(args: argparse.Namespace) -> None:
 
     tldr_cfg = TldrConfig(patch_size=args.patch_size, lora_rank=args.lora_rank)
     _report(train_tldr(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), tldr_cfg, codec=args.codec,
-                       resume=args.resume, jobs=args.jobs, device=args.device, init=args.init), args.out)
+                       resume=args.resume, jobs=args.jobs, device=args.device, init=args.init, aligner=args.aligner),
+            args.out)
 
 
 def cmd_train_draft(args: argparse.Namespace) -> None:
@@ -146,12 +147,24 @@ def cmd_train_draft(args: argparse.Namespace) -> None:
     size = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn)
     history = train_draft(args.corpus_dir, args.backbone, args.out, _lm_train_config(args), size, codec=args.codec,
                           resume=args.resume, jobs=args.jobs, device=args.device, init=args.init,
-                          distill=args.distill, data=args.data)
+                          distill=args.distill, data=args.data, aligner=args.aligner)
     if history:
         last = history[-1]
         print(f"step {last['step']}: validation loss {last['validation']:.4f} (KL to the backbone "
               f"{last['validation_kl']:.4f}); a drafted token would be kept {last['validation_acceptance']:.1%} of "
               f"the time at temperature 1; checkpoint in {args.out}")
+
+
+def cmd_train_aligner(args: argparse.Namespace) -> None:
+    from tldr_core.training.lm import train_aligner
+
+    history = train_aligner(args.corpus_dir, args.codec, args.out, _lm_train_config(args), resume=args.resume,
+                            jobs=args.jobs, device=args.device)
+    if history:
+        last = history[-1]
+        print(f"step {last['step']}: validation CTC loss {last['validation']:.4f} (with another utterance's text "
+              f"{last['validation_wrong_text']:.4f}), phone error rate {last['validation_per']:.1f} %; align with "
+              f"--aligner {Path(args.out) / 'checkpoint.pt'}")
 
 
 def cmd_train_speed(args: argparse.Namespace) -> None:
@@ -259,13 +272,14 @@ def cmd_speak(args: argparse.Namespace) -> None:
     synth = _synthesizer(args)
     voice = synth.prepare_voice(audio.load_reference_clip(args.voice).samples)
     chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size, Sampling(temperature=args.temperature),
-                               seed=args.seed, speculation=_speculation(args)))
+                               seed=args.seed, speculation=_speculation(args, args.mode)))
     audio.write_wav(args.out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), audio.SAMPLE_RATE)
     s = synth.last_stats
     if s.speculation is not None:
         rule = ("exact acceptance" if s.speculation.acceptance == "exact"
                 else f"the SSD paper's acceptance, tolerance {s.speculation.tolerance:g}")
-        unit = f"speculative (SSD), gamma {s.speculation.gamma}, {rule}"
+        unit = (f"speculative (SSD), gamma {s.speculation.gamma}, {rule}" if s.patch_size == 1 else
+                f"TLDR, patch size {s.patch_size}, verified speculatively: gamma {s.speculation.gamma} patches, {rule}")
     else:
         unit = "token-level baseline" if s.patch_size == 1 else f"TLDR, patch size {s.patch_size}"
     for notice in s.notices:
@@ -282,11 +296,17 @@ def cmd_speak(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def _speculation(args: argparse.Namespace, acceptance: str | None = None):
-    """SSD's settings from --gamma, --acceptance and --tolerance."""
+def _speculation(args: argparse.Namespace, mode: str, acceptance: str | None = None):
+    """How a speculative mode speculates: SSD from --gamma and --tolerance, TLDR + SSD from --patch-gamma and
+    --patch-tolerance; the acceptance rule from `acceptance`, else --acceptance; the mode's defaults for the rest."""
     from tldr_core.decoding import Speculation
+    from tldr_core.synthesis import SSD, default_speculation
 
-    return Speculation(gamma=args.gamma, acceptance=acceptance or args.acceptance, tolerance=args.tolerance)
+    default = default_speculation(mode)
+    gamma, tolerance = (args.gamma, args.tolerance) if mode == SSD else (args.patch_gamma, args.patch_tolerance)
+    return Speculation(gamma=gamma or default.gamma,
+                       acceptance=acceptance or getattr(args, "acceptance", None) or default.acceptance,
+                       tolerance=default.tolerance if tolerance is None else tolerance)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -296,7 +316,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if not synth.has_draft and args.gammas:
         print("note: this model has no draft model, so the bench leaves SSD out")
     results = run_bench(synth, seed=args.seed, patch_sizes=args.patch_sizes, rounds=args.rounds, gammas=args.gammas,
-                        tolerances=args.tolerances)
+                        tolerances=args.tolerances, patch_gammas=args.patch_gammas,
+                        patch_tolerances=args.patch_tolerances)
     print(table(results))
     if args.json:
         write_json(results, synth, args.json)
@@ -323,8 +344,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.files import write_text
 
     synth = _synthesizer(args)
-    named = {"baseline": ("baseline", 1), "ssd": ("ssd", 1, _speculation(args, "exact")),
-             "ssd-beta": ("ssd", 1, _speculation(args, "ssd"))}
+    named = {"baseline": ("baseline", 1), "ssd": ("ssd", 1, _speculation(args, "ssd", "exact")),
+             "ssd-beta": ("ssd", 1, _speculation(args, "ssd", "ssd"))}
+    for k in (2, 4, 6, 8):
+        named[f"{k}+ssd"] = ("tldr-ssd", k, _speculation(args, "tldr-ssd", "exact"))
+        named[f"{k}+ssd-beta"] = ("tldr-ssd", k, _speculation(args, "tldr-ssd", "ssd"))
     modes = [named.get(mode) or ("tldr", int(mode)) for mode in args.modes]
     reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
                              sampling=Sampling(temperature=args.temperature), judges=Judges(asr=args.asr))
@@ -378,6 +402,12 @@ def lm_options(p: argparse.ArgumentParser, steps: int) -> None:
                         "model's) instead of random ones; a new schedule of --steps follows")
 
 
+def aligner_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aligner", type=Path, metavar="CODEC_CHECKPOINT",
+                   help="for a backbone with hints whose run folder (and its durations) is not at hand: align the "
+                        "utterances with this codec checkpoint (the codec's own, or `train aligner`'s)")
+
+
 def size_options(p: argparse.ArgumentParser, title: str) -> None:
     sizes = p.add_argument_group(title)
     sizes.add_argument("--dim", type=int, default=256)
@@ -396,13 +426,16 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 
 def speculation_options(p: argparse.ArgumentParser, acceptance: bool = True) -> None:
-    p.add_argument("--gamma", type=int, default=4,  # decoding.Speculation's (not imported here: --help stays instant)
-                   help="SSD: tokens the draft proposes per backbone pass")
+    # defaults: synthesis.default_speculation's (not imported here: --help stays instant)
+    p.add_argument("--gamma", type=int, help="SSD: tokens the draft proposes per backbone pass (default 4)")
+    p.add_argument("--patch-gamma", type=int, help="TLDR + SSD: patches the draft proposes per pass (default 2)")
     if acceptance:
-        p.add_argument("--acceptance", choices=["exact", "ssd"], default="exact",
-                       help="SSD: exact speculative sampling (the backbone's own distribution) or the SSD paper's "
-                            "looser rule (keeps a drafted token when r < min(1, p/q) + tolerance)")
-    p.add_argument("--tolerance", type=float, default=0.1, help="the tolerance (beta) of the SSD paper's rule")
+        p.add_argument("--acceptance", choices=["exact", "ssd"],
+                       help="exact speculative sampling (the backbone's own distribution) or the SSD paper's looser "
+                            "rule (keeps a drafted token when r < min(1, p/q) + tolerance); default: exact for SSD, "
+                            "the paper's for TLDR + SSD")
+    p.add_argument("--tolerance", type=float, help="SSD: the tolerance (beta) of the paper's rule (default 0.1)")
+    p.add_argument("--patch-tolerance", type=float, help="TLDR + SSD: the paper's tolerance (default 0.5)")
 
 
 def temperature_option(p: argparse.ArgumentParser) -> None:
@@ -420,8 +453,9 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("text")
     p.add_argument("--voice", type=Path, required=True, help="reference clip (any common audio format)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", choices=["tldr", "baseline", "ssd"], default="tldr",
-                   help="ssd: speculative decoding with the model's draft model (a model packed with --draft)")
+    p.add_argument("--mode", choices=["tldr", "baseline", "ssd", "tldr-ssd"], default="tldr",
+                   help="ssd: speculative decoding with the model's draft model (a model packed with --draft); "
+                        "tldr-ssd: TLDR patches, the draft proposing whole patches")
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
     speculation_options(p)
     temperature_option(p)
@@ -436,6 +470,11 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
                    help="SSD rows (a model with a draft): tokens drafted per backbone pass")
     p.add_argument("--tolerances", type=float, nargs="*", default=[0.1], metavar="BETA",
                    help="also SSD with the paper's acceptance rule at these tolerances, per gamma (none: leave out)")
+    p.add_argument("--patch-gammas", type=int, nargs="*", default=[2], metavar="G",
+                   help="TLDR k=4 + SSD rows (a model with a draft): patches drafted per backbone pass (none: leave "
+                        "out)")
+    p.add_argument("--patch-tolerances", type=float, nargs="*", default=[0.5], metavar="BETA",
+                   help="TLDR k=4 + SSD also with the paper's rule at these tolerances, per patch gamma")
     model_options(p)
     p.set_defaults(run=cmd_bench)
 
@@ -453,9 +492,11 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--limit", type=int, default=40, help="utterances per mode")
     p.add_argument("--modes", nargs="+", default=["baseline", "4"],
-                   choices=["baseline", "2", "4", "6", "8", "ssd", "ssd-beta"],
-                   help="baseline, TLDR patch sizes, ssd (speculative, exact) and ssd-beta (speculative with the "
-                        "SSD paper's acceptance rule at --tolerance)")
+                   choices=["baseline", "2", "4", "6", "8", "ssd", "ssd-beta",
+                            *(f"{k}+ssd{rule}" for k in (2, 4, 6, 8) for rule in ("", "-beta"))],
+                   help="baseline, TLDR patch sizes, ssd (speculative, exact), ssd-beta (speculative with the SSD "
+                        "paper's acceptance rule at --tolerance), and TLDR + SSD at a patch size: 4+ssd (exact), "
+                        "4+ssd-beta (the paper's rule at --patch-tolerance)")
     p.add_argument("--json", type=Path)
     speculation_options(p, acceptance=False)
     temperature_option(p)
@@ -572,12 +613,14 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
     p.add_argument("--lora-rank", type=int, default=16,
                    help="rank of a new adapter's LoRA (with --init or --resume the file's rank is kept)")
+    aligner_option(p)
     p.set_defaults(run=cmd_train_tldr)
     p = train_cmds.add_parser("draft", help="train SSD's small draft model by distillation from a frozen backbone")
     lm_options(p, steps=2000)
     p.add_argument("--backbone", type=Path, required=True, help="backbone checkpoint or weights file")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the KL from the backbone's distribution")
     p.add_argument("--data", type=float, default=0.0, help="weight of the cross-entropy on the data's tokens")
+    aligner_option(p)
     sizes = p.add_argument_group("size of a new draft (with --init or --resume the file's sizes are kept)")
     sizes.add_argument("--dim", type=int, default=128)
     sizes.add_argument("--layers", type=int, default=2)
@@ -585,6 +628,11 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     sizes.add_argument("--kv-heads", type=int, default=1)
     sizes.add_argument("--ffn", type=int, default=384)
     p.set_defaults(run=cmd_train_draft)
+    p = train_cmds.add_parser("aligner", help="train the phone head of an exported codec on its frozen tokens, to "
+                                              "align utterances for a backbone with hints when the codec's own "
+                                              "training checkpoint is gone")
+    lm_options(p, steps=1500)
+    p.set_defaults(run=cmd_train_aligner)
     p = train_cmds.add_parser("speed", help="seconds per backbone training step: float32 vs bfloat16, random vs "
                                             "similar-length batches, measured in one run")
     p.add_argument("corpus_dir", type=Path)

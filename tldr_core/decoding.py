@@ -10,7 +10,7 @@ each phoneme lasts; every unit then carries the hint for the token it predicts, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -237,7 +237,7 @@ class PatchGenerator:
 
     @torch.inference_mode()
     def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
-        bb, cfg, tldr, k = self.backbone, self.backbone.cfg, self.tldr, self.tldr.k
+        bb, tldr, k = self.backbone, self.tldr, self.tldr.k
         device = next(bb.parameters()).device
         plan = _plan(bb, request, device)
         bounds, hints = plan.bounds, plan.hints(bb, (plan.bounds[1] // k + 2) * k)
@@ -255,23 +255,37 @@ class PatchGenerator:
             cache.length += x.shape[1]
             stats.backbone_steps += 1
             patch: list[int] = []
-            inputs = _hinted(tldr.extractor.start(hidden[:, -1], speaker), hints, stats.tokens)
-            while len(patch) < k:
-                if patch:  # the tokens so far are the extractor's next inputs
-                    last = _hinted(bb.speech_embed(torch.tensor([patch[-1:]], device=device)), hints, stats.tokens)
-                    inputs = torch.cat([inputs, last], dim=1)
-                token = _next_token(bb.logits(tldr.extractor(inputs)[0, -1]), stats, self.sampling, generator,
-                                    bounds, cfg.stop)
-                if token is None:
-                    done = True
-                    break
-                patch.append(token)
+            done = not _extract(bb, tldr, hidden[:, -1], speaker, patch, hints, stats, self.sampling, generator,
+                                bounds)
             if patch:
                 yield patch
             if not done:
                 x = _hinted(tldr.patches(bb, torch.tensor([patch], device=device)), patch_hints, stats.tokens // k)
         stats.kv_bytes = cache.bytes()
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
+
+
+def _extract(bb: Backbone, tldr: Tldr, hidden: torch.Tensor, speaker: torch.Tensor, patch: list[int],
+             hints: torch.Tensor | None, stats: GenerationStats, sampling: Sampling,
+             generator: torch.Generator | None, bounds: tuple[int, int]) -> bool:
+    """TLDR's extractor fills in `patch` (the tokens it has so far, already counted in `stats`) up to k tokens from
+    the backbone's (1, dim) hidden state before the patch. False once the utterance has ended (STOP or the length
+    bound)."""
+    device = hidden.device
+    rows = [tldr.extractor.start(hidden, speaker)]
+    if patch:
+        rows.append(bb.speech_embed(torch.tensor([patch], device=device)))
+    inputs = _hinted(torch.cat(rows, dim=1), hints, stats.tokens - len(patch), 1 + len(patch))
+    while len(patch) < tldr.k:
+        token = _next_token(bb.logits(tldr.extractor(inputs)[0, -1]), stats, sampling, generator, bounds,
+                            bb.cfg.stop)
+        if token is None:
+            return False
+        patch.append(token)
+        if len(patch) < tldr.k:  # the tokens so far are the extractor's next inputs
+            last = _hinted(bb.speech_embed(torch.tensor([[token]], device=device)), hints, stats.tokens)
+            inputs = torch.cat([inputs, last], dim=1)
+    return True
 
 
 # ------------------------------------------------------------------------------------ speculative (SSD)
@@ -282,8 +296,9 @@ SSD_RULE = "ssd"  # the SSD paper's rule for speech tokens: exact acceptance loo
 
 @dataclass(frozen=True)
 class Speculation:
-    """How SSD (arXiv 2505.15380) speculates: the draft proposes `gamma` tokens, the backbone verifies them in
-    one pass. `acceptance`: "exact", or "ssd", the paper's looser rule with tolerance `tolerance` (its beta)."""
+    """How SSD (arXiv 2505.15380) speculates: the draft proposes `gamma` tokens (TLDR + SSD: gamma patches), the
+    backbone verifies them in one pass. `acceptance`: "exact", or "ssd", the paper's looser rule with tolerance
+    `tolerance` (its beta)."""
 
     gamma: int = 4              # chosen by `tldr-voice bench`: with the shipped draft, 4 beat 2 and 6
     acceptance: str = EXACT
@@ -294,6 +309,12 @@ class Speculation:
             raise ValueError(f"acceptance must be {EXACT} or {SSD_RULE}, not {self.acceptance!r}")
         if self.gamma < 1:
             raise ValueError(f"gamma must be at least 1, not {self.gamma}")
+
+
+# TLDR + SSD's defaults, chosen by `tldr-voice bench` (k=4, shipped draft): whole patches are kept only when all k
+# tokens are, so the exact rule (per-token acceptance ~0.68, a patch ~0.2) is slower than plain TLDR; the paper's
+# rule at beta 0.5 with 2 patches per pass is the fastest whose quality stays within plain TLDR's (docs/EXPERIMENTS.md)
+PATCH_SPECULATION = Speculation(gamma=2, acceptance=SSD_RULE, tolerance=0.5)
 
 
 def accept_probability(p: float, q: float, speculation: Speculation) -> float:
@@ -316,6 +337,42 @@ def _residual(p: torch.Tensor, q: torch.Tensor, generator: torch.Generator | Non
     p(x) > q(x); should rounding leave no mass (p == q to float precision), p itself is the right answer."""
     rest = (p - q).clamp(min=0)
     return int(torch.multinomial(rest if rest.sum() > 1e-9 else p, 1, generator=generator))
+
+
+def _draft(draft: Backbone, x: torch.Tensor, cache, count: int, dist: Callable[[torch.Tensor, list[int]], torch.Tensor],
+           hints: torch.Tensor | None, stats: GenerationStats, generator: torch.Generator | None
+           ) -> tuple[list[int], list[torch.Tensor]]:
+    """Up to `count` tokens the draft proposes one by one after its next input `x` (nothing after STOP), and the
+    distribution each was drawn from (`dist` of its logits and the tokens drafted before). The draft's cache then
+    holds x and every drafted token but the last."""
+    drafted: list[int] = []
+    q: list[torch.Tensor] = []
+    for _ in range(count):
+        hidden = draft(x, cache)
+        cache.length += x.shape[1]
+        stats.draft_steps += 1
+        q.append(dist(draft.logits(hidden[0, -1]), drafted))
+        drafted.append(int(torch.multinomial(q[-1], 1, generator=generator)))
+        if drafted[-1] == draft.cfg.stop:
+            break
+        x = _hinted(draft.speech_embed(torch.tensor([drafted[-1:]], device=x.device)), hints,
+                    stats.tokens + len(drafted))
+    return drafted, q
+
+
+def _verify(drafted: list[int], q: list[torch.Tensor], target: Callable[[int, list[int]], torch.Tensor],
+            speculation: Speculation, generator: torch.Generator | None) -> tuple[list[int], int | None]:
+    """The prefix of the drafted tokens that is kept, token i checked against the target's distribution
+    target(i, tokens kept before it), and the correction after the first rejection (None when all were kept)."""
+    kept: list[int] = []
+    for i, token in enumerate(drafted):
+        p = target(i, kept)
+        u = float(torch.rand(1, generator=generator, device=p.device))
+        if u < accept_probability(float(p[token]), float(q[i][token]), speculation):
+            kept.append(token)
+            continue
+        return kept, _residual(p, q[i], generator)
+    return kept, None
 
 
 class SpeculativeGenerator:
@@ -363,19 +420,8 @@ class SpeculativeGenerator:
         done = False
         while not done:
             # 1. draft up to gamma tokens (never past the length bound, nothing after STOP)
-            drafted: list[int] = []
-            q: list[torch.Tensor] = []
-            x = dr_in
-            for _ in range(min(gamma, max_tokens - stats.tokens)):
-                hidden = dr(x, dr_cache)
-                dr_cache.length += x.shape[1]
-                stats.draft_steps += 1
-                q.append(dist(dr.logits(hidden[0, -1]), drafted))
-                drafted.append(int(torch.multinomial(q[-1], 1, generator=generator)))
-                if drafted[-1] == cfg.stop:
-                    break
-                x = _hinted(dr.speech_embed(torch.tensor([drafted[-1:]], device=device)), dr_hints,
-                            stats.tokens + len(drafted))
+            drafted, q = _draft(dr, dr_in, dr_cache, min(gamma, max_tokens - stats.tokens), dist, dr_hints, stats,
+                                generator)
             dr_read = dr_cache.length  # the draft has read dr_in and drafted[:-1]
             # 2. one backbone pass over what it has not read yet and every drafted token
             drafts = bb.speech_embed(torch.tensor([drafted], device=device, dtype=torch.long))
@@ -385,16 +431,7 @@ class SpeculativeGenerator:
             stats.backbone_steps += 1
             stats.drafted += len(drafted)
             # 3. keep a prefix of the drafted tokens, then one token from the backbone
-            kept: list[int] = []
-            final = None
-            for i, token in enumerate(drafted):
-                p = dist(logits[i], kept)
-                u = float(torch.rand(1, generator=generator, device=device))
-                if u < accept_probability(float(p[token]), float(q[i][token]), self.speculation):
-                    kept.append(token)
-                    continue
-                final = _residual(p, q[i], generator)
-                break
+            kept, final = _verify(drafted, q, lambda i, kept: dist(logits[i], kept), self.speculation, generator)
             if final is None and (not kept or kept[-1] != cfg.stop):  # all kept: a bonus token
                 final = int(torch.multinomial(dist(logits[len(kept)], kept), 1, generator=generator))
             stats.accepted += len(kept)
@@ -423,3 +460,121 @@ class SpeculativeGenerator:
         stats.kv_bytes = bb_cache.bytes() + stats.draft_kv_bytes
         stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - bb_speech - 1)  # not the SOS markers
                                  + dr_cache.bytes(dr_cache.length - dr_speech - 1))
+
+
+class SpeculativePatchGenerator:
+    """TLDR + speculation (beyond both papers): the draft proposes `gamma` whole patches token by token; the
+    LoRA-adapted backbone reads them all in one pass, and the extractor scores every drafted token at once (each
+    patch from the hidden state before it, teacher-forced on the drafted tokens). A prefix of the drafted tokens
+    is kept by SSD's rule; the patch the first rejection falls in gets its correction and is finished by the
+    extractor, from the hidden state the pass already gave; all kept, the extractor adds a bonus patch. So every
+    backbone pass settles 1 to gamma + 1 patches, and with the exact rule the tokens have exactly
+    PatchGenerator's distribution. It pays off only when whole patches are kept, i.e. per-token acceptance to the
+    power k: see docs/EXPERIMENTS.md."""
+
+    def __init__(self, patches: PatchGenerator, draft: Backbone, speculation: Speculation | None = None):
+        """`patches`: the TLDR generator of the patch size (its adapted backbone and sampling are used as they are)."""
+        if draft.cfg.speech_vocab != patches.backbone.cfg.speech_vocab:
+            raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
+                             f"{patches.backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
+        if (draft.hints is None) != (patches.backbone.hints is None):
+            raise ValueError("a draft must read alignment hints exactly when its backbone does")
+        self.patches, self.draft = patches, draft
+        self.speculation = speculation or Speculation()
+        self.stats = GenerationStats()
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.patches.backbone
+
+    @torch.inference_mode()
+    def generate(self, request: Request, generator: torch.Generator | None = None) -> Iterator[list[int]]:
+        """Yield the tokens each verification step settles (whole patches, but for the last)."""
+        bb, tldr, dr, k, gamma = self.backbone, self.patches.tldr, self.draft, self.patches.tldr.k, \
+            self.speculation.gamma
+        sampling, stop, device = self.patches.sampling, bb.cfg.stop, next(bb.parameters()).device
+        plan = _plan(bb, request, device)  # the draft follows the backbone's durations
+        bounds = min_tokens, max_tokens = plan.bounds
+        rows = (max_tokens // k + gamma + 2) * k
+        hints, dr_hints = plan.hints(bb, rows), plan.hints(dr, rows)
+        patch_hints = hints.view(-1, k, hints.shape[-1]).mean(1) if hints is not None else None
+        speaker = request.speaker[None].to(device)
+        prefix = bb.prefix(speaker, request.text_ids[None].to(device))
+        bb_in = _hinted(torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1),
+                        patch_hints, 0)  # what each model reads next: prefill first
+        dr_in, dr_speech = _prefill(dr, request, device)
+        dr_in = _hinted(dr_in, dr_hints, 0)
+        bb_cache = bb.new_cache(max_len=bb_in.shape[1] + max_tokens // k + gamma + 2)
+        dr_cache = dr.new_cache(max_len=dr_in.shape[1] + max_tokens + gamma * k + 2)
+        self.stats = stats = GenerationStats()
+
+        def dist(logits: torch.Tensor, drafted: list[int]) -> torch.Tensor:
+            return distribution(logits, stats.history + drafted, sampling,
+                                stats.tokens + len(drafted) >= min_tokens, stop)
+
+        done = False
+        while not done:
+            base = stats.tokens  # a whole number of patches
+            # 1. draft up to gamma patches (never past the length bound, nothing after STOP)
+            dr_mark = dr_cache.length + dr_in.shape[1]  # once the draft has read all settled tokens
+            drafted, q = _draft(dr, dr_in, dr_cache, min(gamma * k, max_tokens - base), dist, dr_hints, stats,
+                                generator)
+            # 2. one backbone pass over what it has not read yet and every whole drafted patch
+            fed = (len(drafted) - (drafted[-1:] == [stop])) // k
+            units = _hinted(tldr.patches(bb, torch.tensor([drafted[:fed * k]], device=device, dtype=torch.long)),
+                            patch_hints, base // k + 1, fed)
+            x = torch.cat([bb_in, units], dim=1)
+            hidden = bb(x, bb_cache)[0, bb_in.shape[1] - 1:]  # row j: the hidden state before drafted patch j
+            bb_cache.length += x.shape[1]
+            stats.backbone_steps += 1
+            stats.drafted += len(drafted)
+            # 3. the extractor scores every drafted token in one pass; keep a prefix, correct the first rejection
+            kept, final = [], None
+            if drafted:
+                logits = self._score(hidden, speaker, drafted, hints, base)
+                kept, final = _verify(drafted, q, lambda i, kept: dist(logits[i // k, i % k], kept), self.speculation,
+                                      generator)
+            stats.accepted += len(kept)
+            # 4. hand out the settled tokens within the bounds; the extractor finishes the last patch
+            for token in kept + ([final] if final is not None else []):
+                if token == stop:
+                    stats.stopped = done = True
+                    break
+                stats.history.append(token)
+                stats.tokens += 1
+            said = stats.tokens - base
+            if not done and (said % k or final is None):  # hidden[said // k] read only kept tokens
+                patch = stats.history[len(stats.history) - said % k:] if said % k else []
+                done = not _extract(bb, tldr, hidden[said // k][None], speaker, patch, hints, stats, sampling,
+                                    generator, bounds)
+            # 5. roll both caches back to what was kept; each reads the rest of the settled tokens next
+            settled = stats.history[base:]
+            bb_cache.length -= fed - min(fed, len(kept) // k)
+            read = min(len(kept), len(drafted) - 1)
+            if drafted:
+                dr_cache.length = dr_mark + read
+            if settled:
+                yield settled
+            if done:
+                break
+            bb_in = _hinted(tldr.patches(bb, torch.tensor([settled[len(settled) - k:]], device=device)),
+                            patch_hints, stats.tokens // k)
+            dr_in = _hinted(dr.speech_embed(torch.tensor([settled[read:]], device=device)), dr_hints,
+                            base + read + 1, len(settled) - read)
+        stats.draft_kv_bytes = dr_cache.bytes()
+        stats.kv_bytes = bb_cache.bytes() + stats.draft_kv_bytes
+        stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - prefix.shape[1] - 1)  # not the SOS markers
+                                 + dr_cache.bytes(dr_cache.length - dr_speech - 1))
+
+    def _score(self, hidden: torch.Tensor, speaker: torch.Tensor, drafted: list[int], hints: torch.Tensor | None,
+               base: int) -> torch.Tensor:
+        """(patches, k, V + 1) the extractor's logits for every drafted token, patch j from hidden row j, token m
+        of it after the drafted tokens before it in the patch (the last patch padded; causal, so unaffected)."""
+        bb, tldr, k = self.backbone, self.patches.tldr, self.patches.tldr.k
+        n = -(-len(drafted) // k)
+        padded = torch.tensor(drafted + [0] * (n * k - len(drafted)), device=hidden.device).view(n, k)
+        inputs = torch.cat([tldr.extractor.start(hidden[:n], speaker.expand(n, -1)), bb.speech_embed(padded[:, :-1])],
+                           dim=1)
+        if hints is not None:
+            inputs = inputs + hints[base:base + n * k].view(n, k, -1)
+        return bb.logits(tldr.extractor(inputs))

@@ -135,6 +135,19 @@ def _pack_weights(state: dict, source: Path, out: Path, keep: tuple[str, ...], r
             "history": state.get("history", [])[-1:]}
 
 
+def _packed_beside(backbone: Path) -> set[Path]:
+    """The files packed together with `backbone` when it is a model folder's backbone (the folder's sha256s checked):
+    packed files no longer say which backbone file they were trained on, their folder does; so a shipped model
+    can be packed again with a new draft."""
+    folder = Path(backbone).resolve().parent
+    if not (folder / MANIFEST).is_file():
+        return set()
+    manifest = open_model_folder(folder).manifest
+    if manifest.get("backbone") != Path(backbone).name:
+        return set()
+    return {folder / name for name in manifest["files"]}
+
+
 def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out: Path, recipe: dict,
                draft_checkpoint: Path | None = None) -> dict:
     """Write a model folder from training checkpoints (optimiser state dropped, float16 weights) or packed files;
@@ -146,7 +159,10 @@ def pack_model(backbone_checkpoint: Path, tldr_checkpoints: dict[int, Path], out
     trained_on = {tldr_checkpoints[k]: ("TLDR adapter", state, "tldr") for k, state in adapter_states.items()}
     if draft_checkpoint is not None:
         trained_on[draft_checkpoint] = ("draft model", read_checkpoint(draft_checkpoint, "draft model"), "draft")
+    packed_with = _packed_beside(backbone_checkpoint)
     for path, (what, state, command) in trained_on.items():  # before anything is written
+        if Path(path).resolve() in packed_with:
+            continue
         if state.get("backbone_sha256") != backbone_sha256:
             raise ModelError(f"The {what} '{path}' was trained on another backbone than "
                              f"'{backbone_checkpoint}' (or its file has changed since): train it again with "

@@ -19,8 +19,9 @@ from tldr_core.files import write_text
 SETTINGS_FILE = "settings.json"
 
 # TLDR patches; the token-level backbone one speech token per step; or speculative decoding (SSD: a draft model
-# proposes, the backbone verifies several tokens per step), for a model that has a draft
-DECODING_MODES = ("tldr", "baseline", "ssd")
+# proposes, the backbone verifies several tokens per step) and TLDR patches verified speculatively (the draft
+# proposes whole patches), for a model that has a draft
+DECODING_MODES = ("tldr", "baseline", "ssd", "tldr-ssd")
 PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise

@@ -13,8 +13,9 @@ waits for the codec. `cancel` is checked between patches (SSD: between verificat
 effect within one patch. Should CUDA run out of memory while generating, the models move to the CPU and the
 sentence goes on there (slower), with a notice in `last_stats.notices`.
 
-Decoding modes: "tldr" (patches of k tokens), "baseline" (token by token) and "ssd" (speculative decoding: a
-draft model proposes, the backbone verifies several tokens per pass; only for a model folder with a draft).
+Decoding modes: "tldr" (patches of k tokens), "baseline" (token by token), "ssd" (speculative decoding: a
+draft model proposes, the backbone verifies several tokens per pass) and "tldr-ssd" (TLDR patches verified
+speculatively: the draft proposes whole patches); the last two only for a model folder with a draft.
 
 A saved voice (voices.py) is prepared once: `saved_voice_prompt` keeps its prompt tokens and statistics in the
 library, tagged with the codec's fingerprint, and makes them again only for another codec; the embedding the
@@ -38,8 +39,8 @@ from tldr_core import text
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre
 from tldr_core.codec.store import codec_fingerprint
-from tldr_core.decoding import (GenerationStats, PatchGenerator, Request, Sampling, Speculation, SpeculativeGenerator,
-                                StepFigures, TokenGenerator)
+from tldr_core.decoding import (PATCH_SPECULATION, GenerationStats, PatchGenerator, Request, Sampling, Speculation,
+                                SpeculativeGenerator, SpeculativePatchGenerator, StepFigures, TokenGenerator)
 from tldr_core.errors import ModelError, VoiceError
 from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
 from tldr_core.model_store import NO_DRAFT, load_backbone, load_draft, load_tldr, open_model_folder
@@ -49,6 +50,7 @@ BASELINE_GROUP = 4        # the baseline and SSD hand the codec 4 tokens (160 ms
 BASELINE = "baseline"
 TLDR = "tldr"
 SSD = "ssd"
+TLDR_SSD = "tldr-ssd"
 GPU_FULL = ("The GPU ran out of memory, so the speech is being made on the CPU from here on (slower). To use the GPU "
             "again, close other programs that use it and load the model again (restart, or choose the compute device "
             "again in Settings).")
@@ -87,7 +89,7 @@ class SpeakStats(StepFigures):
     kv_speech_bytes: int = 0   # its speech part (prompt + generated units)
     drafted: int = 0           # SSD: tokens the draft proposed, and how many of them the backbone kept
     accepted: int = 0
-    speculation: Speculation | None = None  # SSD: gamma and the acceptance rule
+    speculation: Speculation | None = None  # SSD (and TLDR + SSD): gamma and the acceptance rule
     cancelled: bool = False
     notices: list[str] = field(default_factory=list)  # what the user should know (e.g. moved to the CPU)
     per_sentence: list[GenerationStats] = field(default_factory=list, repr=False)
@@ -95,6 +97,12 @@ class SpeakStats(StepFigures):
     @property
     def real_time_factor(self) -> float:
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+
+def default_speculation(mode: str) -> Speculation:
+    """How a speculative mode speculates unless told: SSD with gamma 4 tokens and the exact rule; TLDR + SSD as
+    `tldr-voice bench` found fastest at the quality of plain TLDR (decoding.PATCH_SPECULATION)."""
+    return PATCH_SPECULATION if mode == TLDR_SSD else Speculation()
 
 
 def pick_device(device: str) -> torch.device:
@@ -191,11 +199,11 @@ class Synthesizer:
                cancel: Callable[[], bool] | None = None,
                speculation: Speculation | None = None) -> Iterator[np.ndarray]:
         """Yield float32 16 kHz audio chunks while generating; `last_stats` describes the run when it ends.
-        `speculation`: SSD's gamma and acceptance rule (mode "ssd"; default: `Speculation()`, exact)."""
+        `speculation`: how the speculative modes speculate (default: `default_speculation(mode)`)."""
         started = time.perf_counter()
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
-        speculation = (speculation or Speculation()) if mode == SSD else None
+        speculation = (speculation or default_speculation(mode)) if mode in (SSD, TLDR_SSD) else None
         generator, unit, push_every = self._generator(mode, patch_size, sampling, speculation)
         seed = int(seed) if seed is not None else int(torch.seed() % 2**31)
         rng = torch.Generator(device=self.device).manual_seed(seed)
@@ -279,7 +287,8 @@ class Synthesizer:
             stats.audio_seconds = samples_out / SAMPLE_RATE
 
     def _generator(self, mode: str, patch_size: int, sampling: Sampling, speculation: Speculation | None
-                   ) -> tuple[TokenGenerator | PatchGenerator | SpeculativeGenerator, int, int]:
+                   ) -> tuple[TokenGenerator | PatchGenerator | SpeculativeGenerator | SpeculativePatchGenerator,
+                              int, int]:
         """The generator of a decoding mode, the tokens it takes per step, and how many go to the codec at once."""
         if mode == BASELINE:
             return TokenGenerator(self.backbone, sampling), 1, BASELINE_GROUP
@@ -289,6 +298,11 @@ class Synthesizer:
             if self.draft is None:
                 raise ModelError(NO_DRAFT)
             return SpeculativeGenerator(self.backbone, self.draft, sampling, speculation), 1, BASELINE_GROUP
+        if mode == TLDR_SSD:
+            if self.draft is None:
+                raise ModelError(NO_DRAFT)
+            patches = self._patch_generator(patch_size, sampling)
+            return SpeculativePatchGenerator(patches, self.draft, speculation), patch_size, patch_size
         raise ValueError(f"unknown mode {mode!r}")
 
     def _move_to_cpu(self) -> None:

@@ -1,6 +1,6 @@
 """`tldr-voice bench`: the token-level baseline against TLDR k = 2, 4, 6, 8 and, for a model with a draft, SSD
-(speculative decoding) at each gamma asked for, with the exact acceptance rule and the SSD paper's looser one,
-measured in one run.
+(speculative decoding) at each gamma asked for, with the exact acceptance rule and the SSD paper's looser one, and
+TLDR k=4 verified speculatively (the draft proposing whole patches), measured in one run.
 
 Every mode says the same fixed sentences in the same voices with the same seed, after one untimed warm-up
 (first use loads an adapter). The timed utterances take turns across modes (each sentence and voice is said
@@ -23,7 +23,7 @@ import torch
 from tldr_core import audio, paths
 from tldr_core.files import write_text
 from tldr_core.decoding import SSD_RULE, Speculation
-from tldr_core.synthesis import BASELINE, SSD, TLDR, VoicePrompt, SpeakStats, Synthesizer
+from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, SpeakStats, Synthesizer, VoicePrompt
 
 BENCH_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -48,7 +48,8 @@ class BenchMode:
         if self.mode == TLDR:
             return f"TLDR k={self.patch_size}"
         s = self.speculation
-        return f"SSD g={s.gamma}" + (f" b={s.tolerance:g}" if s.acceptance == SSD_RULE else "")
+        rule = f" b={s.tolerance:g}" if s.acceptance == SSD_RULE else ""
+        return f"SSD g={s.gamma}{rule}" if self.mode == SSD else f"k={self.patch_size}+SSD g={s.gamma}{rule}"
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ModeResult:
     stopped_by_model: int
     utterances: int
     tokens_per_step: float = float("nan")  # speech tokens per backbone pass (prefills included)
-    gamma: int | None = None               # SSD: tokens drafted per verification
+    gamma: int | None = None               # SSD: tokens drafted per verification (TLDR + SSD: patches)
     acceptance: str | None = None          # SSD: "exact", or "ssd" (the paper's rule with tolerance beta)
     tolerance: float | None = None
     acceptance_rate: float = float("nan")  # SSD: drafted tokens the backbone kept
@@ -125,23 +126,28 @@ class _Tally:
 
 
 def bench_modes(synth: Synthesizer, patch_sizes: list[int] | None = None, gammas: list[int] | None = None,
-                tolerances: list[float] | None = None) -> list[BenchMode]:
+                tolerances: list[float] | None = None, patch_gammas: list[int] | None = None,
+                patch_tolerances: list[float] | None = None) -> list[BenchMode]:
     """Baseline first (every speed-up is against it), TLDR at each patch size, then, when the model has a draft,
-    SSD at each gamma: exact, and with the paper's rule at each tolerance."""
+    SSD at each gamma and TLDR k=4 + SSD at each patch gamma: exact, and with the paper's rule at each tolerance."""
     modes = [BenchMode(BASELINE)] + [BenchMode(TLDR, k) for k in (patch_sizes or synth.patch_sizes)]
     if synth.has_draft:
-        for gamma in gammas or [Speculation().gamma]:
-            exact = Speculation(gamma=gamma)
-            modes.append(BenchMode(SSD, 1, exact))
-            modes += [BenchMode(SSD, 1, replace(exact, acceptance=SSD_RULE, tolerance=b)) for b in tolerances or []]
+        for mode, k, speculations, betas in ((SSD, 1, gammas or [Speculation().gamma], tolerances),
+                                             (TLDR_SSD, 4, patch_gammas if 4 in synth.patch_sizes else [],
+                                              patch_tolerances)):
+            for gamma in speculations or []:
+                exact = Speculation(gamma=gamma)
+                modes.append(BenchMode(mode, k, exact))
+                modes += [BenchMode(mode, k, replace(exact, acceptance=SSD_RULE, tolerance=b)) for b in betas or []]
     return modes
 
 
 def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None = None, rounds: int = 1,
-              gammas: list[int] | None = None, tolerances: list[float] | None = None) -> list[ModeResult]:
+              gammas: list[int] | None = None, tolerances: list[float] | None = None,
+              patch_gammas: list[int] | None = None, patch_tolerances: list[float] | None = None) -> list[ModeResult]:
     """Every mode of `bench_modes`: `rounds` x texts x voices utterances each, taking turns."""
     voices = bench_voices(synth)
-    modes = bench_modes(synth, patch_sizes, gammas, tolerances)
+    modes = bench_modes(synth, patch_sizes, gammas, tolerances, patch_gammas, patch_tolerances)
     tallies = {mode: _Tally() for mode in modes}
 
     def say(sentence: str, voice: VoicePrompt, mode: BenchMode) -> None:
@@ -171,16 +177,21 @@ def run_bench(synth: Synthesizer, seed: int = 0, patch_sizes: list[int] | None =
 
 
 def table(results: list[ModeResult]) -> str:
-    head = (f"{'mode':<15}{'RTF':>8}{'speed-up':>10}{'TTFA ms':>9}{'steps/s audio':>15}{'tok/pass':>10}"
+    head = (f"{'mode':<19}{'RTF':>8}{'speed-up':>10}{'TTFA ms':>9}{'steps/s audio':>15}{'tok/pass':>10}"
             f"{'accept':>8}{'KV speech':>11}{'saving':>8}{'KV all':>10}{'peak MB':>9}{'stopped':>9}")
     rows = [head]
     for r in results:
         accept = f"{r.acceptance_rate:>8.0%}" if np.isfinite(r.acceptance_rate) else f"{'-':>8}"
-        rows.append(f"{r.name:<15}{r.real_time_factor:>8.3f}{r.speedup:>9.2f}x{r.first_audio_ms:>9.0f}"
+        rows.append(f"{r.name:<19}{r.real_time_factor:>8.3f}{r.speedup:>9.2f}x{r.first_audio_ms:>9.0f}"
                     f"{r.steps_per_second_of_audio:>15.1f}{r.tokens_per_step:>10.2f}{accept}"
                     f"{r.kv_speech_bytes / 1024:>9.0f}kB{r.kv_speech_saving:>8.0%}"
                     f"{r.kv_bytes / 1024:>8.0f}kB{r.peak_memory_bytes / 2**20:>9.0f}"
                     f"{r.stopped_by_model:>6}/{r.utterances}")
+    plain = {r.patch_size: r for r in results if r.mode == TLDR}
+    for r in results:
+        if r.mode == TLDR_SSD and r.patch_size in plain:
+            rows.append(f"{r.name}: {plain[r.patch_size].real_time_factor / r.real_time_factor:.2f}x the speed of "
+                        f"plain TLDR k={r.patch_size}")
     return "\n".join(rows)
 
 

@@ -170,3 +170,25 @@ class WerDifference:
     def text(self) -> str:
         return (f"{self.points:+.1f} points (95 % interval {self.low:+.1f} to {self.high:+.1f}, paired bootstrap over "
                 f"{self.clips} clips)")
+
+
+@dataclass
+class SimilarityDifference:
+    """How much higher B's mean speaker similarity is than A's on the same clips, with a 95 % interval from a
+    paired bootstrap over clips (as WerDifference: "within the interval" targets are differences)."""
+
+    difference: float
+    low: float
+    high: float
+    clips: int
+
+    @classmethod
+    def paired(cls, a: list[float], b: list[float], resamples: int = 4000, seed: int = 0) -> "SimilarityDifference":
+        extra = np.array(b, float) - np.array(a, float)
+        picks = np.random.default_rng(seed).integers(0, len(extra), (resamples, len(extra)))
+        low, high = np.percentile(extra[picks].mean(axis=1), [2.5, 97.5])
+        return cls(difference=float(extra.mean()), low=float(low), high=float(high), clips=len(extra))
+
+    def text(self) -> str:
+        return (f"{self.difference:+.3f} (95 % interval {self.low:+.3f} to {self.high:+.3f}, paired bootstrap over "
+                f"{self.clips} clips)")

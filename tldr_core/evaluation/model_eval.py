@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tldr_core import audio
-from tldr_core.evaluation.judges import Judges, WerDifference, WordErrors, words_for_wer
+from tldr_core.evaluation.judges import Judges, SimilarityDifference, WerDifference, WordErrors, words_for_wer
 from tldr_core.decoding import EXACT, Sampling, Speculation
 from tldr_core.synthesis import Synthesizer
 from tldr_core.corpus import read_split
@@ -29,12 +29,15 @@ from tldr_core.errors import CorpusError
 class ModelReport:
     mode: str
     patch_size: int
-    speculation: Speculation | None = None     # SSD: gamma and the acceptance rule
+    speculation: Speculation | None = None     # SSD and TLDR + SSD: gamma and the acceptance rule
     utterances: int = 0
     sentences: int = 0
     words_original: WordErrors | None = None
     words: WordErrors | None = None
-    vs_baseline: WerDifference | None = None   # TLDR modes, when the baseline ran beside them
+    vs_baseline: WerDifference | None = None   # every other mode, when the baseline ran beside them
+    similarity_vs_baseline: SimilarityDifference | None = None
+    vs_patches: WerDifference | None = None    # TLDR + SSD, when plain TLDR of its patch size ran beside it
+    similarity_vs_patches: SimilarityDifference | None = None
     words_codec: WordErrors | None = None      # the original's tokens decoded in the same voice: the codec's share
     vs_codec: WerDifference | None = None      # the model's WER above that round trip: the model's own share
     similarity: float = 0.0
@@ -55,7 +58,9 @@ class ModelReport:
             return f"TLDR k={self.patch_size}"
         s = self.speculation
         rule = "exact" if s.acceptance == EXACT else f"the SSD paper's rule, beta {s.tolerance:g}"
-        return f"SSD gamma {s.gamma} ({rule})"
+        if self.mode == "ssd":
+            return f"SSD gamma {s.gamma} ({rule})"
+        return f"TLDR k={self.patch_size} + SSD gamma {s.gamma} patches ({rule})"
 
     def lines(self) -> list[str]:
         ssd = ([f"  drafted tokens kept {self.acceptance_rate:.1%}, {self.tokens_per_step:.2f} tokens per backbone "
@@ -63,11 +68,17 @@ class ModelReport:
         return [f"{self.name}: {self.utterances} utterances",
                 f"  WER {self.words.text()}",
                 *([f"  WER above the baseline's {self.vs_baseline.text()}"] if self.vs_baseline else []),
+                *([f"  WER above plain TLDR k={self.patch_size}'s {self.vs_patches.text()}"]
+                  if self.vs_patches else []),
                 f"  WER of the original recordings {self.words_original.text()}",
                 f"  WER of their own tokens through the codec, in the same voice {self.words_codec.text()}",
                 f"  WER above that codec round trip (the model's own share) {self.vs_codec.text()}",
                 f"  speaker similarity to the reference (evaluation encoder) {self.similarity:.3f} (codec round trip "
                 f"{self.similarity_codec:.3f})",
+                *([f"  similarity above the baseline's {self.similarity_vs_baseline.text()}"]
+                  if self.similarity_vs_baseline else []),
+                *([f"  similarity above plain TLDR k={self.patch_size}'s {self.similarity_vs_patches.text()}"]
+                  if self.similarity_vs_patches else []),
                 f"  stopped by itself in {self.stopped_by_model}/{self.sentences} sentences; output/original duration "
                 f"{self.duration_ratio:.2f}",
                 f"  RTF {self.real_time_factor:.3f}, time to first audio {self.first_audio_ms:.0f} ms (median)",
@@ -150,6 +161,14 @@ def evaluate_model(synth: Synthesizer, corpus: Path, modes: list[tuple], split: 
     baseline = next((r for r in reports if r.mode == "baseline"), None)
     for report in reports:
         if baseline and report is not baseline:
-            report.vs_baseline = WerDifference.paired(refs, [x["heard"] for x in baseline.samples],
-                                                      [x["heard"] for x in report.samples])
+            report.vs_baseline, report.similarity_vs_baseline = _paired(refs, baseline, report)
+        plain = next((r for r in reports if r.mode == "tldr" and r.patch_size == report.patch_size), None)
+        if report.mode == "tldr-ssd" and plain:
+            report.vs_patches, report.similarity_vs_patches = _paired(refs, plain, report)
     return reports
+
+
+def _paired(refs: list[str], a: ModelReport, b: ModelReport) -> tuple[WerDifference, SimilarityDifference]:
+    """How much B's WER and similarity are above A's, utterance by utterance."""
+    return (WerDifference.paired(refs, [x["heard"] for x in a.samples], [x["heard"] for x in b.samples]),
+            SimilarityDifference.paired([x["similarity"] for x in a.samples], [x["similarity"] for x in b.samples]))

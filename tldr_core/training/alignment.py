@@ -80,7 +80,8 @@ def durations(text_ids: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
 
 
 class Aligner:
-    """A codec checkpoint's phone CTC head over token ids (training only: exports do not carry the head)."""
+    """A codec checkpoint's phone CTC head over token ids (training only: exports do not carry the head; for an
+    exported codec, `tldr-voice train aligner` trains one anew on its frozen tokens)."""
 
     def __init__(self, codec: Codec):
         self.codec = codec.eval()
@@ -96,3 +97,4 @@ class Aligner:
         q = self.codec.fsq.from_index(torch.from_numpy(tokens.astype(np.int64)))[None]
         log_probs = self.codec.phone_log_probs(q)[0].double().numpy()
         return durations(text_ids, log_probs)
+

@@ -51,7 +51,8 @@ def draft_config(backbone: ModelConfig, size: ModelConfig) -> ModelConfig:
 
 def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, size: ModelConfig = DRAFT_SIZE,
                 codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto",
-                init: Path | None = None, distill: float = 1.0, data: float = 0.0) -> list[dict]:
+                init: Path | None = None, distill: float = 1.0, data: float = 0.0,
+                aligner: Path | None = None) -> list[dict]:
     process = start_process(device)
     tokens = backbone_tokens(backbone_path, out)
     train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
@@ -61,7 +62,7 @@ def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, 
         raise CorpusError(f"The backbone '{backbone_path}' was trained on the tokens of another codec than "
                           f"'{codec or 'the shipped codec'}': name its codec with --codec.")
     backbone = load_backbone(backbone_path).to(process.device)
-    with_durations(backbone.cfg, tokens, None, train, valid)
+    with_durations(backbone.cfg, tokens, aligner, train, valid)
     start, started_from = starting_weights(state, init, "draft", "draft model")
     model_cfg = ModelConfig(**start["model_config"]) if start is not None else draft_config(backbone.cfg, size)
     if model_cfg.speech_vocab != backbone.cfg.speech_vocab:

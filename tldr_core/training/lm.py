@@ -1,4 +1,4 @@
-"""`tldr-voice train backbone` and `tldr-voice train tldr`: the speech LM's recipes for the Trainer.
+"""`tldr-voice train backbone`, `train tldr` and `train aligner`: the speech LM's recipes for the Trainer.
 
 Both train from the corpus's LM tokens (lm_data.py), single process or under torchrun (trainer.py does the
 distribution, the schedule and the checkpoints): the backbone from random weights or from --init, a TLDR adapter
@@ -20,7 +20,7 @@ from tldr_core.files import file_sha256
 from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training import lm_data
-from tldr_core.training.objectives import BackboneObjective, TldrObjective
+from tldr_core.training.objectives import AlignerObjective, BackboneObjective, TldrObjective
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer, start_process
 
 
@@ -204,12 +204,12 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
 
 def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
                codec: Path | None = None, resume: bool = False, jobs: int = 2, device: str = "auto",
-               init: Path | None = None) -> list[dict]:
+               init: Path | None = None, aligner: Path | None = None) -> list[dict]:
     process = start_process(device)
     tokens = backbone_tokens(backbone_path, out)
     train, valid, state = prepare_run(corpus, codec, Path(out), cfg, resume, jobs, process, tokens)
     backbone = load_backbone(backbone_path).to(process.device)
-    with_durations(backbone.cfg, tokens, None, train, valid)
+    with_durations(backbone.cfg, tokens, aligner, train, valid)
     start, started_from = starting_weights(state, init, "tldr", "TLDR adapter")  # --init: a head start, not a match
     if state is None and start is not None and start["tldr_config"]["patch_size"] != tldr_cfg.patch_size:
         raise CorpusError(f"'{init}' is an adapter for patch size {start['tldr_config']['patch_size']}, "
@@ -225,3 +225,22 @@ def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, t
                 "init": started_from}
     return run(TldrObjective(backbone, tldr), tldr, describe, train, valid, cfg, Path(out), process, state,
                f"training TLDR k={tldr_cfg.patch_size}")
+
+
+def train_aligner(corpus: Path, codec_path: Path | None, out: Path, cfg: TrainConfig, resume: bool = False,
+                  jobs: int = 2, device: str = "auto") -> list[dict]:
+    """`tldr-voice train aligner`: the phone head of an exported codec (whose head was not exported), trained on
+    the corpus's tokens of that codec; OUT/checkpoint.pt is then a codec checkpoint to align with (--aligner)."""
+    from tldr_core.codec.store import load_codec
+
+    process = start_process(device)
+    codec_path = codec_path or lm_data.default_codec()
+    train, valid, state = prepare_run(corpus, codec_path, Path(out), cfg, resume, jobs, process, Path(out) / "tokens")
+    codec = load_codec(codec_path)
+    if state is not None:
+        codec.load_state_dict(state["model"])
+    codec.to(process.device)
+    describe = {"kind": "codec", "codec_config": codec.cfg.to_dict(), "aligner_of": str(codec_path)}
+    task = LmTask(AlignerObjective(codec), codec, describe, train, valid, cfg, process.device)
+    task.trainable = list(codec.ctc_head.parameters())
+    return run_task(task, cfg, Path(out), process, state, "training aligner")

@@ -59,7 +59,7 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
                     shippable_only: bool, jobs: int = 2) -> None:
     """Fill `folder` with <id>.npz for every utterance of the splits (resumable); refuse a different codec."""
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprint = codec_fingerprint(codec_path or _default_codec())
+    fingerprint = codec_fingerprint(codec_path or default_codec())
     stamp = folder / "codec.sha256"
     if not stamp.exists():
         write_text(stamp, fingerprint + "\n")  # atomic: runs sharing the folder (adapters of one backbone) read it
@@ -69,7 +69,8 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
     cache_utterances(corpus, rows, folder, _tokenize_one, jobs, "tokenizing corpus", str(codec_path or ""))
 
 
-def _default_codec() -> Path:
+def default_codec() -> Path:
+    """The shipped codec, what a run without --codec tokenizes with."""
     from tldr_core.codec.runtime import DEFAULT_CODEC
 
     return DEFAULT_CODEC
@@ -102,8 +103,9 @@ def align_utterances(items: list[Utterance], folder: Path, aligner_checkpoint: P
                 known, stamp = {k: z[k] for k in z.files if k != "aligner"}, str(z["aligner"])
     missing = [it for it in items if it.id not in known]
     if missing and aligner_checkpoint is None:
-        raise CorpusError(f"'{folder}' has no durations for {len(missing)} utterances: train the backbone with "
-                          f"--aligner CODEC_CHECKPOINT first (its tokens folder keeps them).")
+        raise CorpusError(f"'{folder}' has no durations for {len(missing)} utterances: name the codec checkpoint "
+                          f"to align them with --aligner (without the codec's own, `tldr-voice train aligner` "
+                          f"makes one from the exported codec).")
     if missing:
         if codec_fingerprint(aligner_checkpoint) != (folder / "codec.sha256").read_text().strip():
             raise CorpusError(f"'{aligner_checkpoint}' is not the codec that made these tokens: align with the "

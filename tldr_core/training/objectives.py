@@ -1,5 +1,5 @@
 """The training losses of the speech LM, as modules (so DistributedDataParallel can wrap them): the backbone's,
-a TLDR adapter's and SSD's draft model's.
+a TLDR adapter's and SSD's draft model's, and the phone head that aligns the LM's tokens for a codec export.
 
 Each builds, per utterance, the sequence of decoding.py: [speaker, phonemes, PROMPT, prompt units, SOS,
 speech units], pads a batch to one length on the right (the causal mask keeps padding out of every real
@@ -14,7 +14,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pad_sequence
 
+from tldr_core.codec.model import Codec, phone_error_rate
 from tldr_core.model import Backbone, Tldr
+from tldr_core.training.alignment import phone_positions
 from tldr_core.training.lm_data import Batch
 
 IGNORE = -100
@@ -159,3 +161,27 @@ class DraftObjective(nn.Module):
             overlap = torch.minimum(student.exp(), teacher.exp()).sum(-1).mean()
         self.figures = {"kl": float(kl.detach()), "ce": float(ce.detach()), "acceptance": float(overlap)}
         return self.distill * kl + self.data * ce
+
+
+class AlignerObjective(nn.Module):
+    """CTC of the codec's phone head over a batch's speech tokens (their quantised values) against the phones of
+    its texts; everything else in the codec stays frozen, so its tokens, and a speech model trained on them, keep
+    their meaning. `figures`: the greedy phone error rate (%) of the batch."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec.requires_grad_(False)
+        codec.ctc_head.requires_grad_(True)
+        self.figures: dict[str, float] = {}
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        labels = [torch.from_numpy(phone_positions(ids.cpu().numpy())[1]) for ids in batch.text_ids]
+        q = self.codec.fsq.from_index(pad_sequence(batch.speech, batch_first=True))
+        log_probs = self.codec.phone_log_probs(q)
+        lengths = torch.tensor([len(s) for s in batch.speech])
+        loss = F.ctc_loss(log_probs.transpose(0, 1).float(), pad_sequence(labels, batch_first=True).to(q.device),
+                          lengths, torch.tensor([len(x) for x in labels]), blank=0, zero_infinity=True)
+        if not self.training:
+            self.figures = {"per": phone_error_rate((lp[:n].detach().cpu(), x.numpy())
+                                                    for lp, n, x in zip(log_probs, lengths, labels))}
+        return loss
