@@ -63,12 +63,12 @@ stage "codec" $PY -m tldr_core train codec "$DATA" --out "$CODEC" --steps "$CODE
   --phone-warmup "$CODEC_PHONE_WARMUP" $([ -f "$CODEC/checkpoint.pt" ] && echo --resume || \
   echo --source whisper --levels $CODEC_LEVELS --phone-weight "$CODEC_PHONE_WEIGHT")
 # the decoder stages read the first stage's feature cache (WORLD frames and Whisper features of the same corpus)
-for RUN in codec_memory codec_decoder; do mkdir -p "$WORK/$RUN"; [ -e "$WORK/$RUN/cache" ] || ln -s ../codec/cache "$WORK/$RUN/cache"; done
 stage "codec voice memory" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_memory" --decoder-only \
-  "$CODEC/checkpoint.pt" --steps "$MEMORY_STEPS" --batch 12 --threads "$THREADS" \
+  "$CODEC/checkpoint.pt" --cache "$CODEC/cache" --steps "$MEMORY_STEPS" --batch 12 --threads "$THREADS" \
   $([ -f "$WORK/codec_memory/checkpoint.pt" ] && echo --resume || echo --memory-dim "$MEMORY_DIM")
 stage "codec listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_decoder" --decoder-only \
-  "$WORK/codec_memory/checkpoint.pt" --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 --threads "$THREADS" \
+  "$WORK/codec_memory/checkpoint.pt" --cache "$CODEC/cache" --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 \
+  --threads "$THREADS" \
   --listener-weight "$DECODER_LISTENER_WEIGHT" --listener-steps "$DECODER_LISTENER_STEPS" $(RESUME "$WORK/codec_decoder")
 cat > "$WORK/codec_recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "source": "whisper tiny.en encoder (frozen)",

@@ -95,7 +95,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
             raise CorpusError("--memory-dim changes the decoder; a resumed run keeps its checkpoint's.")
         codec_cfg.memory_dim = args.memory_dim
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
-                          decoder_only_from=args.decoder_only)
+                          decoder_only_from=args.decoder_only, cache=args.cache)
     if history:
         print(f"step {history[-1]['step']}: validation reconstruction {history[-1]['val_recon']:.4f} (best.pt: the "
               f"lowest); checkpoint in {args.out}")
@@ -564,7 +564,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                                                                                   required=True)
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
     p.add_argument("corpus_dir", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="folder for the feature cache and checkpoints")
+    p.add_argument("--out", type=Path, required=True, help="folder for the checkpoints (and the feature cache)")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="the corpus's feature cache (default OUT/cache): runs on the same corpus can share one")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=12, help="whole clips per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")

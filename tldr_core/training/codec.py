@@ -148,20 +148,23 @@ def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
 
 
 def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
-                codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None) -> list[dict]:
+                codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None,
+                cache: Path | None = None) -> list[dict]:
     """Train (or resume) a codec on the corpus's train split; returns the validation history.
 
-    With `decoder_only_from` (a checkpoint or an exported folder) only that codec's decoder learns further."""
+    With `decoder_only_from` (a checkpoint or an exported folder) only that codec's decoder learns further.
+    `cache`: the corpus's feature cache (default OUT/cache); runs on one corpus can share one."""
     corpus, out = Path(corpus), Path(out)
+    cache = Path(cache) if cache is not None else out / "cache"
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise CorpusError(f"'{out}' already holds a codec checkpoint: pass --resume to continue it, or choose "
                           f"another --out folder.")
-    build_cache(corpus, out / "cache", cfg.shippable_only, cfg.jobs)
-    train = load_split(corpus, out / "cache", "train", cfg.shippable_only)
-    valid = load_split(corpus, out / "cache", "validation", cfg.shippable_only)
+    build_cache(corpus, cache, cfg.shippable_only, cfg.jobs)
+    train = load_split(corpus, cache, "train", cfg.shippable_only)
+    valid = load_split(corpus, cache, "validation", cfg.shippable_only)
     listener = None
     if cfg.listener_weight > 0:
         if not (out / LISTENER).exists():
@@ -185,7 +188,7 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         codec_cfg.scale = fit_scales([item["frames"] for item in train])
         model = Codec(codec_cfg)
     if model.cfg.source == "whisper":
-        add_whisper_features(corpus, out / "cache", cfg.shippable_only, cfg.jobs, train, valid)
+        add_whisper_features(corpus, cache, cfg.shippable_only, cfg.jobs, train, valid)
     task = CodecTask(model, frozen, listener, train, valid, cfg)
     opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.05, weight_decay=cfg.weight_decay,
                        validate_every=cfg.validate_every)

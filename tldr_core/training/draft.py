@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tldr_core.errors import CorpusError, ModelError
@@ -20,7 +19,7 @@ from tldr_core.files import file_sha256
 from tldr_core.model import Backbone, ModelConfig
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training.lm import (LmTask, TrainConfig, backbone_tokens, prepare_run, run_task, starting_weights,
-                                   validation_batches, with_durations)
+                                   with_durations)
 from tldr_core.training.objectives import DraftObjective
 from tldr_core.training.trainer import start_process
 
@@ -28,18 +27,11 @@ DRAFT_SIZE = ModelConfig(dim=128, layers=2, heads=2, kv_heads=1, ffn=384)  # ~0.
 
 
 class DraftTask(LmTask):
-    """The draft learns; validation reports the loss and its parts on the held-out speakers' fixed batches, and
-    `validation_acceptance`: the mean of sum_x min(p(x), q(x)) over speech positions, i.e. how often exact
-    speculative sampling at temperature 1 would keep a drafted token."""
+    """The draft learns; validation (the LM's, lm.validate) reports the loss and its parts on the held-out
+    speakers' fixed batches, among them `validation_acceptance`: the mean of sum_x min(p(x), q(x)) over speech
+    positions, i.e. how often exact speculative sampling at temperature 1 would keep a drafted token."""
 
     best_by = "validation"
-
-    def validate(self) -> dict[str, float]:
-        figures: list[dict[str, float]] = []
-        for batch in validation_batches(self.valid_items, self.cfg):
-            loss = float(self.objective(batch.to(self.device)))
-            figures.append({"validation": loss, **{f"validation_{k}": v for k, v in self.objective.figures.items()}})
-        return {name: float(np.mean([f[name] for f in figures])) for name in figures[0]}
 
 
 def draft_config(backbone: ModelConfig, size: ModelConfig) -> ModelConfig:
