@@ -473,14 +473,15 @@ class SpeculativePatchGenerator:
     power k: see docs/EXPERIMENTS.md."""
 
     def __init__(self, patches: PatchGenerator, draft: Backbone, speculation: Speculation | None = None):
-        """`patches`: the TLDR generator of the patch size (its adapted backbone and sampling are used as they are)."""
+        """`patches`: the TLDR generator of the patch size (its adapted backbone and sampling are used as they are);
+        `speculation`: gamma in patches (default PATCH_SPECULATION)."""
         if draft.cfg.speech_vocab != patches.backbone.cfg.speech_vocab:
             raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
                              f"{patches.backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
         if (draft.hints is None) != (patches.backbone.hints is None):
             raise ValueError("a draft must read alignment hints exactly when its backbone does")
         self.patches, self.draft = patches, draft
-        self.speculation = speculation or Speculation()
+        self.speculation = speculation or PATCH_SPECULATION
         self.stats = GenerationStats()
 
     @property
