@@ -31,7 +31,7 @@ from scipy.signal import resample_poly
 
 from tldr_core import audio, paths, text
 from tldr_core.errors import AudioInputError, TextInputError, TldrError
-from tldr_core.synthesis import BASELINE, SSD, TLDR, Synthesizer
+from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, Synthesizer
 
 CANCEL, CLOSE = "cancel", "close"  # how a run is stopped: the cancel callback, or the caller closing the stream
 
@@ -227,8 +227,10 @@ def _settled() -> tuple[int, int, set[threading.Thread]]:
 
 
 def decodings_of(synth: Synthesizer) -> tuple[tuple[str, int], ...]:
-    """Every decoding the model can do: TLDR at each of its patch sizes, token level, SSD with a draft."""
-    return (*((TLDR, k) for k in synth.patch_sizes), (BASELINE, 1), *(((SSD, 1),) if synth.has_draft else ()))
+    """Every decoding the model can do: TLDR at each of its patch sizes, token level, and with a draft SSD and
+    TLDR + SSD at each patch size."""
+    speculative = ((SSD, 1), *((TLDR_SSD, k) for k in synth.patch_sizes)) if synth.has_draft else ()
+    return (*((TLDR, k) for k in synth.patch_sizes), (BASELINE, 1), *speculative)
 
 
 def make_case(rng: np.random.Generator, config: SoakConfig, voices: list[SoakVoice],
