@@ -7,14 +7,13 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QHBoxLayout, QSpinBox, QWidget)
 
 from app.audio_io import device_names
-from tldr_core.settings import DECODING_MODES, DEVICES, MAX_SEED, PATCH_SIZES, TEMPERATURE_RANGE, Settings
+from tldr_core.settings import (DECODING_MODES, DEVICES, MAX_SEED, PATCH_MODES, PATCH_SIZES, SPECULATIVE_MODES,
+                                TEMPERATURE_RANGE, Settings)
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
 MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)",
                "tldr-ssd": "TLDR patches + speculation"}
-SPECULATIVE_MODES = ("ssd", "tldr-ssd")  # they need the model's draft
-PATCH_MODES = ("tldr", "tldr-ssd")       # the patch size applies to them
 NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
                 "`tldr-voice train draft` and pack it in with `tldr-voice model pack --draft`.")
 DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}

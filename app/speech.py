@@ -21,9 +21,9 @@ from app.worker import stream_to_player
 from tldr_core import paths
 from tldr_core.decoding import Sampling
 from tldr_core.errors import ModelError
-from tldr_core.settings import Settings
+from tldr_core.settings import SPECULATIVE_MODES, Settings
 from tldr_core.model_store import NO_DRAFT
-from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, SpeakStats, Synthesizer, VoicePrompt
+from tldr_core.synthesis import BASELINE, SSD, SpeakStats, Synthesizer, VoicePrompt
 from tldr_core.voices import SavedVoice, VoiceLibrary
 
 MODEL_DIR_ENV = "TLDR_VOICE_MODEL_DIR"  # another model folder than the shipped one (a trained or test model)
@@ -69,7 +69,7 @@ def decoding_for(settings: Settings, patch_sizes: list[int], has_draft: bool = F
     mode = settings.decoding_mode
     if mode == BASELINE:
         return Decoding(BASELINE, 1)
-    if mode in (SSD, TLDR_SSD) and not has_draft:
+    if mode in SPECULATIVE_MODES and not has_draft:
         raise ModelError(f"{NO_DRAFT} Or choose another decoding in Settings.")
     if mode == SSD:
         return Decoding(SSD, 1)
@@ -138,7 +138,7 @@ def describe(outcome: SpeakOutcome) -> str:
         parts.append(f"time to first audio {stats.first_audio_seconds:.2f} s")
     if stats.audio_seconds:
         parts.append(f"real-time factor {stats.real_time_factor:.2f}")
-    if stats.mode in (SSD, TLDR_SSD):
+    if stats.mode in SPECULATIVE_MODES:
         parts.append("speculative (SSD)" if stats.mode == SSD else f"patch size {stats.patch_size} + speculation")
         if stats.drafted:
             parts.append(f"{stats.acceptance_rate:.0%} of drafted tokens kept")

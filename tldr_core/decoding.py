@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tldr_core.model import Backbone, Tldr
+from tldr_core.model import Backbone, KVCache, Tldr
 
 
 @dataclass
@@ -155,6 +155,12 @@ class Plan:
             return None
         return model.hints(self.text_ids, self.durations, length or self.bounds[1] + 1)
 
+    def patch_hints(self, model: Backbone, k: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """TLDR's hints for `length` tokens (a multiple of k): per token (the extractor's), and per patch the mean
+        of its k tokens' (the backbone's); (None, None) without hints."""
+        hints = self.hints(model, length)
+        return hints, (hints.view(-1, k, hints.shape[-1]).mean(1) if hints is not None else None)
+
 
 def _hinted(x: torch.Tensor, hints: torch.Tensor | None, first: int, rows: int = 1) -> torch.Tensor:
     """(1, T, dim) units with the hints for predicting tokens first .. first + rows - 1 added to the last rows."""
@@ -195,6 +201,13 @@ def _prefill(model: Backbone, request: Request, device: torch.device) -> tuple[t
     prefix = model.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
     prompt = model.speech_embed(request.prompt[None].to(device))
     return torch.cat([prefix, prompt, model.sos(1)], dim=1), prefix.shape[1]
+
+
+def _patch_prefill(bb: Backbone, tldr: Tldr, request: Request, device: torch.device) -> tuple[torch.Tensor, int]:
+    """TLDR's prefill: [speaker, phonemes, PROMPT, prompt patches, SOS], and where its speech part starts."""
+    prefix = bb.prefix(request.speaker[None].to(device), request.text_ids[None].to(device))
+    prompt = tldr.patches(bb, request.prompt[None].to(device))
+    return torch.cat([prefix, prompt, bb.sos(1)], dim=1), prefix.shape[1]
 
 
 class TokenGenerator:
@@ -240,13 +253,11 @@ class PatchGenerator:
         bb, tldr, k = self.backbone, self.tldr, self.tldr.k
         device = next(bb.parameters()).device
         plan = _plan(bb, request, device)
-        bounds, hints = plan.bounds, plan.hints(bb, (plan.bounds[1] // k + 2) * k)
-        patch_hints = hints.view(-1, k, hints.shape[-1]).mean(1) if hints is not None else None
+        bounds = plan.bounds
+        hints, patch_hints = plan.patch_hints(bb, k, (bounds[1] // k + 2) * k)
         speaker = request.speaker[None].to(device)
-        prefix = bb.prefix(speaker, request.text_ids[None].to(device))
-        x = torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1)
+        x, speech_start = _patch_prefill(bb, tldr, request, device)
         x = _hinted(x, patch_hints, 0)
-        speech_start = prefix.shape[1]
         cache = bb.new_cache(max_len=x.shape[1] + bounds[1] // k + 1)
         self.stats = stats = GenerationStats()
         done = False
@@ -339,7 +350,16 @@ def _residual(p: torch.Tensor, q: torch.Tensor, generator: torch.Generator | Non
     return int(torch.multinomial(rest if rest.sum() > 1e-9 else p, 1, generator=generator))
 
 
-def _draft(draft: Backbone, x: torch.Tensor, cache, count: int, dist: Callable[[torch.Tensor, list[int]], torch.Tensor],
+def _check_draft(draft: Backbone, backbone: Backbone) -> None:
+    """A draft must speak the backbone's tokens and read alignment hints exactly when the backbone does."""
+    if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
+        raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
+                         f"{backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
+    if (draft.hints is None) != (backbone.hints is None):
+        raise ValueError("a draft must read alignment hints exactly when its backbone does")
+
+
+def _draft(draft: Backbone, x: torch.Tensor, cache: KVCache, count: int, dist: Callable[[torch.Tensor, list[int]], torch.Tensor],
            hints: torch.Tensor | None, stats: GenerationStats, generator: torch.Generator | None
            ) -> tuple[list[int], list[torch.Tensor]]:
     """Up to `count` tokens the draft proposes one by one after its next input `x` (nothing after STOP), and the
@@ -387,11 +407,7 @@ class SpeculativeGenerator:
 
     def __init__(self, backbone: Backbone, draft: Backbone, sampling: Sampling,
                  speculation: Speculation | None = None):
-        if draft.cfg.speech_vocab != backbone.cfg.speech_vocab:
-            raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
-                             f"{backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
-        if (draft.hints is None) != (backbone.hints is None):
-            raise ValueError("a draft must read alignment hints exactly when its backbone does")
+        _check_draft(draft, backbone)
         self.backbone, self.draft, self.sampling = backbone, draft, sampling
         self.speculation = speculation or Speculation()
         self.stats = GenerationStats()
@@ -475,11 +491,7 @@ class SpeculativePatchGenerator:
     def __init__(self, patches: PatchGenerator, draft: Backbone, speculation: Speculation | None = None):
         """`patches`: the TLDR generator of the patch size (its adapted backbone and sampling are used as they are);
         `speculation`: gamma in patches (default PATCH_SPECULATION)."""
-        if draft.cfg.speech_vocab != patches.backbone.cfg.speech_vocab:
-            raise ValueError(f"the draft speaks {draft.cfg.speech_vocab} codes, the backbone "
-                             f"{patches.backbone.cfg.speech_vocab}: a draft must share the backbone's tokens")
-        if (draft.hints is None) != (patches.backbone.hints is None):
-            raise ValueError("a draft must read alignment hints exactly when its backbone does")
+        _check_draft(draft, patches.backbone)
         self.patches, self.draft = patches, draft
         self.speculation = speculation or PATCH_SPECULATION
         self.stats = GenerationStats()
@@ -497,12 +509,10 @@ class SpeculativePatchGenerator:
         plan = _plan(bb, request, device)  # the draft follows the backbone's durations
         bounds = min_tokens, max_tokens = plan.bounds
         rows = (max_tokens // k + gamma + 2) * k
-        hints, dr_hints = plan.hints(bb, rows), plan.hints(dr, rows)
-        patch_hints = hints.view(-1, k, hints.shape[-1]).mean(1) if hints is not None else None
+        (hints, patch_hints), dr_hints = plan.patch_hints(bb, k, rows), plan.hints(dr, rows)
         speaker = request.speaker[None].to(device)
-        prefix = bb.prefix(speaker, request.text_ids[None].to(device))
-        bb_in = _hinted(torch.cat([prefix, tldr.patches(bb, request.prompt[None].to(device)), bb.sos(1)], dim=1),
-                        patch_hints, 0)  # what each model reads next: prefill first
+        bb_in, bb_speech = _patch_prefill(bb, tldr, request, device)  # what each model reads next: prefill first
+        bb_in = _hinted(bb_in, patch_hints, 0)
         dr_in, dr_speech = _prefill(dr, request, device)
         dr_in = _hinted(dr_in, dr_hints, 0)
         bb_cache = bb.new_cache(max_len=bb_in.shape[1] + max_tokens // k + gamma + 2)
@@ -564,7 +574,7 @@ class SpeculativePatchGenerator:
                             base + read + 1, len(settled) - read)
         stats.draft_kv_bytes = dr_cache.bytes()
         stats.kv_bytes = bb_cache.bytes() + stats.draft_kv_bytes
-        stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - prefix.shape[1] - 1)  # not the SOS markers
+        stats.kv_speech_bytes = (bb_cache.bytes(bb_cache.length - bb_speech - 1)  # not the SOS markers
                                  + dr_cache.bytes(dr_cache.length - dr_speech - 1))
 
     def _score(self, hidden: torch.Tensor, speaker: torch.Tensor, drafted: list[int], hints: torch.Tensor | None,

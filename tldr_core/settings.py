@@ -22,6 +22,8 @@ SETTINGS_FILE = "settings.json"
 # proposes, the backbone verifies several tokens per step) and TLDR patches verified speculatively (the draft
 # proposes whole patches), for a model that has a draft
 DECODING_MODES = ("tldr", "baseline", "ssd", "tldr-ssd")
+SPECULATIVE_MODES = ("ssd", "tldr-ssd")  # they need the model's draft
+PATCH_MODES = ("tldr", "tldr-ssd")       # the patch size applies to them
 PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise

@@ -44,6 +44,7 @@ from tldr_core.decoding import (PATCH_SPECULATION, GenerationStats, PatchGenerat
 from tldr_core.errors import ModelError, VoiceError
 from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
 from tldr_core.model_store import NO_DRAFT, load_backbone, load_draft, load_tldr, open_model_folder
+from tldr_core.settings import SPECULATIVE_MODES
 from tldr_core.voices import SavedVoice, VoiceLibrary
 
 BASELINE_GROUP = 4        # the baseline and SSD hand the codec 4 tokens (160 ms) at a time; TLDR each patch
@@ -203,7 +204,7 @@ class Synthesizer:
         started = time.perf_counter()
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
-        speculation = (speculation or default_speculation(mode)) if mode in (SSD, TLDR_SSD) else None
+        speculation = (speculation or default_speculation(mode)) if mode in SPECULATIVE_MODES else None
         generator, unit, push_every = self._generator(mode, patch_size, sampling, speculation)
         seed = int(seed) if seed is not None else int(torch.seed() % 2**31)
         rng = torch.Generator(device=self.device).manual_seed(seed)
