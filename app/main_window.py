@@ -414,7 +414,7 @@ class MainWindow(QMainWindow):
             return
         self.stop()  # a sound still playing (an earlier speech, a sample) is replaced
         request = SpeakRequest(self.editor.toPlainText(), voice, decoding, self.settings.temperature,
-                               self.settings.seed, clicked)
+                               self.settings.voice_match, self.settings.seed, clicked)
         self._speak_number += 1
         number, relay, synth, player, prepared, library = (self._speak_number, self._relay, self.synth, self.player,
                                                            self._prepared, self.library)

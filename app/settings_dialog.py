@@ -8,10 +8,11 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 
 from app.audio_io import device_names
 from tldr_core.settings import (DECODING_MODES, DEVICES, MAX_SEED, PATCH_MODES, PATCH_SIZES, SPECULATIVE_MODES,
-                                TEMPERATURE_RANGE, Settings)
+                                TEMPERATURE_RANGE, VOICE_MATCHES, Settings)
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
+VOICE_MATCH_LABELS = {16: "Strong (default)", 32: "Light", 0: "Off"}
 MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)",
                "tldr-ssd": "TLDR patches + speculation"}
 NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
@@ -88,6 +89,10 @@ class SettingsDialog(QDialog):
         self.temperature.setSingleStep(0.05)
         self.temperature.setValue(settings.temperature)
         self.temperature.setToolTip("Lower: steadier, flatter speech. Higher: livelier, less predictable.")
+        self.voice_match = _combo({v: VOICE_MATCH_LABELS[v] for v in VOICE_MATCHES}, settings.voice_match)
+        self.voice_match.setToolTip("How closely the speech follows the voice sample's own sound. Strong: most like "
+                                    "the voice, a few more words unclear; Off: the clearest words, in a voice only "
+                                    "partly the sample's.")
         self.fixed_seed = QCheckBox("Fixed")
         self.fixed_seed.setToolTip("With a fixed seed the same text and voice give the same speech every time.")
         self.seed = QSpinBox()
@@ -109,6 +114,7 @@ class SettingsDialog(QDialog):
         form.addRow("Compute device:", self.device)
         form.addRow("Microphone:", self.input_device)
         form.addRow("Speakers:", self.output_device)
+        form.addRow("Voice match:", self.voice_match)
         form.addRow("Temperature:", self.temperature)
         form.addRow("Seed:", seed_row)
         form.addRow(buttons)
@@ -121,6 +127,6 @@ class SettingsDialog(QDialog):
         return Settings(patch_size=self.patch_size.currentData(), decoding_mode=self.decoding_mode.currentData(),
                         device=self.device.currentData(), input_device=self.input_device.currentData(),
                         output_device=self.output_device.currentData(),
-                        temperature=round(self.temperature.value(), 2),
+                        temperature=round(self.temperature.value(), 2), voice_match=self.voice_match.currentData(),
                         seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                         last_voice=self._base.last_voice)

@@ -85,6 +85,7 @@ class SpeakRequest:
     voice: SavedVoice
     decoding: Decoding
     temperature: float
+    voice_match: int  # the codec's calibration (tldr_core.settings.VOICE_MATCHES)
     seed: int | None
     clicked: float  # time.perf_counter() when Speak was clicked
 
@@ -117,7 +118,8 @@ def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, VoiceProm
 
     chunks = synth.stream(request.text, prepared, mode=request.decoding.mode,
                           patch_size=request.decoding.patch_size, sampling=Sampling(temperature=request.temperature),
-                          seed=request.seed, cancel=lambda: player.session != session)
+                          seed=request.seed, cancel=lambda: player.session != session,
+                          calibration=request.voice_match)
     try:
         audio, problem = stream_to_player(chunks, player, session, on_first_push=pushed)
     finally:

@@ -265,7 +265,7 @@ def test_cli_trains_and_round_trips(tiny_corpus, tmp_path, capsys):
     assert main(["train", "codec", str(tiny_corpus), "--out", str(out), "--steps", "4", "--batch", "2",
                  "--validate-every", "2", "--threads", "1", "--levels", "4", "4", "5"]) == 0
     wav = tiny_corpus / "audio" / "u5.wav"
-    for extra in ([], ["--stream", "4"]):
+    for extra in ([], ["--stream", "4"], ["--voice", str(tiny_corpus / "audio" / "u1.wav"), "--calibration", "0"]):
         assert main(["codec", "roundtrip", str(wav), "--out", str(tmp_path / "rt.wav"),
                      "--model", str(out / "checkpoint.pt"), *extra]) == 0
         printed = capsys.readouterr().out
@@ -314,7 +314,9 @@ def test_roundtrip_streamed_equals_offline(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     train_codec(tiny_corpus, out, TrainConfig(steps=2, batch=2, validate_every=2, threads=1),
                 codec_cfg=CodecConfig(**TINY))
-    runtime = CodecRuntime(out / "checkpoint.pt")
+    # the decoder's stream; a 2-step codec decodes every frame alike, which no calibration can tell apart (the
+    # calibrated stream: the shipped codec's test below)
+    runtime = CodecRuntime(out / "checkpoint.pt", calibration=0)
     samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
     offline = runtime.roundtrip(samples)
     for k in (2, 4, 8):
@@ -336,7 +338,9 @@ def test_onnx_export_matches_torch_and_runs_the_app_path(tiny_corpus, tmp_path):
     assert set(manifest["files"]) == {"tokenizer.onnx", "decoder.onnx", "codec.json"}
     assert manifest["training"]["steps"] == 2 and not manifest["training"]["decoder_only"]
     samples = to_model_rate(*read_audio(tiny_corpus / "audio" / "u4.wav"))
-    torch_rt, onnx_rt = CodecRuntime(out / "checkpoint.pt"), CodecRuntime(tmp_path / "onnx")
+    # the decoders compared as exported; a 2-step codec decodes every frame alike, which no calibration can tell apart
+    torch_rt = CodecRuntime(out / "checkpoint.pt", calibration=0)
+    onnx_rt = CodecRuntime(tmp_path / "onnx", calibration=0)
     a, b = torch_rt.roundtrip(samples), onnx_rt.roundtrip(samples, stream_tokens=4)
     assert np.array_equal(a.tokens, b.tokens)
     assert np.max(np.abs(a.audio - b.audio)) < 1e-3
@@ -366,35 +370,57 @@ def test_a_damaged_codec_file_is_reported_before_it_is_read(tmp_path, name):
             open_codec(folder)
 
 
-def test_reference_blend_moves_envelopes_toward_the_voices_own_and_streams_as_offline():
-    """Weight 0 leaves the decoded frames alone; weight 1 puts in each frame the mean of its k nearest reference
-    envelopes (k = 1: a frame the reference holds comes back as it is); only the envelope changes; and since it
-    works frame by frame, a stream through it still equals an offline decode."""
+def test_calibration_adds_the_decoders_error_on_the_nearest_reference_frames_to_the_envelope_only():
+    """k = 0 leaves the decoded frames alone; k = 1 gives a frame the voice's own envelope where the decoder put out
+    exactly what it did on the reference; larger k adds a weighted mean of the nearest errors, and the weights fade
+    as a neighbour is overtaken, so a frame moved by float rounding is corrected the same; nothing but the envelope
+    changes."""
     from tldr_core.codec.features import ENV, CONFIG as FEATURE_CONFIG
-    from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre, reference_blend
+    from tldr_core.codec.runtime import Calibration
 
     rng = np.random.default_rng(0)
-    memory = rng.standard_normal((50, FEATURE_CONFIG.n_env)).astype(np.float32)
-    stats = np.concatenate([[5.0, 0.2], rng.standard_normal(FEATURE_CONFIG.n_env)]).astype(np.float32)
-    reference = np.zeros((50, FEATURE_CONFIG.dim), np.float32)
-    reference[:, ENV] = stats[2:] + memory
-    timbre = Timbre(np.zeros(256, np.float32), stats, reference)
+    decoded = rng.standard_normal((50, FEATURE_CONFIG.n_env))
+    analysed = decoded + rng.standard_normal(decoded.shape)
+    calibration = Calibration(decoded, analysed - decoded)
     frames = rng.standard_normal((20, FEATURE_CONFIG.dim)).astype(np.float32)
-    frames[3, ENV] = stats[2:] + memory[7]
-    assert reference_blend(frames, timbre, 0.0) is frames
-    replaced = reference_blend(frames, timbre, 1.0, k=1)
-    np.testing.assert_allclose(replaced[3, ENV], stats[2:] + memory[7], atol=1e-5)
-    assert np.array_equal(np.delete(replaced, np.r_[ENV], axis=1), np.delete(frames, np.r_[ENV], axis=1))
+    frames[3, ENV] = decoded[7]
+    assert calibration.apply(frames, 0) is frames
+    corrected = calibration.apply(frames, 1)
+    np.testing.assert_allclose(corrected[3, ENV], analysed[7], atol=1e-5)
+    assert np.array_equal(np.delete(corrected, np.r_[ENV], axis=1), np.delete(frames, np.r_[ENV], axis=1))
+    correction = calibration.apply(frames, 16)[:, ENV] - frames[:, ENV]
+    error = analysed - decoded
+    assert np.all(correction >= error.min(0) - 1e-5) and np.all(correction <= error.max(0) + 1e-5)
+    nudged = frames + rng.uniform(-1e-6, 1e-6, frames.shape).astype(np.float32)
+    for k in (1, 4, 16):
+        moved = (calibration.apply(nudged, k) - nudged) - (calibration.apply(frames, k) - frames)
+        assert np.abs(moved).max() < 1e-3
 
-    codec = CodecRuntime(DEFAULT_CODEC, blend=0.5)
+
+def test_a_voice_is_calibrated_once_on_its_own_clip_and_a_calibrated_stream_equals_offline():
+    """The shipped codec measures its errors on the reference clip's own tokens (once per voice): decoding that
+    clip again with k = 1 gives back its analysed envelopes; speech in that voice streams as it decodes offline,
+    and calibration changes it."""
+    from tldr_core.codec.features import ENV
+    from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime
+
+    codec = CodecRuntime(DEFAULT_CODEC, calibration=1)
     speech = to_model_rate(*read_audio(RESOURCES_DIR / "voices" / "flite-rms.wav"))
-    tokens, _ = codec.encode(speech[:16000 * 3])
     voice = codec.timbre(speech)
+    calibration = codec.calibration(voice)
+    assert codec.calibration(codec.timbre(speech)) is calibration  # the same voice again: kept, not decoded again
+    tokens, frames = voice.memory(4)
+    stream = codec.decoder_stream(voice)
+    decoded = np.concatenate([stream.push(tokens), stream.finish()])
+    np.testing.assert_allclose(calibration.apply(decoded, 1)[:, ENV], frames[:len(decoded), ENV], atol=1e-4)
+
+    codec.neighbours = 16
+    tokens, _ = codec.encode(speech[:16000 * 3])
     offline = codec.decode(tokens, voice)
     stream = codec.stream(voice)
     streamed = np.concatenate([stream.push(tokens[i:i + 4]) for i in range(0, len(tokens), 4)] + [stream.finish()])
     np.testing.assert_allclose(streamed, offline, atol=1e-4)
-    assert not np.allclose(offline, CodecRuntime(DEFAULT_CODEC).decode(tokens, voice), atol=1e-3)
+    assert not np.allclose(offline, CodecRuntime(DEFAULT_CODEC, calibration=0).decode(tokens, voice), atol=1e-3)
 
 
 def test_a_new_voice_memory_changes_nothing_until_it_learns():
@@ -478,3 +504,44 @@ def test_a_tokenizer_is_known_by_its_weights_not_by_its_files_bytes(tiny_corpus,
     del meta["fingerprint"]
     (older / "codec.json").write_text(json.dumps(meta))
     assert codec_fingerprint(older) == file_sha256(older / "tokenizer.onnx")
+
+
+def test_training_calibrates_as_the_runtime_does():
+    """The correction the decoder is trained through (`calibrated`, batched, with padded references) is the one the
+    runtime adds (`Calibration.apply`); a reference's padding is never a neighbour."""
+    from tldr_core.codec.features import CONFIG as FEATURE_CONFIG, ENV
+    from tldr_core.codec.model import calibrated
+    from tldr_core.codec.runtime import Calibration
+
+    rng = np.random.default_rng(1)
+    env, ref_env, ref_error = (rng.standard_normal(shape) for shape in ((2, 30, 40), (2, 60, 40), (2, 60, 40)))
+    lengths = np.array([60, 45])
+    ref_env[1, 45:] = env[1, :15]  # padding that would be the nearest of all, were it read
+    batched = calibrated(*(torch.from_numpy(a) for a in (env, ref_env, ref_error, lengths)), 16).numpy()
+    for b in range(2):
+        n = lengths[b]
+        frames = np.zeros((30, FEATURE_CONFIG.dim))
+        frames[:, ENV] = env[b]
+        expected = Calibration(ref_env[b, :n], ref_error[b, :n]).apply(frames, 16)[:, ENV] - env[b]
+        np.testing.assert_allclose(batched[b], expected, atol=1e-6)
+
+
+def test_the_listener_can_hear_the_calibrated_frames_in_training(tiny_corpus, tmp_path):
+    """With `calibrate` = k and reference clips, the listener's loss is half on the decoded frames and half on them
+    as the voice calibration corrects them: a different, finite loss that still trains the decoder."""
+    from tldr_core.training.codec_data import build_cache, by_speaker, collate, collate_references, load_split, \
+        reference_piece
+    from tldr_core.training.listener import Listener, ListenerConfig
+
+    build_cache(tiny_corpus, tmp_path / "cache", True, jobs=1)
+    items = load_split(tiny_corpus, tmp_path / "cache", "train", True)
+    speakers, rng = by_speaker(items), np.random.default_rng(0)
+    batch = collate(items[:2])
+    batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng) for item in items[:2]])
+    torch.manual_seed(0)
+    codec, listener = Codec(CodecConfig(**TINY, memory_dim=16)), Listener(ListenerConfig())
+    plain = codec.loss(batch, listener.ctc)["listener"]
+    heard = codec.loss(batch, listener.ctc, calibrate=4)["listener"]
+    assert torch.isfinite(heard) and not torch.isclose(heard, plain)
+    heard.backward()
+    assert codec.dec_in.weight.grad is not None and float(codec.dec_in.weight.grad.abs().sum()) > 0

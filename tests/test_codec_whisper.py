@@ -41,7 +41,9 @@ def test_the_exported_tokenizer_gives_the_checkpoints_tokens_and_its_stream_equa
     from tldr_core.codec.runtime import CodecRuntime
 
     clip = to_model_rate(*read_audio(SPEECH / "librispeech" / "1088" / "1088-134315-0000.opus"))[:16000 * 6]
-    exported, checkpoint = CodecRuntime(trained / "onnx"), CodecRuntime(trained / "run" / "checkpoint.pt")
+    # the decoder's own stream: a codec trained a few steps decodes frames too alike for a calibration to tell apart
+    exported = CodecRuntime(trained / "onnx", calibration=0)
+    checkpoint = CodecRuntime(trained / "run" / "checkpoint.pt", calibration=0)
     tokens, timbre = exported.encode(clip)
     assert len(tokens) == 150  # 6 s at 25 per second
     np.testing.assert_array_equal(tokens, checkpoint.encode(clip)[0])

@@ -84,6 +84,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every, phone_warmup=args.phone_warmup,
                       listener_weight=args.listener_weight, listener_steps=args.listener_steps,
+                      calibrate=args.calibrate,
                       shippable_only=not args.all_rows)
     codec_cfg = CodecConfig(source=args.source or "world")
     if args.levels:
@@ -184,9 +185,10 @@ def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
     from tldr_core import audio
     from tldr_core.codec.runtime import CodecRuntime
 
-    codec = CodecRuntime(args.model)
+    codec = CodecRuntime(args.model, calibration=args.calibration)
     samples = audio.to_model_rate(*audio.read_audio(args.input))
-    result = codec.roundtrip(samples, stream_tokens=args.stream)
+    voice = audio.to_model_rate(*audio.read_audio(args.voice)) if args.voice else None
+    result = codec.roundtrip(samples, stream_tokens=args.stream, reference=voice)
     audio.write_wav(args.out, result.audio, audio.SAMPLE_RATE)
     seconds = len(samples) / audio.SAMPLE_RATE
     print(f"tokens: {len(result.tokens)} ({len(result.tokens) / seconds:.1f}/s, vocabulary {codec.vocab_size})")
@@ -208,8 +210,8 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.evaluation.judges import Judges
     from tldr_core.files import write_text
 
-    codecs = {(str(path) if path else "shipped") + (f" blend {blend:g}" if blend else ""):
-              CodecRuntime(path, blend=blend) for path in args.model or [None] for blend in args.blend}
+    codecs = {(str(path) if path else "shipped") + (f" calibration {k}" if len(args.calibration) > 1 else ""):
+              CodecRuntime(path, calibration=k) for path in args.model or [None] for k in args.calibration}
 
     def roundtrip(codec: CodecRuntime):
         return lambda samples, reference: codec.roundtrip(samples, args.stream, reference).audio
@@ -272,7 +274,8 @@ def cmd_speak(args: argparse.Namespace) -> None:
     synth = _synthesizer(args)
     voice = synth.prepare_voice(audio.load_reference_clip(args.voice).samples)
     chunks = list(synth.stream(args.text, voice, args.mode, args.patch_size, Sampling(temperature=args.temperature),
-                               seed=args.seed, speculation=_speculation(args, args.mode)))
+                               seed=args.seed, speculation=_speculation(args, args.mode),
+                               calibration=args.calibration))
     audio.write_wav(args.out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), audio.SAMPLE_RATE)
     s = synth.last_stats
     if s.speculation is not None:
@@ -344,6 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tldr_core.files import write_text
 
     synth = _synthesizer(args)
+    synth.codec.neighbours = args.calibration
     named = {"baseline": ("baseline", 1), "ssd": ("ssd", 1, _speculation(args, "ssd", "exact")),
              "ssd-beta": ("ssd", 1, _speculation(args, "ssd", "ssd"))}
     for k in (2, 4, 6, 8):
@@ -447,6 +451,17 @@ def asr_option(p: argparse.ArgumentParser) -> None:
                    help="the Whisper model that judges words (tiny.en: the judge of the figures before 2026-12-04)")
 
 
+def calibration_option(p: argparse.ArgumentParser, several: bool = False) -> None:
+    from tldr_core.settings import VOICE_MATCHES
+
+    default = VOICE_MATCHES[0]  # the app's default voice match
+    p.add_argument("--calibration", type=int, metavar="K", nargs="+" if several else None,
+                   default=[default] if several else default,
+                   help=f"voice match: correct each decoded frame by the decoder's errors on the K frames of the voice "
+                        f"sample nearest to it (default {default}; 0: as decoded)" + ("; several: each judged"
+                                                                                      if several else ""))
+
+
 def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     """speak, bench, soak, evaluate: the speech model at work."""
     p = commands.add_parser("speak", help="say TEXT in the voice of a reference clip, into a WAV file")
@@ -459,6 +474,7 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
     speculation_options(p)
     temperature_option(p)
+    calibration_option(p)
     model_options(p)
     p.set_defaults(run=cmd_speak)
 
@@ -501,6 +517,7 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     speculation_options(p, acceptance=False)
     temperature_option(p)
     asr_option(p)
+    calibration_option(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -593,6 +610,10 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                    help="add a phone listener's CTC loss on the decoded frames, so the decoder keeps phones apart "
                         "(trained first into OUT/listener.pt from the originals; default 0: none)")
     p.add_argument("--listener-steps", type=int, default=2000, metavar="STEPS", help="the listener's own training")
+    p.add_argument("--calibrate", type=int, default=0, metavar="K",
+                   help="with --listener-weight and a voice memory: the listener also hears the decoded frames as the "
+                        "voice calibration corrects them with K neighbours, so the decoder learns to keep the words "
+                        "through it (0: off)")
     p.add_argument("--memory-dim", type=int, metavar="D",
                    help="give the decoder a voice memory of width D that attends over the reference clip (trained "
                         "in another clip's voice); with --decoder-only it is added to that codec's decoder")
@@ -658,6 +679,9 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
                    "(default: the shipped codec)")
     p.add_argument("--stream", type=int, default=0, metavar="K",
                    help="decode K tokens at a time through the streaming path (0: offline)")
+    p.add_argument("--voice", type=Path, metavar="CLIP", help="decode in the voice of this clip, as the app speaks "
+                   "in a voice sample's (default: the input's own; the calibration then measures the input itself)")
+    calibration_option(p)
     p.set_defaults(run=cmd_codec_roundtrip)
     p = codec_cmds.add_parser("evaluate", help="round-trip WER, speaker similarity and DNSMOS on held-out voices")
     p.add_argument("corpus", type=Path)
@@ -669,9 +693,7 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--voice", choices=["other", "own"], default="other",
                    help="decode each clip in the voice of another clip of its speaker (as the app does) or its own")
     asr_option(p)
-    p.add_argument("--blend", type=float, nargs="+", default=[0.0], metavar="W",
-                   help="also judge each codec with its decoded envelopes moved W of the way to the reference clip's "
-                        "nearest ones (0: as decoded)")
+    calibration_option(p, several=True)
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.set_defaults(run=cmd_codec_evaluate)
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")

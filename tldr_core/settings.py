@@ -26,6 +26,9 @@ SPECULATIVE_MODES = ("ssd", "tldr-ssd")  # they need the model's draft
 PATCH_MODES = ("tldr", "tldr-ssd")       # the patch size applies to them
 PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
+# Voice match: how many of the voice sample's decoded frames correct each decoded frame (codec.runtime.Calibration);
+# fewer keep more of the voice and lose a few more words, 0 is off; the first is the default (docs/EXPERIMENTS.md)
+VOICE_MATCHES = (16, 32, 0)
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise
 MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
 
@@ -38,6 +41,7 @@ class Settings:
     input_device: str | None = None  # sounddevice device name; None: the system default
     output_device: str | None = None
     temperature: float = 0.8  # decoding.Sampling's: the one the model's figures are measured at
+    voice_match: int = VOICE_MATCHES[0]
     seed: int | None = None  # None: a new random seed every time
     last_voice: str | None = None  # id of the voice picked last (see tldr_core.voices)
 
@@ -60,6 +64,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "temperature": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
                     and TEMPERATURE_RANGE[0] <= v <= TEMPERATURE_RANGE[1],
                     f"a number from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]}"),
+    "voice_match": (lambda v: _is_int(v) and v in VOICE_MATCHES, ", ".join(map(str, VOICE_MATCHES))),
     "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), f"null or a whole number 0-{MAX_SEED}"),
     "last_voice": (_optional_text, "a voice id or null"),
 }

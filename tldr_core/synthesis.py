@@ -171,7 +171,14 @@ class Synthesizer:
         length = min(MAX_PROMPT_TOKENS, len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
         start = (len(tokens) - length) // 2  # the middle: away from breaths and trimmed edges
         reference = (timbre.frames, timbre.tokens) if self.codec.reads_reference else None
-        return VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64), timbre.stats, reference)
+        return self._calibrated(VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64),
+                                            timbre.stats, reference))
+
+    def _calibrated(self, prompt: VoicePrompt) -> VoicePrompt:
+        """The prompt, with the codec's calibration on its voice made now rather than at its first audio."""
+        if self.codec.neighbours > 0:
+            self.codec.calibration(prompt.timbre)
+        return prompt
 
     def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None) -> VoicePrompt:
         """A saved voice's VoicePrompt: what the library kept for this codec (with the clip's frames and tokens for
@@ -180,8 +187,8 @@ class Synthesizer:
         kept = voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256
         reference = voice.codec_reference() if kept and self.codec.reads_reference else None
         if kept and (reference is not None or not self.codec.reads_reference):
-            return VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
-                               np.array(voice.codec_stats, dtype=np.float32), reference)
+            return self._calibrated(VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
+                                                np.array(voice.codec_stats, dtype=np.float32), reference))
         try:
             clip, embedding = voice.clip(), voice.embedding()
         except (OSError, RuntimeError, ValueError) as error:  # soundfile reports a damaged file as RuntimeError
@@ -198,9 +205,10 @@ class Synthesizer:
     def stream(self, text_input: str, voice: VoicePrompt, mode: str = TLDR, patch_size: int = 4,
                sampling: Sampling | None = None, seed: int | None = None,
                cancel: Callable[[], bool] | None = None,
-               speculation: Speculation | None = None) -> Iterator[np.ndarray]:
+               speculation: Speculation | None = None, calibration: int | None = None) -> Iterator[np.ndarray]:
         """Yield float32 16 kHz audio chunks while generating; `last_stats` describes the run when it ends.
-        `speculation`: how the speculative modes speculate (default: `default_speculation(mode)`)."""
+        `speculation`: how the speculative modes speculate (default: `default_speculation(mode)`); `calibration`:
+        the codec's voice match (CodecRuntime.stream; default: the codec's own)."""
         started = time.perf_counter()
         sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
         sampling = sampling or Sampling()
@@ -209,7 +217,7 @@ class Synthesizer:
         seed = int(seed) if seed is not None else int(torch.seed() % 2**31)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         stats = self.last_stats = SpeakStats(mode, unit, str(self.device), speculation=speculation)
-        audio_stream = self.codec.stream(voice.timbre)
+        audio_stream = self.codec.stream(voice.timbre, calibration)
         speaker = torch.from_numpy(voice.embedding).float()
         prompt = torch.from_numpy(voice.prompt_tokens)
         samples_out = 0

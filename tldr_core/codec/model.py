@@ -430,19 +430,21 @@ class Codec(nn.Module):
         """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
 
-    def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None
-             ) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+             calibrate: int = 0) -> dict[str, torch.Tensor]:
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
         `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
-        also how well the decoded frames are heard."""
+        also how well the decoded frames are heard. `calibrate` = k > 0 (with references): the listener hears the
+        frames both as decoded and as the runtime's voice calibration corrects them with k neighbours
+        (`calibrated`), half each, so the decoder learns frames whose correction keeps the words."""
         frames, stats, embedding, memory = batch.frames, batch.stats, batch.embedding, None
         q = self.encode(frames, stats, batch.features)
         ref = batch.reference
         if ref is not None:  # decoded in another clip's voice, as in use: its stats, its embedding, its frames
             stats, embedding = ref.stats, ref.embedding
+            with torch.no_grad():
+                ref_q = self.encode(ref.frames, ref.stats, ref.features)
             if self.memory is not None:
-                with torch.no_grad():
-                    ref_q = self.encode(ref.frames, ref.stats, ref.features)
                 memory = self.remember(ref_q, ref.frames, ref.stats, ref.lengths)
         target = normalise(frames, stats) / self.scale
         pred, _ = self.decode_normalised(self.pad_window(q), self.conditioning(embedding, stats), memory=memory)
@@ -463,9 +465,37 @@ class Codec(nn.Module):
         parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
         parts["total"] = parts["recon"] + self.cfg.ctc_weight * parts["ctc"]
         if listener is not None:
-            heard = torch.cat([pred[..., :VUV], torch.sigmoid(pred[..., VUV:VUV + 1]), pred[..., VUV + 1:]], -1)
-            parts["listener"] = listener(heard * self.scale, batch)
+            def hear(y: torch.Tensor) -> torch.Tensor:
+                return listener(torch.cat([y[..., :VUV], torch.sigmoid(y[..., VUV:VUV + 1]), y[..., VUV + 1:]], -1)
+                                * self.scale, batch)
+            parts["listener"] = hear(pred)
+            if calibrate > 0 and ref is not None:
+                with torch.no_grad():
+                    ref_pred, _ = self.decode_normalised(self.pad_window(ref_q), self.conditioning(ref.embedding,
+                                                                                                   ref.stats), memory=memory)
+                    ref_target = normalise(ref.frames, ref.stats) / self.scale
+                    correction = calibrated(pred[..., ENV].detach(), ref_pred[..., ENV],
+                                            ref_target[..., ENV] - ref_pred[..., ENV], ref.lengths, calibrate)
+                corrected = torch.cat([pred[..., :ENV.start], pred[..., ENV] + correction, pred[..., ENV.stop:]], -1)
+                parts["listener"] = 0.5 * (parts["listener"] + hear(corrected))
         return parts
+
+
+def calibrated(env: torch.Tensor, ref_env: torch.Tensor, ref_error: torch.Tensor, ref_lengths: torch.Tensor,
+               k: int) -> torch.Tensor:
+    """The voice calibration's correction (codec.runtime.Calibration: the errors of the k nearest decoded reference
+    frames, weighted by how much nearer each is than the (k+1)-th) for a batch: (B, T, n) decoded envelopes, (B, R, n)
+    the references' decoded envelopes and their errors, (B,) their real lengths -> (B, T, n). Training's copy of
+    the runtime's numpy one, in the loss's normalised units."""
+    distance = torch.cdist(env, ref_env) ** 2
+    distance = distance.masked_fill((torch.arange(ref_env.shape[1])[None] >= ref_lengths[:, None])[:, None], 1e9)
+    k = min(k, int(ref_lengths.min()) - 1)
+    near, nearest = distance.topk(k + 1, dim=-1, largest=False)  # sorted, nearest first
+    weights = near[..., k:] - near[..., :k] + 1e-9
+    weights = weights / weights.sum(-1, keepdim=True)
+    errors = torch.gather(ref_error[:, None].expand(-1, env.shape[1], -1, -1), 2,
+                          nearest[..., :k, None].expand(-1, -1, -1, ref_error.shape[-1]))
+    return (errors * weights[..., None]).sum(2)
 
 
 def formant_postfilter(n_env: int, strength: float, width: int = 5) -> torch.Tensor:

@@ -2,14 +2,22 @@
 
 A `Timbre` is what the decoder needs to know about the target speaker: the SpeakerEncoder embedding and
 the reference statistics measured on the clip, and the clip's frames and tokens (for a decoder with a voice
-memory, and the reference blend); it is computed once per reference clip. `AudioStream`
+memory, and the voice calibration); it is computed once per reference clip. `AudioStream`
 turns tokens pushed k at a time into audio chunks: the decoder waits for `lookahead` tokens (80 ms),
 the vocoder for one frame (10 ms); the decoder carries its causal layers' state from push to push, so
 each token is decoded once and the concatenated chunks equal the offline output.
+
+Voice calibration (`Calibration`): the decoder, trained on 23 speakers, renders a new voice's sounds the way its
+training voices make them, and that loses the voice (speaker similarity 0.58 where the analysed frames keep 0.93).
+The reference clip shows how it errs on this voice: decoded from its own tokens, its frames can be set against
+its analysed ones. Each decoded frame then takes the mean error of its nearest decoded reference frames, so a
+vowel is corrected the way this voice's own vowels needed (kNN-VC swaps whole frames, which loses the words on a
+short reference; adding only the decoder's error keeps what the tokens say). Frame by frame: streamed = offline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -29,18 +37,21 @@ from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.errors import ModelError
 from tldr_core.files import verified_manifest
 from tldr_core.onnx_session import open_session
+from tldr_core.settings import VOICE_MATCHES
 from tldr_core.speaker import SpeakerEncoder
 
 DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json; manifest.json: their sha256
 
 
 MEMORY_TOKENS = 375  # a voice memory reads at most the middle 15 s of a reference clip (trained on 3-15 s)
+CALIBRATION_NEIGHBOURS = VOICE_MATCHES[0]  # frames whose errors correct one frame (0: off)
 
 
 @dataclass
 class Timbre:
     """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics, and the
-    reference clip's own vocoder frames (4M, dim) and token ids (M,), which a voice memory reads."""
+    reference clip's own vocoder frames (4M, dim) and token ids (M,), which a voice memory and the calibration
+    read."""
 
     embedding: np.ndarray
     stats: np.ndarray
@@ -52,16 +63,12 @@ class Timbre:
         """A reference clip's timbre from its vocoder frames (whole tokens), its speaker embedding and its tokens."""
         return cls(embedding, reference_stats(frames), frames, tokens)
 
-    @cached_property
-    def envelopes(self) -> np.ndarray | None:
-        """The reference's speaker-normalised envelopes, (4M, n_env), for `reference_blend`."""
-        return None if self.frames is None else self.frames[:, ENV] - self.stats[2:]
-
     def memory(self, frames_per_token: int) -> tuple[np.ndarray, np.ndarray]:
-        """What a voice memory reads: the middle (at most MEMORY_TOKENS) token ids and their frames."""
+        """What a voice memory and the calibration read: the middle (at most MEMORY_TOKENS) token ids and their
+        frames."""
         if self.tokens is None or self.frames is None or not len(self.tokens):
-            raise ModelError("This codec's decoder reads the voice sample itself (its tokens and frames), and none "
-                             "was given: make the timbre with CodecRuntime.encode or CodecRuntime.timbre.")
+            raise ModelError("Decoding reads the voice sample itself (its tokens and frames), and none was given: "
+                             "make the timbre with CodecRuntime.encode or CodecRuntime.timbre.")
         n = min(len(self.tokens), len(self.frames) // frames_per_token)
         length = min(n, MEMORY_TOKENS)
         start = (n - length) // 2
@@ -69,23 +76,33 @@ class Timbre:
         return self.tokens[start:start + length].astype(np.int64), frames.astype(np.float32)
 
 
-def reference_blend(frames: np.ndarray, timbre: Timbre, weight: float, k: int = 4) -> np.ndarray:
-    """Each frame's envelope moved `weight` of the way to the mean of its `k` nearest envelopes in the reference
-    clip (nearest in the speaker-normalised envelope, so a vowel finds the speaker's own vowels).
+@dataclass
+class Calibration:
+    """How the decoder misses one voice, measured on its reference clip: the clip's decoded envelopes (M, n_env)
+    and, for each, the analysed minus the decoded envelope."""
 
-    An L1-trained decoder renders the average of what its training voices do with a sound; the reference holds
-    how this voice does it (kNN-VC: replacing every frame by its nearest reference frames keeps a voice, and on a
-    short reference loses the words; a blend trades the two). Frame by frame, so streamed = offline."""
-    if weight <= 0 or timbre.envelopes is None or not len(frames):
-        return frames
-    mean = timbre.stats[2:]
-    env = frames[:, ENV] - mean
-    memory = timbre.envelopes
-    distance = (env ** 2).sum(1)[:, None] - 2 * env @ memory.T + (memory ** 2).sum(1)[None]
-    nearest = np.argpartition(distance, min(k, len(memory)) - 1, axis=1)[:, :k]
-    out = frames.copy()
-    out[:, ENV] = mean + (1 - weight) * env + weight * memory[nearest].mean(axis=1)
-    return out
+    decoded: np.ndarray
+    error: np.ndarray
+
+    def apply(self, frames: np.ndarray, k: int = CALIBRATION_NEIGHBOURS) -> np.ndarray:
+        """Each frame's envelope plus the errors of its `k` nearest decoded reference envelopes (squared distance),
+        weighted by how much nearer each is than the next nearest after them: weights that fall to zero as a
+        neighbour is overtaken make the correction a continuous function of the frame, so a stream, whose frames
+        equal the offline ones only to float rounding, still equals the offline decode; nothing else changes."""
+        if k <= 0 or not len(frames):
+            return frames
+        k = min(k, len(self.decoded) - 1)
+        env = frames[:, ENV].astype(np.float64)
+        distance = (env ** 2).sum(1)[:, None] - 2 * env @ self.decoded.T + (self.decoded ** 2).sum(1)[None]
+        nearest = np.argpartition(distance, k, axis=1)[:, :k + 1]
+        near = np.take_along_axis(distance, nearest, 1)
+        order = np.argsort(near, axis=1)
+        nearest, near = np.take_along_axis(nearest, order, 1), np.take_along_axis(near, order, 1)
+        weights = near[:, k:] - near[:, :k] + 1e-9  # the (k+1)-th nearest's distance minus each of the k nearest's
+        weights /= weights.sum(1, keepdims=True)
+        out = frames.copy()
+        out[:, ENV] = env + (self.error[nearest[:, :k]] * weights[..., None]).sum(1)
+        return out
 
 
 @dataclass
@@ -165,29 +182,29 @@ class _OnnxBackend:
 class AudioStream:
     """Push token ids k at a time, get audio; `finish` returns the tail. Output = offline `decode`."""
 
-    def __init__(self, runtime: "CodecRuntime", timbre: Timbre):
-        b = runtime.backend
-        self.timbre, self.blend = timbre, runtime.blend
-        reference = timbre.memory(b.frames_per_token) if b.has_memory else None  # read once, not at every push
-        self.decoder = DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state, reference),
-                                     b.zero_state(), b.margin)
+    def __init__(self, runtime: "CodecRuntime", timbre: Timbre, neighbours: int):
+        self.decoder = runtime.decoder_stream(timbre)
+        self.calibration = runtime.calibration(timbre) if neighbours > 0 else None
+        self.neighbours = neighbours
         self.vocoder = StreamingVocoder()
 
     def push(self, tokens: np.ndarray) -> np.ndarray:
-        return self.vocoder.push(reference_blend(self.decoder.push(tokens), self.timbre, self.blend))
+        return self.vocoder.push(self._calibrated(self.decoder.push(tokens)))
 
     def finish(self) -> np.ndarray:
-        last = reference_blend(self.decoder.finish(), self.timbre, self.blend)
-        return np.concatenate([self.vocoder.push(last), self.vocoder.flush()])
+        return np.concatenate([self.vocoder.push(self._calibrated(self.decoder.finish())), self.vocoder.flush()])
+
+    def _calibrated(self, frames: np.ndarray) -> np.ndarray:
+        return frames if self.calibration is None else self.calibration.apply(frames, self.neighbours)
 
 
 class CodecRuntime:
     """A codec loaded once: an exported folder (onnxruntime) or a training checkpoint .pt (torch)."""
 
-    def __init__(self, model_path: Path | None = None, threads: int = 1, blend: float = 0.0):
-        """`blend`: how far each decoded envelope moves toward the reference clip's nearest ones (`reference_blend`;
-        0: not at all)."""
-        self.blend = blend
+    def __init__(self, model_path: Path | None = None, threads: int = 1, calibration: int = CALIBRATION_NEIGHBOURS):
+        """`calibration`: how many of the reference's decoded frames correct each decoded frame (`Calibration`;
+        0: none)."""
+        self.neighbours = calibration
         path = Path(model_path) if model_path else DEFAULT_CODEC
         if path.suffix == ".pt":
             torch.set_num_threads(threads)
@@ -195,11 +212,13 @@ class CodecRuntime:
         else:
             self.backend = _OnnxBackend(path)
         self.vocab_size = self.backend.vocab_size
+        self._calibrations: dict[str, Calibration] = {}  # the last few voices', by content
 
     @property
     def reads_reference(self) -> bool:
-        """Whether the decoder reads the reference clip's frames and tokens (a voice memory), not only its timbre."""
-        return self.backend.has_memory
+        """Whether decoding reads the reference clip's frames and tokens (a voice memory, or the calibration), not
+        only its timbre."""
+        return self.backend.has_memory or self.neighbours > 0
 
     @cached_property
     def speaker(self) -> SpeakerEncoder:
@@ -213,10 +232,8 @@ class CodecRuntime:
         return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
 
     def timbre(self, samples: np.ndarray) -> Timbre:
-        """The decoder's view of a reference clip (16 kHz mono): a voice memory's also reads its tokens."""
-        if self.reads_reference:
-            return self.encode(samples)[1]
-        return Timbre.of(analyze(samples), self.speaker.embed(samples))
+        """The decoder's view of a reference clip (16 kHz mono), its tokens included."""
+        return self.encode(samples)[1]
 
     def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
         """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
@@ -230,8 +247,31 @@ class CodecRuntime:
         stream = self.stream(timbre)  # one decoder call for all but the last `lookahead` tokens
         return np.concatenate([stream.push(tokens), stream.finish()])
 
-    def stream(self, timbre: Timbre) -> AudioStream:
-        return AudioStream(self, timbre)
+    def stream(self, timbre: Timbre, calibration: int | None = None) -> AudioStream:
+        """`calibration`: neighbours per frame for this stream (None: the runtime's own setting)."""
+        return AudioStream(self, timbre, self.neighbours if calibration is None else calibration)
+
+    def decoder_stream(self, timbre: Timbre) -> DecoderStream:
+        """Token ids -> vocoder frames, as decoded (no calibration)."""
+        b = self.backend
+        reference = timbre.memory(b.frames_per_token) if b.has_memory else None  # read once, not at every push
+        return DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state, reference), b.zero_state(),
+                             b.margin)
+
+    def calibration(self, timbre: Timbre) -> Calibration:
+        """The voice's `Calibration`: its reference clip (the middle 15 s, as a voice memory reads) decoded from its
+        own tokens once per voice (~0.1 s; preparing a voice does it, so speaking does not wait for it), and kept
+        for the last few voices."""
+        tokens, frames = timbre.memory(self.backend.frames_per_token)
+        key = hashlib.sha1(b"".join(a.tobytes() for a in (tokens, frames, timbre.stats, timbre.embedding))).hexdigest()
+        if key not in self._calibrations:
+            stream = self.decoder_stream(timbre)
+            decoded = np.concatenate([stream.push(tokens), stream.finish()])[:, ENV]
+            self._calibrations[key] = Calibration(decoded.astype(np.float64),
+                                                  (frames[:len(decoded), ENV] - decoded).astype(np.float64))
+            while len(self._calibrations) > 8:
+                del self._calibrations[next(iter(self._calibrations))]
+        return self._calibrations[key]
 
     def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0, reference: np.ndarray | None = None) -> Roundtrip:
         """Encode and decode a clip in its own timbre, or in a `reference` clip's (as the app speaks in a voice

@@ -31,6 +31,7 @@ from scipy.signal import resample_poly
 
 from tldr_core import audio, paths, text
 from tldr_core.errors import AudioInputError, TextInputError, TldrError
+from tldr_core.settings import VOICE_MATCHES
 from tldr_core.synthesis import BASELINE, SSD, TLDR, TLDR_SSD, Synthesizer
 
 CANCEL, CLOSE = "cancel", "close"  # how a run is stopped: the cancel callback, or the caller closing the stream
@@ -133,13 +134,14 @@ class Case:
     seed: int
     stop_after: int | None = None  # chunks heard before Stop; None: no Stop
     stop_by: str = CANCEL
+    voice_match: int = VOICE_MATCHES[0]  # the codec's calibration
 
     def describe(self) -> str:
         decoding = f"TLDR k={self.patch_size}" if self.mode == TLDR else self.mode
         stop = f", Stop ({self.stop_by}) after {self.stop_after} chunks" if self.stop_after is not None else ""
         shown = self.text.text if len(self.text.text) <= 60 else f"{self.text.text[:57]}..."
-        return (f"{shown!r} ({len(self.text.text)} characters) in '{self.voice.name}', {decoding}, "
-                f"seed {self.seed}{stop}")
+        return (f"{shown!r} ({len(self.text.text)} characters) in '{self.voice.name}', {decoding}, voice match "
+                f"{self.voice_match}, seed {self.seed}{stop}")
 
     @property
     def expected_error(self) -> type[TldrError] | None:
@@ -249,7 +251,8 @@ def make_case(rng: np.random.Generator, config: SoakConfig, voices: list[SoakVoi
     stop = decoding is None and rng.random() < config.stop_chance
     return Case(texts[int(rng.integers(len(texts)))], voice_pool[int(rng.integers(len(voice_pool)))], mode,
                 patch_size, seed=int(rng.integers(2**31)), stop_after=int(rng.integers(1, 7)) if stop else None,
-                stop_by=CANCEL if rng.random() < 0.5 else CLOSE)
+                stop_by=CANCEL if rng.random() < 0.5 else CLOSE,
+                voice_match=VOICE_MATCHES[int(rng.integers(len(VOICE_MATCHES)))])
 
 
 def run_case(synth: Synthesizer, case: Case, report: SoakReport, label: str) -> None:
@@ -282,7 +285,8 @@ def _speak(synth: Synthesizer, case: Case, report: SoakReport) -> str | None:
     chunks: list[np.ndarray] = []
     stop_due = case.stop_after is not None
     cancel = (lambda: len(chunks) >= case.stop_after) if stop_due and case.stop_by == CANCEL else None
-    stream = synth.stream(case.text.text, voice, case.mode, case.patch_size, seed=case.seed, cancel=cancel)
+    stream = synth.stream(case.text.text, voice, case.mode, case.patch_size, seed=case.seed, cancel=cancel,
+                          calibration=case.voice_match)
     try:
         for chunk in stream:
             if stop_due and len(chunks) >= case.stop_after:

@@ -45,6 +45,7 @@ class TrainConfig:
     phone_warmup: int = 0         # steps over which the phone (CTC) loss weight rises from 0 to its full value
     listener_weight: float = 0.0  # weight of the phone listener's loss on the decoded frames (0: no listener)
     listener_steps: int = 2000    # steps of the listener's own training, when OUT/listener.pt does not exist
+    calibrate: int = 0            # > 0: the listener also hears the frames the voice calibration corrects with k
     shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
@@ -57,15 +58,15 @@ def phone_weight_at(step: int, full: float, warmup: int) -> float:
 class CodecObjective(nn.Module):
     """A batch -> the codec's training loss: reconstruction + weighted phone CTC (+ weighted listener)."""
 
-    def __init__(self, codec: Codec, listener: Listener | None, listener_weight: float):
+    def __init__(self, codec: Codec, listener: Listener | None, listener_weight: float, calibrate: int = 0):
         super().__init__()
-        self.codec = codec
+        self.codec, self.calibrate = codec, calibrate
         self.hear = listener.ctc if listener is not None else None  # a frozen judge, not a part of the model
         self.listener_weight = listener_weight
         self.phone_weight = 0.0
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        parts = self.codec.loss(batch, self.hear)
+        parts = self.codec.loss(batch, self.hear, self.calibrate)
         objective = parts["recon"] + self.phone_weight * parts["ctc"]
         if self.hear is not None:
             objective = objective + self.listener_weight * parts["listener"]
@@ -73,7 +74,7 @@ class CodecObjective(nn.Module):
 
 
 def validate(model: Codec, items: list[dict], listener: Listener | None = None,
-             phone_head: bool = True, references: bool = False, seed: int = 0) -> dict[str, float]:
+             phone_head: bool = True, references: bool = False, seed: int = 0, calibrate: int = 0) -> dict[str, float]:
     """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate.
 
     `phone_head=False` (a decoder-only run: the phone head is not trained, nor exported) leaves out the figures
@@ -88,7 +89,7 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
             if references:
                 rng = np.random.default_rng([seed, i])
                 batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng)])
-            for k, v in model.loss(batch, listener.ctc if listener else None).items():
+            for k, v in model.loss(batch, listener.ctc if listener else None, calibrate).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
                 q = model.encode(batch.frames, batch.stats, batch.features)
@@ -106,7 +107,7 @@ class CodecTask(Task):
                  valid: list[dict], cfg: TrainConfig):
         self.model, self.frozen, self.listener, self.train, self.valid, self.cfg = (model, frozen, listener, train,
                                                                                     valid, cfg)
-        self.objective = CodecObjective(model, listener, cfg.listener_weight)
+        self.objective = CodecObjective(model, listener, cfg.listener_weight, cfg.calibrate)
         self.trainable = _freeze_tokenizer(model) if frozen else list(model.parameters())
         self.speakers = by_speaker(train) if model.memory is not None else None  # where reference pieces come from
 
@@ -122,7 +123,7 @@ class CodecTask(Task):
 
     def validate(self) -> dict[str, float]:
         scores = validate(self.model, self.valid, self.listener, phone_head=not self.frozen,
-                          references=self.model.memory is not None, seed=self.cfg.seed)
+                          references=self.model.memory is not None, seed=self.cfg.seed, calibrate=self.cfg.calibrate)
         return {f"val_{k}": v for k, v in scores.items()}
 
     def describe(self) -> dict:
