@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the shipped codec and default model from a fresh machine: real-speech corpus -> codec (Whisper tiny.en
-# tokens) -> its voice memory -> its phone listener -> codec export -> backbone with alignment hints -> TLDR adapters
-# -> SSD draft -> resources/. Every stage is resumable (rerun the script after an interruption); each prints its wall
-# time, and the times go into the model's manifest. Sizes come from the environment; the defaults are what the
-# 2-core CPU of the project's machine allows and what the shipped files were trained with (docs/EXPERIMENTS.md).
+# tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> codec
+# export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/. Every stage is resumable
+# (rerun the script after an interruption); each prints its wall time, and the times go into the model's manifest.
+# Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows and what the
+# shipped files were trained with (docs/EXPERIMENTS.md).
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults (about 5 CPU-hours, 2 threads)
 #   DEVICE=cuda NPROC=8 BACKBONE_STEPS=40000 TLDR_STEPS=8000 DIM=512 bash packaging/train_default_model.sh
@@ -27,6 +28,8 @@ MEMORY_STEPS=${MEMORY_STEPS:-3000}; MEMORY_DIM=${MEMORY_DIM:-128}
 DECODER_STEPS=${DECODER_STEPS:-1500}; DECODER_LR=${DECODER_LR:-1e-3}
 DECODER_LISTENER_WEIGHT=${DECODER_LISTENER_WEIGHT:-0.5}
 DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-1500}  # the listener's own training, on the originals
+# ... then with a new listener that also hears the frames as the voice calibration corrects them (k neighbours)
+CALIBRATE_STEPS=${CALIBRATE_STEPS:-800}; CALIBRATE_LR=${CALIBRATE_LR:-5e-4}; CALIBRATE_K=${CALIBRATE_K:-16}
 BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
 TLDR_STEPS=${TLDR_STEPS:-1000}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
@@ -70,15 +73,22 @@ stage "codec listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_d
   "$WORK/codec_memory/checkpoint.pt" --cache "$CODEC/cache" --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 \
   --threads "$THREADS" \
   --listener-weight "$DECODER_LISTENER_WEIGHT" --listener-steps "$DECODER_LISTENER_STEPS" $(RESUME "$WORK/codec_decoder")
+stage "codec calibrated listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_calibrated" --decoder-only \
+  "$WORK/codec_decoder/checkpoint.pt" --cache "$CODEC/cache" --steps "$CALIBRATE_STEPS" --lr "$CALIBRATE_LR" \
+  --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" \
+  --listener-steps "$DECODER_LISTENER_STEPS" --calibrate "$CALIBRATE_K" --validate-every 400 \
+  $(RESUME "$WORK/codec_calibrated")
 cat > "$WORK/codec_recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "source": "whisper tiny.en encoder (frozen)",
  "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }], "codec_phone_weight": $CODEC_PHONE_WEIGHT,
  "codec_phone_warmup": $CODEC_PHONE_WARMUP, "memory_steps": $MEMORY_STEPS, "memory_dim": $MEMORY_DIM,
  "decoder_steps": $DECODER_STEPS, "decoder_lr": $DECODER_LR, "decoder_listener_weight": $DECODER_LISTENER_WEIGHT,
- "decoder_listener_steps": $DECODER_LISTENER_STEPS, "real_speech": "$SPEECH", "synthetic_hours": $SYNTH_HOURS,
+ "decoder_listener_steps": $DECODER_LISTENER_STEPS, "calibrate_steps": $CALIBRATE_STEPS,
+ "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "real_speech": "$SPEECH",
+ "synthetic_hours": $SYNTH_HOURS,
  "corpus_seed": 0}
 JSON
-stage "codec export" $PY -m tldr_core codec export "$WORK/codec_decoder/checkpoint.pt" "$OUT/codec" \
+stage "codec export" $PY -m tldr_core codec export "$WORK/codec_calibrated/checkpoint.pt" "$OUT/codec" \
   --recipe "$WORK/codec_recipe.json"
 
 # the backbone reads: the codec's phone head aligns every training utterance's tokens to its phones (alignment hints)

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slow,  # the whole recipe, every stage at toy size: mi
 
 TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_PHONE_WARMUP": "2",
        "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2", "DECODER_LISTENER_STEPS": "3",
+       "CALIBRATE_STEPS": "2",
        "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
        "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
@@ -42,8 +43,8 @@ def recipe(tmp_path_factory):
 
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
-    stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec export", "backbone", "TLDR k=4",
-              "draft", "pack", "bench")
+    stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec calibrated listener", "codec export",
+              "backbone", "TLDR k=4", "draft", "pack", "bench")
     for stage in stages:
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
@@ -53,14 +54,18 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
     assert codec["train_config"]["phone_warmup"] == 2
-    # the decoder is continued twice, keeping the tokenizer: first with the voice memory, then with the listener
+    # the decoder is continued three times, keeping the tokenizer: with the voice memory, then with the listener, then
+    # with a listener that also hears the calibrated frames
     memory = read_checkpoint(work / "codec_memory" / "checkpoint.pt", "checkpoint")
     decoder = read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")
+    calibrated = read_checkpoint(work / "codec_calibrated" / "checkpoint.pt", "checkpoint")
+    assert calibrated["frozen_tokenizer"] and calibrated["train_config"]["calibrate"] == 16
     assert memory["frozen_tokenizer"] and memory["codec_config"]["memory_dim"] == 16
     assert decoder["frozen_tokenizer"] and decoder["codec_config"]["memory_dim"] == 16
     assert decoder["train_config"]["listener_weight"] == 0.5 and (work / "codec_decoder" / "listener.pt").is_file()
     codec_manifest = json.loads((out / "codec" / "manifest.json").read_text())
     assert codec_manifest["recipe"]["memory_steps"] == 2 and codec_manifest["recipe"]["decoder_steps"] == 2
+    assert codec_manifest["recipe"]["calibrate_steps"] == 2 and codec_manifest["training"]["steps"] == 2
     backbone = read_checkpoint(work / "backbone" / "checkpoint.pt", "checkpoint")
     adapter = read_checkpoint(work / "tldr4" / "checkpoint.pt", "checkpoint")
     assert backbone["model_config"]["alignment_hints"]  # the backbone reads, told each token's phoneme

@@ -490,6 +490,8 @@ def calibrated(env: torch.Tensor, ref_env: torch.Tensor, ref_error: torch.Tensor
     distance = torch.cdist(env, ref_env) ** 2
     distance = distance.masked_fill((torch.arange(ref_env.shape[1])[None] >= ref_lengths[:, None])[:, None], 1e9)
     k = min(k, int(ref_lengths.min()) - 1)
+    if k < 1:  # a reference of one frame has no neighbour to weigh against
+        return torch.zeros_like(env)
     near, nearest = distance.topk(k + 1, dim=-1, largest=False)  # sorted, nearest first
     weights = near[..., k:] - near[..., :k] + 1e-9
     weights = weights / weights.sum(-1, keepdim=True)
