@@ -92,16 +92,18 @@ class Calibration:
         if k <= 0 or not len(frames):
             return frames
         k = min(k, len(self.decoded) - 1)
-        env = frames[:, ENV].astype(np.float64)
-        distance = (env ** 2).sum(1)[:, None] - 2 * env @ self.decoded.T + (self.decoded ** 2).sum(1)[None]
-        nearest = np.argpartition(distance, k, axis=1)[:, :k + 1]
-        near = np.take_along_axis(distance, nearest, 1)
-        order = np.argsort(near, axis=1)
-        nearest, near = np.take_along_axis(nearest, order, 1), np.take_along_axis(near, order, 1)
-        weights = near[:, k:] - near[:, :k] + 1e-9  # the (k+1)-th nearest's distance minus each of the k nearest's
-        weights /= weights.sum(1, keepdims=True)
         out = frames.copy()
-        out[:, ENV] = env + (self.error[nearest[:, :k]] * weights[..., None]).sum(1)
+        for start in range(0, len(frames), 64):
+            env = frames[start:start + 64, ENV].astype(np.float32)
+            # elementwise, not a matrix product: BLAS's own threads, woken here, would fight the model's for the cores
+            distance = ((env[:, None, :] - self.decoded[None]) ** 2).sum(-1)
+            nearest = np.argpartition(distance, k, axis=1)[:, :k + 1]
+            near = np.take_along_axis(distance, nearest, 1)
+            order = np.argsort(near, axis=1)
+            nearest, near = np.take_along_axis(nearest, order, 1), np.take_along_axis(near, order, 1)
+            weights = near[:, k:] - near[:, :k] + 1e-9  # the (k+1)-th nearest's distance minus each of the k's
+            weights /= weights.sum(1, keepdims=True)
+            out[start:start + 64, ENV] = env + (self.error[nearest[:, :k]] * weights[..., None]).sum(1)
         return out
 
 
@@ -267,8 +269,8 @@ class CodecRuntime:
         if key not in self._calibrations:
             stream = self.decoder_stream(timbre)
             decoded = np.concatenate([stream.push(tokens), stream.finish()])[:, ENV]
-            self._calibrations[key] = Calibration(decoded.astype(np.float64),
-                                                  (frames[:len(decoded), ENV] - decoded).astype(np.float64))
+            self._calibrations[key] = Calibration(decoded.astype(np.float32),
+                                                  (frames[:len(decoded), ENV] - decoded).astype(np.float32))
             while len(self._calibrations) > 8:
                 del self._calibrations[next(iter(self._calibrations))]
         return self._calibrations[key]
