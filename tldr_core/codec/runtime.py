@@ -10,9 +10,10 @@ each token is decoded once and the concatenated chunks equal the offline output.
 Voice calibration (`Calibration`): the decoder, trained on 23 speakers, renders a new voice's sounds the way its
 training voices make them, and that loses the voice (speaker similarity 0.58 where the analysed frames keep 0.93).
 The reference clip shows how it errs on this voice: decoded from its own tokens, its frames can be set against
-its analysed ones. Each decoded frame then takes the mean error of its nearest decoded reference frames, so a
-vowel is corrected the way this voice's own vowels needed (kNN-VC swaps whole frames, which loses the words on a
-short reference; adding only the decoder's error keeps what the tokens say). Frame by frame: streamed = offline.
+its analysed ones. Each decoded frame then takes the errors of its nearest decoded reference frames (weighted, see
+`Calibration.apply`), so a vowel is corrected the way this voice's own vowels needed (kNN-VC swaps whole frames,
+which loses the words on a short reference; adding only the decoder's error keeps what the tokens say). Frame by
+frame, and continuous in the frame: a stream's envelopes equal the offline ones to float rounding.
 """
 
 from __future__ import annotations
