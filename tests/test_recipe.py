@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow,  # the whole recipe, every stage at toy size: mi
 
 TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_PHONE_WARMUP": "2",
        "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2", "DECODER_LISTENER_STEPS": "3",
-       "CALIBRATE_STEPS": "2",
+       "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
        "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
        "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
@@ -43,7 +43,8 @@ def recipe(tmp_path_factory):
 
 def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe):
     stdout, work, out = recipe
-    stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec calibrated listener", "codec export",
+    stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec calibrated listener",
+              "codec whisper listener", "codec export",
               "backbone", "TLDR k=4", "draft", "pack", "bench")
     for stage in stages:
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
@@ -54,18 +55,22 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
     assert codec["train_config"]["phone_warmup"] == 2
-    # the decoder is continued three times, keeping the tokenizer: with the voice memory, then with the listener, then
-    # with a listener that also hears the calibrated frames
+    # the decoder is continued four times, keeping the tokenizer: with the voice memory, then with the listener, then
+    # with a listener that also hears the calibrated frames, then with Whisper hearing them beside it
     memory = read_checkpoint(work / "codec_memory" / "checkpoint.pt", "checkpoint")
     decoder = read_checkpoint(work / "codec_decoder" / "checkpoint.pt", "checkpoint")
     calibrated = read_checkpoint(work / "codec_calibrated" / "checkpoint.pt", "checkpoint")
     assert calibrated["frozen_tokenizer"] and calibrated["train_config"]["calibrate"] == 16
+    perceiver = read_checkpoint(work / "codec_perceiver" / "checkpoint.pt", "checkpoint")
+    assert perceiver["frozen_tokenizer"] and perceiver["train_config"]["perceiver_weight"] == 2
+    assert perceiver["train_config"]["listener_weight"] == 0.5 and perceiver["train_config"]["calibrate"] == 16
     assert memory["frozen_tokenizer"] and memory["codec_config"]["memory_dim"] == 16
     assert decoder["frozen_tokenizer"] and decoder["codec_config"]["memory_dim"] == 16
     assert decoder["train_config"]["listener_weight"] == 0.5 and (work / "codec_decoder" / "listener.pt").is_file()
     codec_manifest = json.loads((out / "codec" / "manifest.json").read_text())
     assert codec_manifest["recipe"]["memory_steps"] == 2 and codec_manifest["recipe"]["decoder_steps"] == 2
-    assert codec_manifest["recipe"]["calibrate_steps"] == 2 and codec_manifest["training"]["steps"] == 2
+    assert codec_manifest["recipe"]["calibrate_steps"] == 2 and codec_manifest["recipe"]["perceiver_steps"] == 2
+    assert codec_manifest["training"]["steps"] == 2
     backbone = read_checkpoint(work / "backbone" / "checkpoint.pt", "checkpoint")
     adapter = read_checkpoint(work / "tldr4" / "checkpoint.pt", "checkpoint")
     assert backbone["model_config"]["alignment_hints"]  # the backbone reads, told each token's phoneme

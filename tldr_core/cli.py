@@ -84,7 +84,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       jobs=args.jobs, validate_every=args.validate_every, phone_warmup=args.phone_warmup,
                       listener_weight=args.listener_weight, listener_steps=args.listener_steps,
-                      calibrate=args.calibrate,
+                      calibrate=args.calibrate, perceiver_weight=args.perceiver_weight,
                       shippable_only=not args.all_rows)
     codec_cfg = CodecConfig(source=args.source or "world")
     if args.levels:
@@ -614,6 +614,10 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                    help="with --listener-weight and a voice memory: the listener also hears the decoded frames as the "
                         "voice calibration corrects them with K neighbours, so the decoder learns to keep the words "
                         "through it (0: off)")
+    p.add_argument("--perceiver-weight", type=float, default=0.0, metavar="W",
+                   help="add how differently Whisper tiny.en's encoder hears the decoded frames and the originals "
+                        "(rendered to its log-mel in closed form), so the decoder keeps what recognition needs "
+                        "(default 0: none)")
     p.add_argument("--memory-dim", type=int, metavar="D",
                    help="give the decoder a voice memory of width D that attends over the reference clip (trained "
                         "in another clip's voice); with --decoder-only it is added to that codec's decoder")

@@ -431,12 +431,15 @@ class Codec(nn.Module):
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
 
     def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
-             calibrate: int = 0) -> dict[str, torch.Tensor]:
+             calibrate: int = 0, perceiver: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, torch.Tensor]:
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
         `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
         also how well the decoded frames are heard. `calibrate` = k > 0 (with references): the listener hears the
         frames both as decoded and as the runtime's voice calibration corrects them with k neighbours
-        (`calibrated`), half each, so the decoder learns frames whose correction keeps the words."""
+        (`calibrated`), half each, so the decoder learns frames whose correction keeps the words. A `perceiver`
+        ((decoded, original) vocoder frames and lengths -> a loss; training/perceiver.py) hears what the runtime
+        outputs: the corrected frames when calibrating, in the voice's units, with the formant postfilter."""
         frames, stats, embedding, memory = batch.frames, batch.stats, batch.embedding, None
         q = self.encode(frames, stats, batch.features)
         ref = batch.reference
@@ -464,20 +467,25 @@ class Codec(nn.Module):
         # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
         parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
         parts["total"] = parts["recon"] + self.cfg.ctc_weight * parts["ctc"]
+        if listener is None and perceiver is None:
+            return parts
+        heard = [pred]  # the decoded frames, and those the calibration corrects
+        if calibrate > 0 and ref is not None:
+            with torch.no_grad():
+                ref_pred, _ = self.decode_normalised(self.pad_window(ref_q), self.conditioning(ref.embedding,
+                                                                                               ref.stats), memory=memory)
+                ref_target = normalise(ref.frames, ref.stats) / self.scale
+                correction = calibrated(pred[..., ENV].detach(), ref_pred[..., ENV],
+                                        ref_target[..., ENV] - ref_pred[..., ENV], ref.lengths, calibrate)
+            heard.append(torch.cat([pred[..., :ENV.start], pred[..., ENV] + correction, pred[..., ENV.stop:]], -1))
+        heard = [torch.cat([y[..., :VUV], torch.sigmoid(y[..., VUV:VUV + 1]), y[..., VUV + 1:]], -1) * self.scale
+                 for y in heard]  # voicing as a probability, in the frames' own units (still speaker-normalised)
         if listener is not None:
-            def hear(y: torch.Tensor) -> torch.Tensor:
-                return listener(torch.cat([y[..., :VUV], torch.sigmoid(y[..., VUV:VUV + 1]), y[..., VUV + 1:]], -1)
-                                * self.scale, batch)
-            parts["listener"] = hear(pred)
-            if calibrate > 0 and ref is not None:
-                with torch.no_grad():
-                    ref_pred, _ = self.decode_normalised(self.pad_window(ref_q), self.conditioning(ref.embedding,
-                                                                                                   ref.stats), memory=memory)
-                    ref_target = normalise(ref.frames, ref.stats) / self.scale
-                    correction = calibrated(pred[..., ENV].detach(), ref_pred[..., ENV],
-                                            ref_target[..., ENV] - ref_pred[..., ENV], ref.lengths, calibrate)
-                corrected = torch.cat([pred[..., :ENV.start], pred[..., ENV] + correction, pred[..., ENV.stop:]], -1)
-                parts["listener"] = 0.5 * (parts["listener"] + hear(corrected))
+            parts["listener"] = sum(listener(y, batch) for y in heard) / len(heard)
+        if perceiver is not None:
+            out = denormalise(heard[-1], stats)
+            out = torch.cat([out[..., :ENV.start], out[..., ENV] @ self.postfilter, out[..., ENV.stop:]], -1)
+            parts["perceiver"] = perceiver(out, frames, batch.lengths)
         return parts
 
 

@@ -21,11 +21,13 @@ from torch import nn
 
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_error_rate
 from tldr_core.codec.store import load_codec
+from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.errors import CorpusError
 from tldr_core.model_store import read_checkpoint
 from tldr_core.training.codec_data import (add_whisper_features, build_cache, by_speaker, collate, collate_references,
                                           load_split, reference_piece, sample_batch)
 from tldr_core.training.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
+from tldr_core.training.perceiver import Perceiver
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
 
@@ -46,6 +48,9 @@ class TrainConfig:
     listener_weight: float = 0.0  # weight of the phone listener's loss on the decoded frames (0: no listener)
     listener_steps: int = 2000    # steps of the listener's own training, when OUT/listener.pt does not exist
     calibrate: int = 0            # > 0: the listener also hears the frames the voice calibration corrects with k
+    perceiver_weight: float = 0.0  # weight of Whisper's hearing of the decoded frames (perceiver.py; 0: none)
+    perceiver_clips: int = 4      # clips of each batch the perceiver hears (Whisper's encoder is the costly part)
+    perceiver_frames: int = 400   # the middle frames of each (4 s)
     shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
@@ -56,25 +61,30 @@ def phone_weight_at(step: int, full: float, warmup: int) -> float:
 
 
 class CodecObjective(nn.Module):
-    """A batch -> the codec's training loss: reconstruction + weighted phone CTC (+ weighted listener)."""
+    """A batch -> the codec's training loss: reconstruction + weighted phone CTC (+ weighted listener, + weighted
+    perceiver)."""
 
-    def __init__(self, codec: Codec, listener: Listener | None, listener_weight: float, calibrate: int = 0):
+    def __init__(self, codec: Codec, listener: Listener | None, cfg: "TrainConfig", perceiver: Perceiver | None = None):
         super().__init__()
-        self.codec, self.calibrate = codec, calibrate
-        self.hear = listener.ctc if listener is not None else None  # a frozen judge, not a part of the model
-        self.listener_weight = listener_weight
+        self.codec, self.calibrate = codec, cfg.calibrate
+        self.hear = listener.ctc if listener is not None else None  # frozen judges, not parts of the model
+        self.perceiver = perceiver
+        self.listener_weight, self.perceiver_weight = cfg.listener_weight, cfg.perceiver_weight
         self.phone_weight = 0.0
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        parts = self.codec.loss(batch, self.hear, self.calibrate)
+        parts = self.codec.loss(batch, self.hear, self.calibrate, self.perceiver)
         objective = parts["recon"] + self.phone_weight * parts["ctc"]
         if self.hear is not None:
             objective = objective + self.listener_weight * parts["listener"]
+        if self.perceiver is not None:
+            objective = objective + self.perceiver_weight * parts["perceiver"]
         return objective
 
 
 def validate(model: Codec, items: list[dict], listener: Listener | None = None,
-             phone_head: bool = True, references: bool = False, seed: int = 0, calibrate: int = 0) -> dict[str, float]:
+             phone_head: bool = True, references: bool = False, seed: int = 0, calibrate: int = 0,
+             perceiver: Perceiver | None = None) -> dict[str, float]:
     """Mean losses over whole validation clips (one at a time: no padding), and the greedy phone error rate.
 
     `phone_head=False` (a decoder-only run: the phone head is not trained, nor exported) leaves out the figures
@@ -89,7 +99,7 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
             if references:
                 rng = np.random.default_rng([seed, i])
                 batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng)])
-            for k, v in model.loss(batch, listener.ctc if listener else None, calibrate).items():
+            for k, v in model.loss(batch, listener.ctc if listener else None, calibrate, perceiver).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
                 q = model.encode(batch.frames, batch.stats, batch.features)
@@ -104,10 +114,11 @@ class CodecTask(Task):
     best_by = "val_recon"
 
     def __init__(self, model: Codec, frozen: bool, listener: Listener | None, train: list[dict],
-                 valid: list[dict], cfg: TrainConfig):
+                 valid: list[dict], cfg: TrainConfig, perceiver: Perceiver | None = None):
         self.model, self.frozen, self.listener, self.train, self.valid, self.cfg = (model, frozen, listener, train,
                                                                                     valid, cfg)
-        self.objective = CodecObjective(model, listener, cfg.listener_weight, cfg.calibrate)
+        self.perceiver = perceiver
+        self.objective = CodecObjective(model, listener, cfg, perceiver)
         self.trainable = _freeze_tokenizer(model) if frozen else list(model.parameters())
         self.speakers = by_speaker(train) if model.memory is not None else None  # where reference pieces come from
 
@@ -123,7 +134,8 @@ class CodecTask(Task):
 
     def validate(self) -> dict[str, float]:
         scores = validate(self.model, self.valid, self.listener, phone_head=not self.frozen,
-                          references=self.model.memory is not None, seed=self.cfg.seed, calibrate=self.cfg.calibrate)
+                          references=self.model.memory is not None, seed=self.cfg.seed, calibrate=self.cfg.calibrate,
+                          perceiver=self.perceiver)
         return {f"val_{k}": v for k, v in scores.items()}
 
     def describe(self) -> dict:
@@ -190,7 +202,9 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         model = Codec(codec_cfg)
     if model.cfg.source == "whisper":
         add_whisper_features(corpus, cache, cfg.shippable_only, cfg.jobs, train, valid)
-    task = CodecTask(model, frozen, listener, train, valid, cfg)
+    perceiver = (Perceiver(load_whisper_encoder(), cfg.perceiver_clips, cfg.perceiver_frames)
+                 if cfg.perceiver_weight > 0 else None)
+    task = CodecTask(model, frozen, listener, train, valid, cfg, perceiver)
     opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.05, weight_decay=cfg.weight_decay,
                        validate_every=cfg.validate_every)
     return Trainer(opt, out, desc="training codec").run(task, state)
