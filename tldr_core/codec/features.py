@@ -79,11 +79,17 @@ def _env_weights(cfg: FeatureConfig) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
+def interpolation(points: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation from values at sorted `points` to positions `at`, ends held: value(at) =
+    values[idx] * (1 - frac) + values[idx + 1] * frac."""
+    idx = np.clip(np.searchsorted(points, at) - 1, 0, len(points) - 2)
+    frac = np.clip((at - points[idx]) / (points[idx + 1] - points[idx]), 0.0, 1.0)
+    return idx, frac
+
+
 def decode_envelope(env: np.ndarray, cfg: FeatureConfig = CONFIG) -> np.ndarray:
     """(..., n_env) log power points -> (..., n_bins) log power spectrum by linear interpolation on mel."""
-    centres, bins = _env_centres(cfg), _bin_mel(cfg)
-    idx = np.clip(np.searchsorted(centres, bins) - 1, 0, cfg.n_env - 2)
-    frac = np.clip((bins - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
+    idx, frac = interpolation(_env_centres(cfg), _bin_mel(cfg))
     return env[..., idx] * (1.0 - frac) + env[..., idx + 1] * frac
 
 
@@ -94,10 +100,7 @@ def _ap_centres(cfg: FeatureConfig) -> np.ndarray:
 
 def decode_aperiodicity(ap_db: np.ndarray, cfg: FeatureConfig = CONFIG) -> np.ndarray:
     """(..., n_ap) band aperiodicity in dB -> (..., n_bins) amplitude ratio in [0, 1]."""
-    hz = np.arange(cfg.n_bins) * cfg.sample_rate / cfg.fft_size
-    centres = _ap_centres(cfg)
-    idx = np.clip(np.searchsorted(centres, hz) - 1, 0, cfg.n_ap - 2)
-    frac = np.clip((hz - centres[idx]) / (centres[idx + 1] - centres[idx]), 0.0, 1.0)
+    idx, frac = interpolation(_ap_centres(cfg), np.arange(cfg.n_bins) * cfg.sample_rate / cfg.fft_size)
     db = ap_db[..., idx] * (1.0 - frac) + ap_db[..., idx + 1] * frac
     return np.clip(10.0 ** (db / 20.0), 0.0, 1.0)
 

@@ -400,10 +400,15 @@ class Codec(nn.Module):
         """Quantised values (a window, as `decode_normalised`) -> vocoder frames in the voice given by
         (embedding, stats, and the reference clip's `memory` for a voice memory), and the state after them."""
         y, state = self.decode_normalised(q, self.conditioning(embedding, stats), state, memory)
-        y = denormalise(y * self.scale, stats)
+        y = y * self.scale
         vuv = (y[..., VUV:VUV + 1] > 0).float()  # the voicing output is a logit
-        env = y[..., ENV] @ self.postfilter
-        return torch.cat([y[..., :VUV], vuv, env, y[..., ENV.stop:]], dim=-1), state
+        return self.in_voice(torch.cat([y[..., :VUV], vuv, y[..., VUV + 1:]], dim=-1), stats), state
+
+    def in_voice(self, frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """Decoded frames in their own units, still speaker-normalised -> vocoder frames in the voice of `stats`,
+        through the formant postfilter: what decoding outputs."""
+        out = denormalise(frames, stats)
+        return torch.cat([out[..., :ENV.start], out[..., ENV] @ self.postfilter, out[..., ENV.stop:]], dim=-1)
 
     def decode_clip(self, q: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """(B, N, levels) quantised values of whole clips -> (B, 4N, dim) vocoder frames."""
@@ -431,7 +436,8 @@ class Codec(nn.Module):
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
 
     def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
-             calibrate: int = 0, perceiver: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+             calibrate: int = 0,
+             perceiver: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
              ) -> dict[str, torch.Tensor]:
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
         `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
@@ -483,9 +489,7 @@ class Codec(nn.Module):
         if listener is not None:
             parts["listener"] = sum(listener(y, batch) for y in heard) / len(heard)
         if perceiver is not None:
-            out = denormalise(heard[-1], stats)
-            out = torch.cat([out[..., :ENV.start], out[..., ENV] @ self.postfilter, out[..., ENV.stop:]], -1)
-            parts["perceiver"] = perceiver(out, frames, batch.lengths)
+            parts["perceiver"] = perceiver(self.in_voice(heard[-1], stats), frames, batch.lengths)
         return parts
 
 

@@ -84,6 +84,7 @@ class Calibration:
 
     decoded: np.ndarray
     error: np.ndarray
+    CHUNK = 64  # frames whose distances to every reference frame are held at once (64 x M x n_env floats)
 
     def apply(self, frames: np.ndarray, k: int = CALIBRATION_NEIGHBOURS) -> np.ndarray:
         """Each frame's envelope plus the errors of its `k` nearest decoded reference envelopes (squared distance),
@@ -94,8 +95,8 @@ class Calibration:
             return frames
         k = min(k, len(self.decoded) - 1)
         out = frames.copy()
-        for start in range(0, len(frames), 64):
-            env = frames[start:start + 64, ENV].astype(np.float32)
+        for start in range(0, len(frames), self.CHUNK):
+            env = frames[start:start + self.CHUNK, ENV].astype(np.float32)
             # elementwise, not a matrix product: BLAS's own threads, woken here, would fight the model's for the cores
             distance = ((env[:, None, :] - self.decoded[None]) ** 2).sum(-1)
             nearest = np.argpartition(distance, k, axis=1)[:, :k + 1]
@@ -104,7 +105,7 @@ class Calibration:
             nearest, near = np.take_along_axis(nearest, order, 1), np.take_along_axis(near, order, 1)
             weights = near[:, k:] - near[:, :k] + 1e-9  # the (k+1)-th nearest's distance minus each of the k's
             weights /= weights.sum(1, keepdims=True)
-            out[start:start + 64, ENV] = env + (self.error[nearest[:, :k]] * weights[..., None]).sum(1)
+            out[start:start + self.CHUNK, ENV] = env + (self.error[nearest[:, :k]] * weights[..., None]).sum(1)
         return out
 
 

@@ -64,7 +64,7 @@ class CodecObjective(nn.Module):
     """A batch -> the codec's training loss: reconstruction + weighted phone CTC (+ weighted listener, + weighted
     perceiver)."""
 
-    def __init__(self, codec: Codec, listener: Listener | None, cfg: "TrainConfig", perceiver: Perceiver | None = None):
+    def __init__(self, codec: Codec, listener: Listener | None, cfg: TrainConfig, perceiver: Perceiver | None = None):
         super().__init__()
         self.codec, self.calibrate = codec, cfg.calibrate
         self.hear = listener.ctc if listener is not None else None  # frozen judges, not parts of the model

@@ -3,7 +3,7 @@
 The phone listener (listener.py) was trained on 23 speakers and reads 41 % of held-out voices' phones wrong, so
 what it asks of the decoder is what those speakers sound like. Whisper tiny.en's encoder (frozen; its tokens are
 the codec's input already) learnt from 680k hours what recognition needs. It hears spectrograms, not vocoder
-frames, so `frames_log_mel` renders the frames into Whisper's log-mel the way the vocoder would sound, in
+frames, so `FrameRenderer` renders the frames into Whisper's log-mel the way the vocoder would sound, in
 closed form and differentiably: each frame's envelope interpolated to Whisper's 201 FFT bins, times the
 expected power of its source (noise, or the 25 ms window's harmonic comb at the frame's F0 mixed with noise by
 the aperiodicity), then Whisper's mel filters, log and scaling. Measured (Whisper base reading the rendered
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tldr_core.codec.features import AP, CONFIG as FEATURES, ENV, LF0, VUV, _ap_centres, _env_centres, _mel
+from tldr_core.codec.features import (AP, CONFIG as FEATURES, ENV, LF0, VUV, _ap_centres, _env_centres, _mel,
+                                      interpolation)
 from tldr_core.codec.whisper import N_FFT, _FILTERS, _WINDOW, WhisperEncoder
 
 _BIN_HZ = np.arange(N_FFT // 2 + 1) * FEATURES.sample_rate / N_FFT  # Whisper's 201 bins, 40 Hz apart
@@ -32,9 +33,8 @@ _LOBE_HZ = 160.0  # the window's spectrum beyond this offset is > 40 dB down: le
 
 
 def _interpolation(points: np.ndarray, at: np.ndarray) -> torch.Tensor:
-    """(len(points), len(at)) matrix: values at `points` @ matrix = linear interpolation at `at` (ends held)."""
-    idx = np.clip(np.searchsorted(points, at) - 1, 0, len(points) - 2)
-    frac = np.clip((at - points[idx]) / (points[idx + 1] - points[idx]), 0.0, 1.0)
+    """(len(points), len(at)) matrix: values at `points` @ matrix = the vocoder's `interpolation` at `at`."""
+    idx, frac = interpolation(points, at)
     matrix = np.zeros((len(points), len(at)), dtype=np.float32)
     np.add.at(matrix, (idx, np.arange(len(at))), 1.0 - frac)
     np.add.at(matrix, (idx + 1, np.arange(len(at))), frac)
