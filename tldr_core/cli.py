@@ -86,7 +86,7 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
                       listener_weight=args.listener_weight, listener_steps=args.listener_steps,
                       calibrate=args.calibrate, perceiver_weight=args.perceiver_weight,
                       perceiver_clips=args.perceiver_clips, perceiver_frames=args.perceiver_frames,
-                      reader_weight=args.reader_weight, shippable_only=not args.all_rows)
+                      shippable_only=not args.all_rows)
     codec_cfg = CodecConfig(source=args.source or "world")
     if args.levels:
         codec_cfg.levels = tuple(args.levels)
@@ -623,9 +623,6 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                    help="clips of each batch Whisper hears (default %(default)s)")
     p.add_argument("--perceiver-frames", type=int, default=400, metavar="FRAMES",
                    help="the middle frames of each it hears, 100 per second (default %(default)s)")
-    p.add_argument("--reader-weight", type=float, default=0.0, metavar="W",
-                   help="add how unlikely Whisper tiny.en's text decoder finds each clip's transcript in the decoded "
-                        "frames, so the decoder keeps the words themselves (default 0: none)")
     p.add_argument("--memory-dim", type=int, metavar="D",
                    help="give the decoder a voice memory of width D that attends over the reference clip (trained "
                         "in another clip's voice); with --decoder-only it is added to that codec's decoder")

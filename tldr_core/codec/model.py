@@ -75,7 +75,6 @@ class Batch:
     phone_lengths: torch.Tensor  # (B,)
     features: torch.Tensor | None = None  # (B, 2N, 384) Whisper encoder output, for a codec whose source is it
     reference: "Reference | None" = None   # another clip of each voice, for a codec with a voice memory
-    texts: list[str] | None = None         # what each clip says, for a loss that reads the decoded speech
 
 
 @dataclass
@@ -438,15 +437,15 @@ class Codec(nn.Module):
 
     def loss(self, batch: Batch, listener: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
              calibrate: int = 0,
-             perceiver: Callable[[torch.Tensor, Batch], dict[str, torch.Tensor]] | None = None
+             perceiver: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
              ) -> dict[str, torch.Tensor]:
         """Reconstruction losses (padding masked out) and the phone CTC loss of a batch of whole clips; with a
         `listener` (decoded speaker-normalised frames, voicing as a probability, -> a loss; training/listener.py)
         also how well the decoded frames are heard. `calibrate` = k > 0 (with references): the listener hears the
         frames both as decoded and as the runtime's voice calibration corrects them with k neighbours
         (`calibrated`), half each, so the decoder learns frames whose correction keeps the words. A `perceiver`
-        ((decoded vocoder frames, batch) -> named losses; training/perceiver.py) hears what the runtime outputs:
-        the corrected frames when calibrating, in the voice's units, with the formant postfilter."""
+        ((decoded, original) vocoder frames and lengths -> a loss; training/perceiver.py) hears what the runtime
+        outputs: the corrected frames when calibrating, in the voice's units, with the formant postfilter."""
         frames, stats, embedding, memory = batch.frames, batch.stats, batch.embedding, None
         q = self.encode(frames, stats, batch.features)
         ref = batch.reference
@@ -490,7 +489,7 @@ class Codec(nn.Module):
         if listener is not None:
             parts["listener"] = sum(listener(y, batch) for y in heard) / len(heard)
         if perceiver is not None:
-            parts.update(perceiver(self.in_voice(heard[-1], stats), batch))
+            parts["perceiver"] = perceiver(self.in_voice(heard[-1], stats), frames, batch.lengths)
         return parts
 
 

@@ -1,16 +1,14 @@
-"""Whisper's speech encoder (tiny.en by default) and its log-mel front end, for speech tokens; its text decoder.
+"""Whisper's speech encoder (tiny.en by default) and its log-mel front end, for speech tokens.
 
 Why Whisper: its encoder was trained on 680k hours of speech to feed a text decoder, so its 50-per-second
 features carry what was said and little of who said it or in which room; quantised, they make speech tokens
 that a codec decoder can learn from without us training a speech recogniser on this CPU. The weights come
-from a CTranslate2 model.bin (whisper_weights.py reads them at build time); this module holds only the
-networks, so that exporting the encoder to ONNX needs nothing but torch. The text decoder is for training only:
-it scores transcripts of decoded speech (training/perceiver.py), nothing at run time needs it.
+from a CTranslate2 model.bin (tldr_core/training/whisper_weights.py reads them at build time); this module
+holds only the network, so that exporting it to ONNX needs nothing but torch.
 
     log_mel(samples)           16 kHz mono -> (T, 80) log-mel, T = len(samples) // 160 (100 per second)
     WhisperEncoder(cfg)(mel)   (B, T, 80) -> (B, ceil(T / 2), dim) (50 per second), T <= 3000 (30 s)
-    WhisperDecoder(cfg, n)(tokens, features)   next-token logits of a transcript (training's transcript loss)
-    mel_pieces(mel)            a clip's log-mel in pieces the encoder takes: <= 30 s, whole tokens each
+    mel_chunks(mel)            a clip's log-mel in pieces the encoder takes: <= 30 s, whole tokens each
     encoder_features(samples, encoder)   all of it: (2 * ceil(T / 4), dim) at 50 per second
 """
 
@@ -119,10 +117,9 @@ def sinusoids(length: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(t), torch.cos(t)], dim=1).float()
 
 
-class Attention(nn.Module):
-    """Multi-head attention of x over itself (bidirectional, or causal in the text decoder) or over a `source`
-    (the decoder's cross-attention on the encoder's features). The key has no bias, as in Whisper: a bias on
-    the key adds the same amount to every score of a query, which softmax cancels."""
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention. The key has no bias, as in Whisper: a bias on the key adds the
+    same amount to every score of a query, which softmax cancels."""
 
     def __init__(self, cfg: WhisperConfig):
         super().__init__()
@@ -132,15 +129,11 @@ class Attention(nn.Module):
         self.value = nn.Linear(cfg.dim, cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        source = x if source is None else source
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, y.shape[1], self.heads, c // self.heads).transpose(1, 2)
-
-        y = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(source)), heads(self.value(source)),
-                                           is_causal=causal)
+        q, k, v = (f(x).view(b, t, self.heads, c // self.heads).transpose(1, 2)
+                   for f in (self.query, self.key, self.value))
+        y = F.scaled_dot_product_attention(q, k, v)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -150,7 +143,7 @@ class Block(nn.Module):
     def __init__(self, cfg: WhisperConfig):
         super().__init__()
         self.attn_ln = nn.LayerNorm(cfg.dim)
-        self.attn = Attention(cfg)
+        self.attn = SelfAttention(cfg)
         self.mlp_ln = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
 
@@ -194,42 +187,6 @@ class WhisperEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x)
-
-
-class DecoderBlock(nn.Module):
-    """The text decoder's block: causal self-attention, cross-attention on the audio features, MLP; pre-LayerNorm."""
-
-    def __init__(self, cfg: WhisperConfig):
-        super().__init__()
-        self.attn_ln, self.attn = nn.LayerNorm(cfg.dim), Attention(cfg)
-        self.cross_attn_ln, self.cross_attn = nn.LayerNorm(cfg.dim), Attention(cfg)
-        self.mlp_ln = nn.LayerNorm(cfg.dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
-
-    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_ln(x), causal=True)
-        x = x + self.cross_attn(self.cross_attn_ln(x), source=audio)
-        return x + self.mlp(self.mlp_ln(x))
-
-
-class WhisperDecoder(nn.Module):
-    """Whisper's text decoder: (B, L) text tokens and (B, T, dim) encoder features -> (B, L, vocabulary) logits
-    of each next token. No KV cache: it only scores known transcripts (training/perceiver.py's `Reader`), all
-    positions in one pass. The output projection is the token embedding, as in Whisper."""
-
-    def __init__(self, cfg: WhisperConfig, vocabulary: int, max_tokens: int = 448):
-        super().__init__()
-        self.cfg = cfg
-        self.embedding = nn.Embedding(vocabulary, cfg.dim)
-        self.positions = nn.Parameter(torch.zeros(max_tokens, cfg.dim))
-        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.layers))
-        self.ln = nn.LayerNorm(cfg.dim)
-
-    def forward(self, tokens: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(tokens) + self.positions[: tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x, audio)
-        return self.ln(x) @ self.embedding.weight.T
 
 
 def mel_pieces(mel: np.ndarray) -> list[tuple[np.ndarray, int]]:

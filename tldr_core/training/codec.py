@@ -21,13 +21,13 @@ from torch import nn
 
 from tldr_core.codec.model import Batch, Codec, CodecConfig, fit_scales, phone_error_rate
 from tldr_core.codec.store import load_codec
-from tldr_core.codec.whisper_weights import load_whisper_decoder, load_whisper_encoder, load_whisper_tokenizer
+from tldr_core.codec.whisper_weights import load_whisper_encoder
 from tldr_core.errors import CorpusError
 from tldr_core.model_store import read_checkpoint
 from tldr_core.training.codec_data import (add_whisper_features, build_cache, by_speaker, collate, collate_references,
                                           load_split, reference_piece, sample_batch)
 from tldr_core.training.listener import LISTENER, Listener, ListenerConfig, load_listener, train_listener
-from tldr_core.training.perceiver import Perceiver, Transcripts
+from tldr_core.training.perceiver import Perceiver
 from tldr_core.training.trainer import CHECKPOINT, Optimisation, Process, Task, Trainer
 
 
@@ -51,8 +51,6 @@ class TrainConfig:
     perceiver_weight: float = 0.0  # weight of Whisper's hearing of the decoded frames (perceiver.py; 0: none)
     perceiver_clips: int = 4      # clips of each batch the perceiver hears (Whisper's encoder is the costly part)
     perceiver_frames: int = 400   # the middle frames of each (4 s)
-    reader_weight: float = 0.0    # weight of Whisper's reading of the transcripts in the decoded frames (0: none)
-    reader_clips: int = 2         # whole clips of each batch it reads
     shippable_only: bool = True   # only rows whose licence lets trained weights ship (`--all-rows`: every row)
 
 
@@ -64,22 +62,23 @@ def phone_weight_at(step: int, full: float, warmup: int) -> float:
 
 class CodecObjective(nn.Module):
     """A batch -> the codec's training loss: reconstruction + weighted phone CTC (+ weighted listener, + weighted
-    perceiver and reader)."""
+    perceiver)."""
 
     def __init__(self, codec: Codec, listener: Listener | None, cfg: TrainConfig, perceiver: Perceiver | None = None):
         super().__init__()
         self.codec, self.calibrate = codec, cfg.calibrate
         self.hear = listener.ctc if listener is not None else None  # frozen judges, not parts of the model
         self.perceiver = perceiver
-        self.weights = {"listener": cfg.listener_weight, "perceiver": cfg.perceiver_weight, "reader": cfg.reader_weight}
+        self.listener_weight, self.perceiver_weight = cfg.listener_weight, cfg.perceiver_weight
         self.phone_weight = 0.0
 
     def forward(self, batch: Batch) -> torch.Tensor:
         parts = self.codec.loss(batch, self.hear, self.calibrate, self.perceiver)
         objective = parts["recon"] + self.phone_weight * parts["ctc"]
-        for name, weight in self.weights.items():
-            if name in parts:
-                objective = objective + weight * parts[name]
+        if self.hear is not None:
+            objective = objective + self.listener_weight * parts["listener"]
+        if self.perceiver is not None:
+            objective = objective + self.perceiver_weight * parts["perceiver"]
         return objective
 
 
@@ -203,12 +202,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         model = Codec(codec_cfg)
     if model.cfg.source == "whisper":
         add_whisper_features(corpus, cache, cfg.shippable_only, cfg.jobs, train, valid)
-    perceiver = None
-    if cfg.perceiver_weight > 0 or cfg.reader_weight > 0:
-        reading = cfg.reader_weight > 0
-        perceiver = Perceiver(load_whisper_encoder(), cfg.perceiver_clips if cfg.perceiver_weight > 0 else 0,
-                              cfg.perceiver_frames, load_whisper_decoder() if reading else None,
-                              Transcripts(load_whisper_tokenizer()) if reading else None, cfg.reader_clips)
+    perceiver = (Perceiver(load_whisper_encoder(), cfg.perceiver_clips, cfg.perceiver_frames)
+                 if cfg.perceiver_weight > 0 else None)
     task = CodecTask(model, frozen, listener, train, valid, cfg, perceiver)
     opt = Optimisation(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, floor=0.05, weight_decay=cfg.weight_decay,
                        validate_every=cfg.validate_every)

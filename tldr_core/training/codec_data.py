@@ -89,7 +89,7 @@ def add_whisper_features(corpus: Path, cache: Path, shippable_only: bool, jobs: 
 
 
 def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> list[dict]:
-    """[{frames, embedding, stats, phones, text, n_samples, id}] of a split, from the cache and the manifest."""
+    """[{frames, embedding, stats, phones, n_samples, id}] of a split, from the cache and the manifest."""
     items = []
     for row in read_split(corpus, split, shippable_only):
         if not row.get("phonemes"):
@@ -99,7 +99,6 @@ def load_split(corpus: Path, cache: Path, split: str, shippable_only: bool) -> l
             frames = z["frames"]
             items.append({"id": row["id"], "frames": frames, "embedding": z["embedding"],
                           "stats": reference_stats(frames), "phones": phone_targets(row["phonemes"]),
-                          "text": row["text"],
                           "n_samples": int(z["n_samples"]), "speaker": row["speaker"]})
     return items
 
@@ -137,8 +136,7 @@ def collate(items: list[dict]) -> Batch:
                  embedding=torch.from_numpy(np.stack([it["embedding"] for it in items])),
                  stats=torch.from_numpy(np.stack([it["stats"] for it in items])),
                  lengths=torch.tensor([len(it["frames"]) for it in items]), phones=torch.from_numpy(phones),
-                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]), features=features,
-                 texts=[it["text"] for it in items] if "text" in items[0] else None)
+                 phone_lengths=torch.tensor([len(it["phones"]) for it in items]), features=features)
 
 
 def sample_batch(items: list[dict], batch: int, rng: np.random.Generator,

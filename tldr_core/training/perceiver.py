@@ -1,7 +1,7 @@
-"""Whisper hears and reads the decoded frames: the codec decoder's intelligibility losses (training only).
+"""Whisper hears the decoded frames: the codec decoder's second intelligibility loss (training only).
 
 The phone listener (listener.py) was trained on 23 speakers and reads 41 % of held-out voices' phones wrong, so
-what it asks of the decoder is what those speakers sound like. Whisper tiny.en (frozen; its encoder's output is
+what it asks of the decoder is what those speakers sound like. Whisper tiny.en's encoder (frozen; its tokens are
 the codec's input already) learnt from 680k hours what recognition needs. It hears spectrograms, not vocoder
 frames, so `FrameRenderer` renders the frames into Whisper's log-mel the way the vocoder would sound, in
 closed form and differentiably: each frame's envelope interpolated to Whisper's 201 FFT bins, times the
@@ -10,20 +10,13 @@ the aperiodicity), then Whisper's mel filters, log and scaling. Measured (Whispe
 log-mel of 12 held-out clips' analysed frames): 4.0 % WER, against 4.4 % for the recordings themselves
 (the envelope alone, without the comb: 5.1 %).
 
-`Perceiver` gives two losses on the decoded frames (as the runtime outputs them), each optional:
-- "perceiver": how differently Whisper's encoder hears them and the clip's original frames, rendered the same
-  way, on the middle `frames` (at most) of `clips` clips per batch: the decoder is pulled toward frames that
-  Whisper hears as the original, words first, whatever the voice;
-- "reader": how unlikely Whisper's text decoder finds the clip's transcript in them (cross-entropy per text
-  token, teacher-forced, whole clips, `read_clips` per batch): the words themselves, as CosyVoice trains its
-  speech tokenizer with an ASR loss.
-It never sees the judges (Whisper base, the evaluation speaker encoder), is not exported, and nothing at run
-time needs it.
+`Perceiver` compares the encoder's features of the decoded frames with those of the clip's original frames,
+rendered the same way, on the middle `frames` (at most) of `clips` clips per batch: the decoder is pulled toward
+frames that Whisper hears as the original, words first, whatever the voice. It never sees the judges (Whisper
+base, the evaluation speaker encoder), is not exported, and nothing at run time needs it.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,11 +25,7 @@ from torch import nn
 
 from tldr_core.codec.features import (AP, CONFIG as FEATURES, ENV, LF0, VUV, _ap_centres, _env_centres, _mel,
                                       interpolation)
-from tldr_core.codec.model import Batch
-from tldr_core.codec.whisper import N_FFT, TAIL, _FILTERS, _WINDOW, WhisperDecoder, WhisperEncoder
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+from tldr_core.codec.whisper import N_FFT, _FILTERS, _WINDOW, WhisperEncoder
 
 _BIN_HZ = np.arange(N_FFT // 2 + 1) * FEATURES.sample_rate / N_FFT  # Whisper's 201 bins, 40 Hz apart
 _NOISE_POWER = float((_WINDOW ** 2).sum())  # a unit-density source's expected power in one windowed bin
@@ -102,34 +91,14 @@ class FrameRenderer(nn.Module):
         return (logs + 4.0) / 4.0
 
 
-class Transcripts:
-    """Text -> the token ids Whisper's decoder is scored on: the English-only prompt (start of transcript, no
-    timestamps), the text's tokens with a leading space (as Whisper writes them), end of text."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.prompt = [tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|notimestamps|>")]
-        self.end = tokenizer.token_to_id("<|endoftext|>")
-        self.cache: dict[str, list[int]] = {}
-
-    def __call__(self, text: str) -> list[int]:
-        if text not in self.cache:
-            self.cache[text] = [*self.prompt, *self.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids,
-                                self.end]
-        return self.cache[text]
-
-
 class Perceiver(nn.Module):
-    """(decoded frames, batch) -> how differently Whisper hears them from the originals ("perceiver", over the
-    middle `frames` of the first `clips` clips; `clips=0`: not computed) and, with a text `decoder`, how badly
-    it reads the transcripts in them ("reader", over the first `read_clips` whole clips)."""
+    """(decoded frames, original frames, real lengths) of a batch -> how differently Whisper's encoder hears them:
+    the mean absolute difference of its features over the middle `frames` of the first `clips` clips."""
 
-    def __init__(self, encoder: WhisperEncoder, clips: int = 4, frames: int = 400,
-                 decoder: WhisperDecoder | None = None, transcripts: Transcripts | None = None, read_clips: int = 2):
+    def __init__(self, encoder: WhisperEncoder, clips: int = 4, frames: int = 400):
         super().__init__()
-        self.encoder, self.decoder, self.transcripts = encoder.eval(), decoder, transcripts
-        self.clips, self.frames, self.read_clips = clips, frames - frames % 2, read_clips
-        for param in self.parameters():
+        self.encoder, self.clips, self.frames = encoder.eval(), clips, frames - frames % 2
+        for param in self.encoder.parameters():
             param.requires_grad = False
         self.render = FrameRenderer()
 
@@ -137,8 +106,6 @@ class Perceiver(nn.Module):
         """Whisper stays in evaluation mode whatever the objective around it is set to."""
         super().train(mode)
         self.encoder.eval()
-        if self.decoder is not None:
-            self.decoder.eval()
         return self
 
     def crops(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -147,33 +114,8 @@ class Perceiver(nn.Module):
         starts = [(int(length) - size) // 2 for length in lengths[:n]]
         return torch.stack([frames[i, s:s + size] for i, s in enumerate(starts)])
 
-    def heard(self, decoded: torch.Tensor, original: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, decoded: torch.Tensor, original: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.encoder(self.render(self.crops(original, lengths)))
-        return F.l1_loss(self.encoder(self.render(self.crops(decoded, lengths))), target)
-
-    def read(self, decoded: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Whole clips rendered, each followed by silence at its own floor (Whisper only ever heard speech
-        followed by silence: its 30 s windows), then the transcripts scored token by token."""
-        n = min(self.read_clips, len(decoded))
-        longest = int(lengths[:n].max())
-        mel = self.render(decoded[:n, :longest])
-        floor = mel.amax(dim=(1, 2), keepdim=True).detach() - 2.0  # log10 floored 8 below the peak, scaled
-        inside = torch.arange(longest + TAIL)[None, :, None] < lengths[:n, None, None]
-        mel = torch.where(inside, F.pad(mel, (0, 0, 0, TAIL)), floor)
-        tokens = [self.transcripts(text) for text in texts[:n]]
-        width = max(len(t) for t in tokens)
-        ids = torch.tensor([t + [self.transcripts.end] * (width - len(t)) for t in tokens])
-        targets = torch.tensor([t[2:] + [-100] * (width - len(t)) for t in tokens])  # the text and its end
-        logits = self.decoder(ids[:, :-1], self.encoder(mel))[:, 1:]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-
-    def forward(self, decoded: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        parts = {}
-        if self.clips:
-            parts["perceiver"] = self.heard(decoded, batch.frames, batch.lengths)
-        if self.decoder is not None:
-            if batch.texts is None:
-                raise ValueError("the reader needs the batch's transcripts (Batch.texts)")
-            parts["reader"] = self.read(decoded, batch.lengths, batch.texts)
-        return parts
+        heard = self.encoder(self.render(self.crops(decoded, lengths)))
+        return F.l1_loss(heard, target)
