@@ -12,7 +12,7 @@ from tldr_core.settings import (DECODING_MODES, DEVICES, MAX_SEED, PATCH_MODES, 
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
-VOICE_MATCH_LABELS = {16: "Strong (default)", 32: "Light", 0: "Off"}
+VOICE_MATCH_LABELS = {32: "Light (default)", 16: "Strong", 0: "Off"}
 MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)",
                "tldr-ssd": "TLDR patches + speculation"}
 NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
@@ -90,9 +90,9 @@ class SettingsDialog(QDialog):
         self.temperature.setValue(settings.temperature)
         self.temperature.setToolTip("Lower: steadier, flatter speech. Higher: livelier, less predictable.")
         self.voice_match = _combo({v: VOICE_MATCH_LABELS[v] for v in VOICE_MATCHES}, settings.voice_match)
-        self.voice_match.setToolTip("How closely the speech follows the voice sample's own sound. Strong: most like "
-                                    "the voice, a few more words unclear; Off: the clearest words, in a voice only "
-                                    "partly the sample's.")
+        self.voice_match.setToolTip("How closely the speech follows the voice sample's own sound. Light: like the "
+                                    "voice, with the clearest words; Strong: a little more like the voice, a few more "
+                                    "words unclear; Off: a voice only partly the sample's.")
         self.fixed_seed = QCheckBox("Fixed")
         self.fixed_seed.setToolTip("With a fixed seed the same text and voice give the same speech every time.")
         self.seed = QSpinBox()

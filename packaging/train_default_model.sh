@@ -32,6 +32,7 @@ DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-1500}  # the listener's own tra
 CALIBRATE_STEPS=${CALIBRATE_STEPS:-800}; CALIBRATE_LR=${CALIBRATE_LR:-5e-4}; CALIBRATE_K=${CALIBRATE_K:-16}
 # ... then Whisper tiny.en's encoder hearing the decoded frames too, beside that listener (training/perceiver.py)
 PERCEIVER_STEPS=${PERCEIVER_STEPS:-800}; PERCEIVER_WEIGHT=${PERCEIVER_WEIGHT:-2}
+PERCEIVER_CLIPS=${PERCEIVER_CLIPS:-8}; PERCEIVER_FRAMES=${PERCEIVER_FRAMES:-800}  # it hears 8 s of 8 clips per batch
 BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
 TLDR_STEPS=${TLDR_STEPS:-1000}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
@@ -85,7 +86,8 @@ mkdir -p "$WORK/codec_perceiver"  # beside the same phone listener, already trai
 stage "codec whisper listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_perceiver" --decoder-only \
   "$WORK/codec_calibrated/checkpoint.pt" --cache "$CODEC/cache" --steps "$PERCEIVER_STEPS" --lr "$CALIBRATE_LR" \
   --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" --calibrate "$CALIBRATE_K" \
-  --perceiver-weight "$PERCEIVER_WEIGHT" --validate-every 400 $(RESUME "$WORK/codec_perceiver")
+  --perceiver-weight "$PERCEIVER_WEIGHT" --perceiver-clips "$PERCEIVER_CLIPS" --perceiver-frames "$PERCEIVER_FRAMES" \
+  --validate-every 400 $(RESUME "$WORK/codec_perceiver")
 cat > "$WORK/codec_recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "source": "whisper tiny.en encoder (frozen)",
  "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }], "codec_phone_weight": $CODEC_PHONE_WEIGHT,
@@ -93,7 +95,8 @@ cat > "$WORK/codec_recipe.json" <<JSON
  "decoder_steps": $DECODER_STEPS, "decoder_lr": $DECODER_LR, "decoder_listener_weight": $DECODER_LISTENER_WEIGHT,
  "decoder_listener_steps": $DECODER_LISTENER_STEPS, "calibrate_steps": $CALIBRATE_STEPS,
  "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "perceiver_steps": $PERCEIVER_STEPS,
- "perceiver_weight": $PERCEIVER_WEIGHT, "real_speech": "$SPEECH",
+ "perceiver_weight": $PERCEIVER_WEIGHT, "perceiver_clips": $PERCEIVER_CLIPS, "perceiver_frames": $PERCEIVER_FRAMES,
+ "real_speech": "$SPEECH",
  "synthetic_hours": $SYNTH_HOURS,
  "corpus_seed": 0}
 JSON

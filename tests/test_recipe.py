@@ -64,6 +64,7 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     perceiver = read_checkpoint(work / "codec_perceiver" / "checkpoint.pt", "checkpoint")
     assert perceiver["frozen_tokenizer"] and perceiver["train_config"]["perceiver_weight"] == 2
     assert perceiver["train_config"]["listener_weight"] == 0.5 and perceiver["train_config"]["calibrate"] == 16
+    assert perceiver["train_config"]["perceiver_clips"] == 8 and perceiver["train_config"]["perceiver_frames"] == 800
     assert memory["frozen_tokenizer"] and memory["codec_config"]["memory_dim"] == 16
     assert decoder["frozen_tokenizer"] and decoder["codec_config"]["memory_dim"] == 16
     assert decoder["train_config"]["listener_weight"] == 0.5 and (work / "codec_decoder" / "listener.pt").is_file()

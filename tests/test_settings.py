@@ -17,9 +17,12 @@ def test_defaults_when_nothing_was_saved():
 
 
 def test_the_app_speaks_at_the_temperature_its_figures_were_measured_at():
+    from tldr_core.cli import build_parser
     from tldr_core.decoding import Sampling
 
-    assert Settings().temperature == Sampling().temperature  # what `evaluate` and `bench` use
+    assert Settings().temperature == Sampling().temperature  # what `bench` uses
+    for command in (["evaluate", "CORPUS"], ["speak", "text", "--voice", "v.wav", "--out", "o.wav"]):
+        assert build_parser().parse_args(command).temperature == Sampling().temperature
 
 
 def test_settings_persist_in_the_user_config_folder():

@@ -444,7 +444,8 @@ def speculation_options(p: argparse.ArgumentParser, acceptance: bool = True) -> 
 
 
 def temperature_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    p.add_argument("--temperature", type=float, default=0.3,
+                   help="sampling temperature (0: greedy; default 0.3, the app's)")
 
 
 def asr_option(p: argparse.ArgumentParser) -> None:

@@ -27,8 +27,9 @@ PATCH_MODES = ("tldr", "tldr-ssd")       # the patch size applies to them
 PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
 # Voice match: how many of the voice sample's decoded frames correct each decoded frame (codec.runtime.Calibration);
-# fewer keep more of the voice and lose a few more words, 0 is off; the first is the default (docs/EXPERIMENTS.md)
-VOICE_MATCHES = (16, 32, 0)
+# fewer keep more of the voice and lose a few more words, 0 is off. The first is the default: 32 (Light) keeps
+# 2 points of words more than 16 (Strong) for 0.007 of similarity (docs/EXPERIMENTS.md, run cw2)
+VOICE_MATCHES = (32, 16, 0)
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise
 MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
 
@@ -40,7 +41,7 @@ class Settings:
     device: str = "auto"  # where the model runs: CUDA when available, else the CPU
     input_device: str | None = None  # sounddevice device name; None: the system default
     output_device: str | None = None
-    temperature: float = 0.8  # decoding.Sampling's: the one the model's figures are measured at
+    temperature: float = 0.3  # decoding.Sampling's: the one the model's figures are measured at
     voice_match: int = VOICE_MATCHES[0]
     seed: int | None = None  # None: a new random seed every time
     last_voice: str | None = None  # id of the voice picked last (see tldr_core.voices)
