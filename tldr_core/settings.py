@@ -28,7 +28,7 @@ PATCH_SIZES = (2, 4, 6, 8)  # speech tokens per TLDR step
 DEVICES = ("auto", "cuda", "cpu")
 # Voice match: how many of the voice sample's decoded frames correct each decoded frame (codec.runtime.Calibration);
 # fewer keep more of the voice and lose a few more words, 0 is off. The first is the default: 32 (Light) keeps
-# 2 points of words more than 16 (Strong) for 0.007 of similarity (docs/EXPERIMENTS.md, run cw2)
+# 1.2 points of words more than 16 (Strong) for 0.007 of similarity (docs/EXPERIMENTS.md, run cw2)
 VOICE_MATCHES = (32, 16, 0)
 TEMPERATURE_RANGE = (0.1, 2.0)  # below ~0.1 sampling is greedy in practice; above 2 speech turns to noise
 MAX_SEED = 2**31 - 1  # fits every framework's seed and a Qt spin box
