@@ -89,8 +89,10 @@ class Player(QObject):
 
     @property
     def is_playing(self) -> bool:
+        """A sound is running; not once its device is lost (PortAudio may report the stream active a moment more,
+        while it calls back that it ended)."""
         stream = self._stream
-        return stream is not None and stream.active
+        return stream is not None and stream.active and self._lost != self._session
 
     def push(self, chunk: np.ndarray, session: int | None = None) -> None:
         """Queue a chunk and start the stream if it is not running; AudioDeviceError if it cannot start.
