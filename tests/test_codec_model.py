@@ -443,37 +443,6 @@ def test_a_new_voice_memory_changes_nothing_until_it_learns():
     assert not torch.allclose(codec.decode(codec.pad_window(q), emb, stats, memory=memory)[0], plain)
 
 
-def test_a_grown_decoder_decodes_as_before_until_its_new_blocks_learn():
-    """`--decoder-blocks` / `--frame-blocks` add residual blocks whose last convolution starts at zero: the grown
-    decoder's frames equal the trained one's, so its training starts from that decoder; it can only grow."""
-    from tldr_core.training.codec import _grown
-
-    torch.manual_seed(0)
-    codec = Codec(CodecConfig(**TINY, memory_dim=16)).eval()
-    grown = _grown(codec, decoder_blocks=4, frame_blocks=3).eval()
-    assert (len(grown.dec_blocks), len(grown.frame_blocks)) == (4, 3)
-    q = codec.fsq.from_index(torch.randint(0, codec.cfg.vocab_size, (1, 30)))
-    ref_q = codec.fsq.from_index(torch.randint(0, codec.cfg.vocab_size, (1, 20)))
-    ref_frames, emb, stats = torch.randn(1, 80, codec.cfg.feature_dim), torch.randn(1, 256), torch.randn(1, 42)
-    memory = codec.remember(ref_q, ref_frames, stats, torch.tensor([80]))
-    before = codec.decode(codec.pad_window(q), emb, stats, memory=memory)[0]
-    torch.testing.assert_close(grown.decode(grown.pad_window(q), emb, stats, memory=memory)[0], before)
-    torch.nn.init.normal_(grown.dec_blocks[3].conv2.weight)
-    assert not torch.allclose(grown.decode(grown.pad_window(q), emb, stats, memory=memory)[0], before)
-
-
-def test_growing_the_decoder_is_for_new_decoder_only_runs(tiny_corpus, tmp_path, capsys):
-    """Growing needs a trained codec to grow (--decoder-only) and cannot shrink it: clear errors, no traceback."""
-    assert main(["train", "codec", str(tiny_corpus), "--out", str(tmp_path / "a"), "--decoder-blocks", "8"]) != 0
-    assert "--decoder-only" in capsys.readouterr().err
-    first = tmp_path / "first"
-    train_codec(tiny_corpus, first, TrainConfig(steps=2, batch=2, warmup=1, validate_every=2, threads=1),
-                codec_cfg=CodecConfig(**TINY))
-    with pytest.raises(CorpusError, match="only grow"):
-        train_codec(tiny_corpus, tmp_path / "b", TrainConfig(steps=2, batch=2, warmup=1, validate_every=2, threads=1),
-                    decoder_only_from=first / "checkpoint.pt", grow={"decoder_blocks": 1})
-
-
 def test_a_decoder_with_a_voice_memory_learns_in_another_clips_voice_and_streams_as_offline(tiny_corpus, tmp_path):
     """`--memory-dim` with `--decoder-only` adds a voice memory to a trained codec: the tokens stay as they were,
     the memory learns; the runtime then reads the reference clip's tokens and frames, a stream equals the offline

@@ -96,11 +96,8 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
         if args.resume:
             raise CorpusError("--memory-dim changes the decoder; a resumed run keeps its checkpoint's.")
         codec_cfg.memory_dim = args.memory_dim
-    grow = {key: getattr(args, key) for key in ("decoder_blocks", "frame_blocks") if getattr(args, key) is not None}
-    if grow and (args.resume or not args.decoder_only):
-        raise CorpusError("--decoder-blocks and --frame-blocks grow the decoder of a new --decoder-only run.")
     history = train_codec(args.corpus_dir, args.out, cfg, resume=args.resume, codec_cfg=codec_cfg,
-                          decoder_only_from=args.decoder_only, cache=args.cache, grow=grow)
+                          decoder_only_from=args.decoder_only, cache=args.cache)
     if history:
         print(f"step {history[-1]['step']}: validation reconstruction {history[-1]['val_recon']:.4f} (best.pt: the "
               f"lowest); checkpoint in {args.out}")
@@ -630,11 +627,6 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-dim", type=int, metavar="D",
                    help="give the decoder a voice memory of width D that attends over the reference clip (trained "
                         "in another clip's voice); with --decoder-only it is added to that codec's decoder")
-    p.add_argument("--decoder-blocks", type=int, metavar="N",
-                   help="with --decoder-only: grow the decoder's token-rate stack to N residual blocks (new ones start "
-                        "as the identity)")
-    p.add_argument("--frame-blocks", type=int, metavar="N",
-                   help="with --decoder-only: grow the decoder's frame-rate stack to N residual blocks")
     p.set_defaults(run=cmd_train_codec)
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")

@@ -143,21 +143,13 @@ class CodecTask(Task):
                 "frozen_tokenizer": self.frozen}
 
 
-def _grown(model: Codec, **changes: int) -> Codec:
-    """The codec with its decoder grown by `changes` to its config (a voice memory of `memory_dim`, more
-    `decoder_blocks` or `frame_blocks`), every other weight kept. New parts start at zero output (a memory's
-    output layer, each new residual block's last convolution), so it decodes as before until they learn."""
-    cfg = CodecConfig.from_dict({**model.cfg.to_dict(), **changes})
+def _with_memory(model: Codec, memory_dim: int) -> Codec:
+    """The codec with a voice memory of that width added to its decoder (new, at zero output: it decodes as
+    before until the memory learns), every other weight kept."""
+    cfg = CodecConfig.from_dict({**model.cfg.to_dict(), "memory_dim": memory_dim})
     grown = Codec(cfg).train()
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    new_blocks = {name.rsplit(".", 2)[0] for name in missing if not name.startswith("memory.")}
-    assert not unexpected and all(name.startswith(("memory.", "dec_blocks.", "frame_blocks.")) for name in missing), \
-        (missing, unexpected)
-    with torch.no_grad():
-        for name in new_blocks:  # "dec_blocks.6", from "dec_blocks.6.conv1.weight"
-            block = grown.get_submodule(name)
-            block.conv2.weight.zero_()
-            block.conv2.bias.zero_()
+    assert not unexpected and all(name.startswith("memory.") for name in missing), (missing, unexpected)
     return grown
 
 
@@ -170,11 +162,10 @@ def _freeze_tokenizer(model: Codec) -> list[torch.nn.Parameter]:
 
 def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
                 codec_cfg: CodecConfig | None = None, decoder_only_from: Path | None = None,
-                cache: Path | None = None, grow: dict[str, int] | None = None) -> list[dict]:
+                cache: Path | None = None) -> list[dict]:
     """Train (or resume) a codec on the corpus's train split; returns the validation history.
 
-    With `decoder_only_from` (a checkpoint or an exported folder) only that codec's decoder learns further, grown
-    first to the sizes in `grow` (`decoder_blocks`, `frame_blocks`; see `_grown`).
+    With `decoder_only_from` (a checkpoint or an exported folder) only that codec's decoder learns further.
     `cache`: the corpus's feature cache (default OUT/cache); runs on one corpus can share one."""
     corpus, out = Path(corpus), Path(out)
     cache = Path(cache) if cache is not None else out / "cache"
@@ -203,16 +194,8 @@ def train_codec(corpus: Path, out: Path, cfg: TrainConfig, resume: bool = False,
         model.load_state_dict(state["model"])
     elif decoder_only_from is not None:
         model = load_codec(decoder_only_from).train()
-        changes = dict(grow or {})
-        smaller = [f"{key} {value} < {getattr(model.cfg, key)}" for key, value in changes.items()
-                   if value < getattr(model.cfg, key)]
-        if smaller:
-            raise CorpusError(f"A decoder can only grow, and this one would shrink ({', '.join(smaller)}): ask for at "
-                              f"least the sizes it has.")
         if codec_cfg is not None and codec_cfg.memory_dim and codec_cfg.memory_dim != model.cfg.memory_dim:
-            changes["memory_dim"] = codec_cfg.memory_dim
-        if changes:
-            model = _grown(model, **changes)
+            model = _with_memory(model, codec_cfg.memory_dim)
     else:
         codec_cfg = codec_cfg or CodecConfig()
         codec_cfg.scale = fit_scales([item["frames"] for item in train])
