@@ -444,8 +444,10 @@ def speculation_options(p: argparse.ArgumentParser, acceptance: bool = True) -> 
 
 
 def temperature_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=0.3,
-                   help="sampling temperature (0: greedy; default 0.3, the app's)")
+    from tldr_core.settings import TEMPERATURE
+
+    p.add_argument("--temperature", type=float, default=TEMPERATURE,
+                   help="sampling temperature (0: greedy; default %(default)s, the app's)")
 
 
 def asr_option(p: argparse.ArgumentParser) -> None:

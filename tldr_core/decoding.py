@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tldr_core.model import Backbone, KVCache, Tldr
+from tldr_core.settings import TEMPERATURE
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Sampling:
     already fills more than `ras_threshold` of the last `ras_window` tokens, draw again from the whole
     distribution, which breaks the loops that plain nucleus sampling falls into on speech tokens."""
 
-    temperature: float = 0.3  # measured: 0.8 read 21.0 % WER on held-out voices, 0.3 18.4 % (EXPERIMENTS.md)
+    temperature: float = TEMPERATURE  # the app's default (settings.py says why)
     top_k: int = 50
     top_p: float = 0.9
     ras_window: int = 10
