@@ -20,6 +20,7 @@ SYNTH_HOURS=${SYNTH_HOURS:-0}         # synthetic voices added to the real speec
 # the codec: the frozen Whisper tiny.en encoder quantised to FSQ codes at 25/s, a phone CTC head keeping the phones
 CODEC_STEPS=${CODEC_STEPS:-1400}
 CODEC_LEVELS=${CODEC_LEVELS:-"8 5 5 5"}        # FSQ levels: their product is the token vocabulary
+CODEC_RATE=${CODEC_RATE:-25}                   # tokens per second (25 or 50)
 CODEC_PHONE_WEIGHT=${CODEC_PHONE_WEIGHT:-1.0}  # weight of the phone (CTC) loss on the tokens
 CODEC_PHONE_WARMUP=${CODEC_PHONE_WARMUP:-300}  # steps over which that weight rises from 0
 # ... its decoder continued with attention over the reference voice (the tokens stay) ...
@@ -67,7 +68,7 @@ DATA=$WORK/corpus
 CODEC=$WORK/codec
 stage "codec" $PY -m tldr_core train codec "$DATA" --out "$CODEC" --steps "$CODEC_STEPS" --batch 12 --threads "$THREADS" \
   --phone-warmup "$CODEC_PHONE_WARMUP" $([ -f "$CODEC/checkpoint.pt" ] && echo --resume || \
-  echo --source whisper --levels $CODEC_LEVELS --phone-weight "$CODEC_PHONE_WEIGHT")
+  echo --source whisper --levels $CODEC_LEVELS --tokens-per-second "$CODEC_RATE" --phone-weight "$CODEC_PHONE_WEIGHT")
 # the decoder stages read the first stage's feature cache (WORLD frames and Whisper features of the same corpus)
 stage "codec voice memory" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_memory" --decoder-only \
   "$CODEC/checkpoint.pt" --cache "$CODEC/cache" --steps "$MEMORY_STEPS" --batch 12 --threads "$THREADS" \
@@ -90,8 +91,9 @@ stage "codec whisper listener" $PY -m tldr_core train codec "$DATA" --out "$WORK
   --validate-every 400 $(RESUME "$WORK/codec_perceiver")
 cat > "$WORK/codec_recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "source": "whisper tiny.en encoder (frozen)",
- "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }], "codec_phone_weight": $CODEC_PHONE_WEIGHT,
- "codec_phone_warmup": $CODEC_PHONE_WARMUP, "memory_steps": $MEMORY_STEPS, "memory_dim": $MEMORY_DIM,
+ "codec_steps": $CODEC_STEPS, "codec_levels": [${CODEC_LEVELS// /, }], "codec_tokens_per_second": $CODEC_RATE,
+ "codec_phone_weight": $CODEC_PHONE_WEIGHT, "codec_phone_warmup": $CODEC_PHONE_WARMUP, "memory_steps": $MEMORY_STEPS,
+ "memory_dim": $MEMORY_DIM,
  "decoder_steps": $DECODER_STEPS, "decoder_lr": $DECODER_LR, "decoder_listener_weight": $DECODER_LISTENER_WEIGHT,
  "decoder_listener_steps": $DECODER_LISTENER_STEPS, "calibrate_steps": $CALIBRATE_STEPS,
  "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "perceiver_steps": $PERCEIVER_STEPS,

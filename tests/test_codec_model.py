@@ -565,7 +565,8 @@ def test_the_listener_can_hear_the_calibrated_frames_in_training(tiny_corpus, tm
     items = load_split(tiny_corpus, tmp_path / "cache", "train", True)
     speakers, rng = by_speaker(items), np.random.default_rng(0)
     batch = collate(items[:2])
-    batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng) for item in items[:2]])
+    batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng, 4)
+                                          for item in items[:2]])
     torch.manual_seed(0)
     codec, listener = Codec(CodecConfig(**TINY, memory_dim=16)), Listener(ListenerConfig())
     plain = codec.loss(batch, listener.ctc)["listener"]

@@ -1,10 +1,11 @@
 """The speech LM: the KV cache gives exactly the full-sequence result, LoRA starts as a no-op and never
-touches the frozen backbone, and the TLDR parts have the shapes the decoders rely on."""
+touches the frozen backbone, the TLDR parts have the shapes the decoders rely on, and prompts last as long at every
+token rate."""
 
 import torch
 from torch.func import functional_call
 
-from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
+from tldr_core.model import PROMPT_MULTIPLE, Backbone, ModelConfig, Tldr, TldrConfig, max_prompt_tokens
 
 CFG = ModelConfig(speech_vocab=50, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=64)
 
@@ -68,3 +69,8 @@ def test_compressor_turns_each_patch_into_one_embedding_and_extractor_reads_thro
     start = tldr.extractor.start(torch.randn(3, CFG.dim), torch.randn(3, 256))
     states = tldr.extractor(torch.cat([start, bb.speech_embed(tokens[:, :3])], dim=1))
     assert bb.logits(states).shape == (3, 4, CFG.speech_vocab + 1)
+
+
+def test_a_prompt_lasts_as_long_at_every_token_rate_in_whole_patches_of_every_size():
+    assert max_prompt_tokens(25) == 72 and max_prompt_tokens(50) == 144  # 2.88 s
+    assert all(max_prompt_tokens(rate) % PROMPT_MULTIPLE == 0 for rate in (25, 50))

@@ -10,19 +10,21 @@ import pytest
 import torch
 from cli_runner import run_cli
 
+from tldr_core.audio import read_audio, to_model_rate
 from tldr_core.files import file_sha256
 from tldr_core.model_store import read_checkpoint
 from tldr_core.paths import REPO_ROOT
 from tldr_core.synthesis import Synthesizer
+from tldr_core.training import lm_data
 
 SPEECH = REPO_ROOT.parent / "shared" / "speech"
 pytestmark = [pytest.mark.slow,  # the whole recipe, every stage at toy size: minutes
               pytest.mark.skipif(not (SPEECH / "manifest.tsv").is_file(),
                                  reason=f"no real speech at {SPEECH} (the project's ../shared/speech; CI has it)")]
 
-TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_PHONE_WARMUP": "2",
-       "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2", "DECODER_LISTENER_STEPS": "3",
-       "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
+TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_RATE": "50",
+       "CODEC_PHONE_WARMUP": "2", "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2",
+       "DECODER_LISTENER_STEPS": "3", "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
        "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
        "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
@@ -54,6 +56,7 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     assert set(recipe["stage_seconds"]) == set(stages) - {"pack", "bench"}  # every stage before the model is made
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
+    assert codec["codec_config"]["frames_per_token"] == 2  # CODEC_RATE 50: tokens at 50 per second
     assert codec["train_config"]["phone_warmup"] == 2
     # the decoder is continued four times, keeping the tokenizer: with the voice memory, then with the listener, then
     # with a listener that also hears the calibrated frames, then with Whisper hearing them beside it
@@ -75,12 +78,18 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     backbone = read_checkpoint(work / "backbone" / "checkpoint.pt", "checkpoint")
     adapter = read_checkpoint(work / "tldr4" / "checkpoint.pt", "checkpoint")
     assert backbone["model_config"]["alignment_hints"]  # the backbone reads, told each token's phoneme
+    # its prompts are as long in seconds as at 25 tokens/s (2.88 s): 144 tokens at 50/s
+    assert lm_data.tokens_per_second(work / "backbone" / "tokens") == 50
+    assert backbone["train_config"]["max_prompt"] == 144
     assert (backbone["train_config"]["batches"], adapter["train_config"]["batches"]) == ("random", "similar")
     synth = Synthesizer(out / "default_model", device="cpu", codec_dir=out / "codec")
     assert synth.patch_sizes == [4] and synth.backbone.cfg.speech_vocab == 4 * 4 * 4  # the codec's vocabulary
     assert synth.backbone.hints is not None
     assert synth.has_draft and synth.draft.cfg.dim == 32 and recipe["draft_steps"] == 2
     assert (work / "bench.json").is_file()
+    clip = to_model_rate(*read_audio(SPEECH / "librispeech" / "1088" / "1088-134315-0000.opus"))[:16000 * 6]
+    assert synth.codec.tokens_per_second == 50 and len(synth.codec.encode(clip)[0]) == 300
+    assert len(synth.prepare_voice(clip).prompt_tokens) == 144
 
 
 def test_training_continues_from_a_packed_model_on_a_fresh_machine(recipe, tmp_path):

@@ -104,14 +104,16 @@ def test_encoder_refuses_more_than_30_seconds_and_says_to_cut_the_clip():
     assert encoder(torch.zeros(1, MAX_FRAMES, 80)).shape == (1, MAX_FRAMES // 2, 16)
 
 
-def test_a_long_clip_is_encoded_in_pieces_of_whole_tokens_each_followed_by_silence():
+def test_a_long_clip_is_encoded_in_pieces_of_whole_40_ms_each_followed_by_silence():
+    """Each piece holds whole 40 ms steps (4 mel frames, 2 encoder frames), which tokens at 25/s and 50/s divide;
+    it says how many encoder frames of the clip it holds (the tail's are dropped)."""
     mel = np.random.default_rng(0).standard_normal((2 * MAX_FRAMES + 5, 80)).astype(np.float32)
     pieces = mel_pieces(mel)
     step = (MAX_FRAMES - TAIL) // 4 * 4
-    assert [(len(p), n) for p, n in pieces] == [(step + TAIL, step // 4), (step + TAIL, step // 4),
-                                                (len(mel) - 2 * step + 3 + TAIL, (len(mel) - 2 * step + 3) // 4)]
+    assert [(len(p), n) for p, n in pieces] == [(step + TAIL, step // 2), (step + TAIL, step // 2),
+                                                (len(mel) - 2 * step + 3 + TAIL, (len(mel) - 2 * step + 3) // 2)]
     assert all(len(p) <= MAX_FRAMES for p, _ in pieces)
-    np.testing.assert_array_equal(np.concatenate([p[:4 * n] for p, n in pieces])[:len(mel)], mel)
+    np.testing.assert_array_equal(np.concatenate([p[:2 * n] for p, n in pieces])[:len(mel)], mel)
     assert np.all(pieces[0][0][step:] == mel.max() - 2.0)  # digital silence in this clip's scale, its floor
     encoder = WhisperEncoder(WhisperConfig(dim=16, heads=2, layers=1)).eval()
     assert encoder_features(np.zeros(16000 + 800, dtype=np.float32), encoder).shape == (2 * 27, 16)

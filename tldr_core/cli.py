@@ -70,11 +70,13 @@ def cmd_corpus_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train_codec(args: argparse.Namespace) -> None:
+    from tldr_core.codec.features import CONFIG as FEATURES
     from tldr_core.codec.model import CodecConfig
     from tldr_core.training.codec import TrainConfig, train_codec
     from tldr_core.errors import CorpusError
 
-    new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight, "--source": args.source}
+    new_codec = {"--levels": args.levels, "--phone-weight": args.phone_weight, "--source": args.source,
+                 "--tokens-per-second": args.tokens_per_second}
     for option, value in new_codec.items():
         if value is not None and (args.resume or args.decoder_only):
             raise CorpusError(f"{option} sets up a new codec; a resumed or decoder-only run keeps its checkpoint's.")
@@ -90,6 +92,8 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
     codec_cfg = CodecConfig(source=args.source or "world")
     if args.levels:
         codec_cfg.levels = tuple(args.levels)
+    if args.tokens_per_second:
+        codec_cfg.frames_per_token = FEATURES.frames_per_second // args.tokens_per_second
     if args.phone_weight is not None:
         codec_cfg.ctc_weight = args.phone_weight
     if args.memory_dim is not None:
@@ -606,6 +610,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--source", choices=["world", "whisper"],
                    help="what a new codec's tokenizer reads: the vocoder frames (world, the default) or the frozen "
                         "Whisper tiny.en encoder's output (whisper)")
+    p.add_argument("--tokens-per-second", type=int, choices=[25, 50],
+                   help="a new codec's token rate (default 25; 50 keeps more of the words, docs/EXPERIMENTS.md)")
     p.add_argument("--phone-weight", type=float, metavar="W",
                    help="weight of a new codec's phone (CTC) loss beside reconstruction (default 0.3)")
     p.add_argument("--phone-warmup", type=int, default=0, metavar="STEPS",

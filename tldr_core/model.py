@@ -29,7 +29,12 @@ from tldr_core import text
 
 SPEAKER_DIM = 256  # SpeakerEncoder's output
 PROMPT_MULTIPLE = 24  # prompt lengths are whole patches for every patch size 2, 4, 6 and 8
-MAX_PROMPT_TOKENS = 72  # 2.9 s of reference speech: the longest prompt in training, the one used in synthesis
+PROMPT_MILLISECONDS = 2880  # reference speech in a prompt: the longest in training, the one used in synthesis
+
+
+def max_prompt_tokens(tokens_per_second: int) -> int:
+    """The longest prompt in whole PROMPT_MULTIPLEs of tokens: 72 at 25 tokens/s, 144 at 50."""
+    return PROMPT_MILLISECONDS * tokens_per_second // 1000 // PROMPT_MULTIPLE * PROMPT_MULTIPLE
 
 
 @dataclass

@@ -42,7 +42,7 @@ from tldr_core.codec.store import codec_fingerprint
 from tldr_core.decoding import (PATCH_SPECULATION, GenerationStats, PatchGenerator, Request, Sampling, Speculation,
                                 SpeculativeGenerator, SpeculativePatchGenerator, StepFigures, TokenGenerator)
 from tldr_core.errors import ModelError, VoiceError
-from tldr_core.model import MAX_PROMPT_TOKENS, PROMPT_MULTIPLE, Tldr
+from tldr_core.model import PROMPT_MULTIPLE, Tldr, max_prompt_tokens
 from tldr_core.model_store import NO_DRAFT, load_backbone, load_draft, load_tldr, open_model_folder
 from tldr_core.settings import SPECULATIVE_MODES
 from tldr_core.voices import SavedVoice, VoiceLibrary
@@ -168,7 +168,7 @@ class Synthesizer:
         """A 16 kHz mono reference clip (already trimmed and normalised) -> its VoicePrompt; `embedding`: the
         clip's speaker embedding when it is known already (else it is computed here)."""
         tokens, timbre = self.codec.encode(samples, embedding)
-        length = min(MAX_PROMPT_TOKENS, len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
+        length = min(max_prompt_tokens(self.codec.tokens_per_second), len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
         start = (len(tokens) - length) // 2  # the middle: away from breaths and trimmed edges
         reference = (timbre.frames, timbre.tokens) if self.codec.reads_reference else None
         return self._calibrated(VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64),

@@ -1,4 +1,4 @@
-"""The speech codec at run time: audio <-> discrete speech tokens at 25 per second, streamed.
+"""The speech codec at run time: audio <-> discrete speech tokens (25 or 50 per second), streamed.
 
   features.py  WORLD-style analysis: 16 kHz audio -> vocoder frames at 100 per second
   vocoder.py   frames -> audio, streaming

@@ -24,7 +24,7 @@ from tldr_core.errors import AudioInputError
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Frame layout; hop 160 at 16 kHz = 100 frames/s, 4 frames per token = 25 tokens/s."""
+    """Frame layout; hop 160 at 16 kHz = 100 frames/s (a codec groups 4 or 2 of them into one token)."""
 
     sample_rate: int = SAMPLE_RATE
     hop: int = 160                 # 10 ms, WORLD's frame period
@@ -37,6 +37,10 @@ class FeatureConfig:
     env_floor: float = -20.0       # log power ~87 dB below full scale: silence; digital zeros would sit at -27.6
                                    # and make silence the largest thing a network must learn
     min_seconds: float = 0.25      # shorter input cannot hold one token of speech
+
+    @property
+    def frames_per_second(self) -> int:
+        return self.sample_rate // self.hop
 
     @property
     def n_ap(self) -> int:

@@ -1,9 +1,10 @@
-"""The speech codec network: vocoder frames (100/s) -> one token stream (25/s) -> vocoder frames.
+"""The speech codec network: vocoder frames (100/s) -> one token stream (25 or 50/s) -> vocoder frames.
 
 Tokenizer: convolutions over speaker-normalised frames (log F0 minus the voice's mean, envelope minus the
-voice's mean envelope), downsampled 4x, then finite scalar quantisation (FSQ, Mentzer et al. 2023):
-4 bounded scalars rounded to (8, 5, 5, 5) levels = 1000 codes, no codebook to collapse (runs up to 5 used
-(8, 8, 5, 5, 5) = 8000; a language model trained on a few hours learns more from fewer codes, docs/EXPERIMENTS.md).
+voice's mean envelope) or over the frozen Whisper encoder's output (50/s), downsampled to the token rate, then
+finite scalar quantisation (FSQ, Mentzer et al. 2023): 4 bounded scalars rounded to (8, 5, 5, 5) levels = 1000
+codes, no codebook to collapse (runs up to 5 used (8, 8, 5, 5, 5) = 8000; a language model trained on a few hours
+learns more from fewer codes, docs/EXPERIMENTS.md).
 
 Decoder: the FSQ values of each token, plus the voice (256-d SpeakerEncoder embedding and the reference
 clip's measured F0 mean/std and mean envelope), -> frames. Only the first layer sees future tokens
@@ -15,7 +16,7 @@ statistics, which is why the tokens need not carry them.
 
 Voice memory (`memory_dim` > 0): the decoder also reads the reference clip itself. Each decoded token attends
 over the reference's tokens (keys: its quantised values in context) and takes back what the voice's own frames
-looked like there (values: the reference's speaker-normalised frames, four per token), as kNN-VC swaps each
+looked like there (values: the reference's speaker-normalised frames, all of each token's), as kNN-VC swaps each
 frame for the voice's nearest ones, but learnt, so sounds the reference lacks still come from the tokens.
 Attention over a fixed clip needs no state: streamed = offline still. Trained in another clip's voice
 (`Reference`), as the app decodes in a voice sample's.
@@ -67,13 +68,13 @@ def phone_error_rate(readings: Iterable[tuple[torch.Tensor, np.ndarray]]) -> flo
 class Batch:
     """Whole clips padded to the longest (frames by repeating the last one), with their true lengths."""
 
-    frames: torch.Tensor         # (B, 4N, dim)
+    frames: torch.Tensor         # (B, fN, dim): N tokens of f = frames_per_token frames
     embedding: torch.Tensor      # (B, 256)
     stats: torch.Tensor          # (B, 2 + n_env)
     lengths: torch.Tensor        # (B,) real frames, a multiple of frames_per_token
     phones: torch.Tensor         # (B, L) CTC targets, zero-padded
     phone_lengths: torch.Tensor  # (B,)
-    features: torch.Tensor | None = None  # (B, 2N, 384) Whisper encoder output, for a codec whose source is it
+    features: torch.Tensor | None = None  # (B, fN / 2, 384) Whisper encoder output, for a codec whose source is it
     reference: "Reference | None" = None   # another clip of each voice, for a codec with a voice memory
 
 
@@ -82,11 +83,11 @@ class Reference:
     """Another clip of each batch item's speaker, padded alike: the voice the decoder renders (embedding, stats)
     and, for a voice memory, what it reads (its tokens come from `Codec.encode` of frames / features)."""
 
-    frames: torch.Tensor          # (B, 4M, dim)
+    frames: torch.Tensor          # (B, fM, dim)
     embedding: torch.Tensor       # (B, 256)
     stats: torch.Tensor           # (B, 2 + n_env)
     lengths: torch.Tensor         # (B,) real frames, a multiple of frames_per_token
-    features: torch.Tensor | None = None  # (B, 2M, 384)
+    features: torch.Tensor | None = None  # (B, fM / 2, 384)
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Memory:
 
 @dataclass
 class CodecConfig:
-    """Sizes; `frames_per_token` = 4 turns 100 frames/s into 25 tokens/s.
+    """Sizes; `frames_per_token` = 4 turns 100 frames/s into 25 tokens/s, 2 into 50/s (measured: at 50/s the round
+    trip keeps 10 more WER points of real speech than 25/s with the same 1000 codes, docs/EXPERIMENTS.md).
 
     `source` is what the tokenizer reads: "world", the speaker-normalised vocoder frames themselves (100/s), or
     "whisper", the frozen Whisper tiny.en encoder's output (384-d, 50/s), which was trained on 680k hours to keep
@@ -117,7 +119,7 @@ class CodecConfig:
     decoder_blocks: int = 6
     frame_blocks: int = 3
     kernel: int = 5
-    lookahead: int = 2            # tokens the decoder may wait for (2 tokens = 80 ms)
+    lookahead: int = 2            # tokens the decoder may wait for (2 tokens = 80 ms at 25/s, 40 ms at 50/s)
     ctc_weight: float = 0.3       # phone (CTC) loss weight; 1.0 collapsed the codes before the decoder learnt
     memory_dim: int = 0           # width of the voice memory's attention over the reference clip (0: none)
     memory_heads: int = 4
@@ -138,8 +140,12 @@ class CodecConfig:
 
     @property
     def source_per_token(self) -> int:
-        """Source frames per token: 4 vocoder frames (100/s) or 2 Whisper frames (50/s)."""
-        return 2 if self.source == "whisper" else self.frames_per_token
+        """Source frames per token: vocoder frames (100/s) or Whisper frames (50/s, half as many)."""
+        return self.frames_per_token // 2 if self.source == "whisper" else self.frames_per_token
+
+    @property
+    def tokens_per_second(self) -> int:
+        return FEATURES.frames_per_second // self.frames_per_token
 
     @property
     def cond_dim(self) -> int:
@@ -298,14 +304,15 @@ class Codec(nn.Module):
         c, k, d = cfg.channels, cfg.kernel, len(cfg.levels)
         self.register_buffer("scale", torch.tensor(cfg.scale, dtype=torch.float32))
         self.register_buffer("postfilter", formant_postfilter(cfg.n_env, cfg.formant_sharpening), persistent=False)
-        # tokenizer: non-causal (it sees whole clips), to 25 Hz by stride-2 convolutions (two from 100 Hz, one from 50)
+        # tokenizer: non-causal (it sees whole clips), to the token rate by stride-2 convolutions (25/s: two from
+        # 100 Hz frames, one from Whisper's 50 Hz; 50/s: one, none)
         self.enc_in = nn.Conv1d(cfg.source_dim, c, k, padding=k // 2)
         downs = int(np.log2(cfg.source_per_token))
         self.enc_down = nn.ModuleList([nn.Conv1d(c, c, 4, stride=2, padding=1) for _ in range(downs)])
         self.enc_blocks = nn.ModuleList([ResBlock(c, 3, 3 ** i, causal=False) for i in range(cfg.encoder_blocks)])
         self.enc_out = nn.Conv1d(c, d, 1)
         self.fsq = FSQ(cfg.levels)
-        # decoder: one look-ahead layer, then causal blocks at 25 Hz and at 100 Hz
+        # decoder: one look-ahead layer, then causal blocks at the token rate and at 100 Hz
         # the look-ahead layer reads an explicit window: 2 past tokens, the decoded ones, `lookahead` future ones
         self.dec_in = nn.Conv1d(d, c, cfg.lookahead + 3)
         self.cond = nn.Linear(cfg.cond_dim, c)
@@ -334,8 +341,8 @@ class Codec(nn.Module):
                             torch.zeros(batch, self.cfg.frame_channels, sum(lefts[1])))
 
     def encode(self, frames: torch.Tensor, stats: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 4N, dim) frames + (B, 2+n_env) stats, or (B, 2N, 384) Whisper features for a "whisper" codec,
-        -> (B, N, len(levels)) quantised values."""
+        """(B, N * frames_per_token, dim) frames + (B, 2+n_env) stats, or (B, N * source_per_token, 384) Whisper
+        features for a "whisper" codec, -> (B, N, len(levels)) quantised values."""
         if self.cfg.source == "whisper":
             x = features.transpose(1, 2)
         else:
@@ -357,7 +364,7 @@ class Codec(nn.Module):
         return torch.cat([embedding, stats[:, :1] - 5.0, stats[:, 1:2] * 10.0, env], dim=1)
 
     def remember(self, q: torch.Tensor, frames: torch.Tensor, stats: torch.Tensor, lengths: torch.Tensor) -> Memory:
-        """A reference clip for the voice memory: (B, M, levels) quantised values, (B, 4M, dim) frames, its stats and
+        """A reference clip for the voice memory: (B, M, levels) quantised values, (B, fM, dim) frames, its stats and
         (B,) real frame counts."""
         b, m, _ = q.shape
         values = (normalise(frames, stats) / self.scale).reshape(b, m, -1)
@@ -367,7 +374,7 @@ class Codec(nn.Module):
     def decode_normalised(self, q: torch.Tensor, cond: torch.Tensor, state: DecoderState | None = None,
                           memory: Memory | None = None) -> tuple[torch.Tensor, DecoderState]:
         """(B, past + N + lookahead, levels) quantised values, the window the look-ahead layer reads, + (B,
-        cond_dim) -> (B, 4N, dim) normalised, scaled frames of the N middle tokens, and the state after them.
+        cond_dim) -> (B, fN, dim) normalised, scaled frames of the N middle tokens, and the state after them.
 
         A whole clip is decoded from `zero_state` with zeros as its window margin; a stream passes each
         call's state to the next and gets the same frames. `memory`: the reference clip, for a voice memory."""
@@ -411,7 +418,7 @@ class Codec(nn.Module):
         return torch.cat([out[..., :ENV.start], out[..., ENV] @ self.postfilter, out[..., ENV.stop:]], dim=-1)
 
     def decode_clip(self, q: torch.Tensor, embedding: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """(B, N, levels) quantised values of whole clips -> (B, 4N, dim) vocoder frames."""
+        """(B, N, levels) quantised values of whole clips -> (B, fN, dim) vocoder frames."""
         return self.decode(self.pad_window(q), embedding, stats)[0]
 
     def pad_window(self, q: torch.Tensor) -> torch.Tensor:
@@ -424,7 +431,7 @@ class Codec(nn.Module):
                    reference_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
         """`decode` of a window of token ids, (B, W) with (B, W) `valid` 1 inside the stream and 0 in a margin
         that runs past its ends (those positions read as zeros, as in `pad_window`): the exported graph. A voice
-        memory reads the reference clip's (B, M) token ids and (B, 4M, dim) frames."""
+        memory reads the reference clip's (B, M) token ids and (B, fM, dim) frames."""
         memory = None
         if self.memory is not None:
             lengths = torch.full((ids.shape[0],), reference_frames.shape[1], dtype=torch.long)
@@ -544,7 +551,7 @@ def numpy_step(codec: Codec, ids: np.ndarray, valid: np.ndarray, embedding: np.n
                state: tuple[np.ndarray, ...], reference: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """`Codec.decode_ids` for one stream, numpy in and out: what the exported decoder graph computes.
-    `reference`: the reference clip's (M,) token ids and (4M, dim) frames, for a voice memory."""
+    `reference`: the reference clip's (M,) token ids and (fM, dim) frames, for a voice memory."""
     ref_ids, ref_frames = (None, None) if reference is None else (torch.from_numpy(reference[0])[None],
                                                                     torch.from_numpy(reference[1])[None])
     frames, new = codec.decode_ids(torch.from_numpy(ids)[None], torch.from_numpy(valid)[None],

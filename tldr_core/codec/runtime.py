@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from tldr_core import paths
-from tldr_core.codec.features import ENV, analyze
-from tldr_core.codec.model import DecoderStream, numpy_step, reference_stats
+from tldr_core.codec.features import CONFIG as FEATURES, ENV, analyze
+from tldr_core.codec.model import CodecConfig, DecoderStream, numpy_step, reference_stats
 from tldr_core.codec.store import load_codec
 from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.codec.whisper import log_mel, mel_pieces
@@ -44,15 +44,15 @@ from tldr_core.speaker import SpeakerEncoder
 DEFAULT_CODEC = paths.RESOURCES_DIR / "codec"  # tokenizer.onnx, decoder.onnx, codec.json; manifest.json: their sha256
 
 
-MEMORY_TOKENS = 375  # a voice memory reads at most the middle 15 s of a reference clip (trained on 3-15 s)
+MEMORY_FRAMES = 1500  # a voice memory reads at most the middle 15 s of a reference clip (trained on 3-15 s)
 CALIBRATION_NEIGHBOURS = VOICE_MATCHES[0]  # frames whose errors correct one frame (0: off)
 
 
 @dataclass
 class Timbre:
     """The speaker the decoder renders: (256,) SpeakerEncoder embedding + (2 + n_env,) frame statistics, and the
-    reference clip's own vocoder frames (4M, dim) and token ids (M,), which a voice memory and the calibration
-    read."""
+    reference clip's own vocoder frames (fM, dim: f per token) and token ids (M,), which a voice memory and the
+    calibration read."""
 
     embedding: np.ndarray
     stats: np.ndarray
@@ -65,13 +65,13 @@ class Timbre:
         return cls(embedding, reference_stats(frames), frames, tokens)
 
     def memory(self, frames_per_token: int) -> tuple[np.ndarray, np.ndarray]:
-        """What a voice memory and the calibration read: the middle (at most MEMORY_TOKENS) token ids and their
-        frames."""
+        """What a voice memory and the calibration read: the middle (at most MEMORY_FRAMES of frames) token ids and
+        their frames."""
         if self.tokens is None or self.frames is None or not len(self.tokens):
             raise ModelError("Decoding reads the voice sample itself (its tokens and frames), and none was given: "
                              "make the timbre with CodecRuntime.encode or CodecRuntime.timbre.")
         n = min(len(self.tokens), len(self.frames) // frames_per_token)
-        length = min(n, MEMORY_TOKENS)
+        length = min(n, MEMORY_FRAMES // frames_per_token)
         start = (n - length) // 2
         frames = self.frames[start * frames_per_token:(start + length) * frames_per_token]
         return self.tokens[start:start + length].astype(np.int64), frames.astype(np.float32)
@@ -134,8 +134,9 @@ class _TorchBackend:
     @torch.no_grad()
     def tokens(self, samples: np.ndarray, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         if self.whisper is not None:
-            return np.concatenate([self.model.tokens(None, None, self.whisper(torch.from_numpy(piece)[None]))[0, :n]
-                                   for piece, n in mel_pieces(log_mel(samples))])
+            spt = self.model.cfg.source_per_token
+            heard = [(self.whisper(torch.from_numpy(piece)[None]), n) for piece, n in mel_pieces(log_mel(samples))]
+            return np.concatenate([self.model.tokens(None, None, features)[0, :n // spt] for features, n in heard])
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre, state: tuple[np.ndarray, ...],
@@ -161,6 +162,7 @@ class _OnnxBackend:
         self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
         self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
         self.whisper = meta["config"].get("source", "world") == "whisper"
+        self.source_per_token = CodecConfig.from_dict(meta["config"]).source_per_token
         self.has_memory = meta["config"].get("memory_dim", 0) > 0
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
@@ -168,7 +170,8 @@ class _OnnxBackend:
 
     def tokens(self, samples: np.ndarray, frames: np.ndarray, stats: np.ndarray) -> np.ndarray:
         if self.whisper:  # Whisper reads at most 30 s at once: longer clips go in pieces (`mel_pieces`)
-            return np.concatenate([self.tokenizer.run(None, {"mel": piece[None]})[0][0, :n]
+            spt = self.source_per_token
+            return np.concatenate([self.tokenizer.run(None, {"mel": piece[None]})[0][0, :n // spt]
                                    for piece, n in mel_pieces(log_mel(samples))])
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
@@ -219,6 +222,10 @@ class CodecRuntime:
         self._calibrations: dict[str, Calibration] = {}  # the last few voices', by content
 
     @property
+    def tokens_per_second(self) -> int:
+        return FEATURES.frames_per_second // self.backend.frames_per_token
+
+    @property
     def reads_reference(self) -> bool:
         """Whether decoding reads the reference clip's frames and tokens (a voice memory, or the calibration), not
         only its timbre."""
@@ -240,7 +247,7 @@ class CodecRuntime:
         return self.encode(samples)[1]
 
     def encode(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> tuple[np.ndarray, Timbre]:
-        """16 kHz mono audio -> (token ids at 25/s, its timbre); `embedding`: the clip's, when already known."""
+        """16 kHz mono audio -> (token ids, its timbre); `embedding`: the clip's, when already known."""
         frames = self.frames(samples)
         timbre = Timbre.of(frames, self.speaker.embed(samples) if embedding is None else embedding)
         timbre.tokens = self.backend.tokens(samples, frames, timbre.stats)

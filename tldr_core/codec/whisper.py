@@ -29,7 +29,7 @@ N_FFT = 400          # 25 ms window at 16 kHz
 HOP = 160            # 10 ms: 100 mel frames per second
 N_MELS = 80
 MAX_FRAMES = 3000    # Whisper's 30 s window; its position table has 1500 rows after the stride-2 conv
-MEL_PER_TOKEN = 4    # speech tokens at 25 per second: 4 mel frames, 2 encoder frames each
+MEL_PER_PAIR = 4     # 40 ms: 4 mel frames, 2 encoder frames; whole pairs suit both token rates (25/s, 50/s)
 TAIL = 100           # frames of silence after each piece the encoder reads (see `mel_pieces`)
 
 
@@ -190,22 +190,22 @@ class WhisperEncoder(nn.Module):
 
 
 def mel_pieces(mel: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """A (T, 80) log-mel in consecutive pieces the encoder can read, each with the number of whole tokens
-    (MEL_PER_TOKEN frames) of the clip that it holds: pieces of at most MAX_FRAMES - TAIL frames, a whole number of
-    tokens (the last one padded up to one), each followed by TAIL frames of digital silence in this clip's scale
+    """A (T, 80) log-mel in consecutive pieces the encoder can read, each with the number of encoder frames of the
+    clip that it holds (even: whole MEL_PER_PAIR steps): pieces of at most MAX_FRAMES - TAIL frames, a whole number
+    of pairs (the last one padded up to one), each followed by TAIL frames of digital silence in this clip's scale
     (the log-mel's floor, max - 2). Whisper only ever heard speech followed by silence (30 s windows): without the
     tail the last frames of a clip come out unlike the rest (cosine 0.5 to the padded run's on a flite clip's last
-    4 frames; 0.98 on average). The tokens of the tail are dropped by the callers. Empty in, empty out."""
+    4 frames; 0.98 on average). The callers drop the tail's encoder frames (or tokens). Empty in, empty out."""
     if not len(mel):
         return []
     floor = mel.max() - 2.0  # log10 clamped at max - 8, then (x + 4) / 4
-    step = (MAX_FRAMES - TAIL) // MEL_PER_TOKEN * MEL_PER_TOKEN
+    step = (MAX_FRAMES - TAIL) // MEL_PER_PAIR * MEL_PER_PAIR
     pieces = []
     for start in range(0, len(mel), step):
         piece = mel[start:start + step]
-        tokens = -(-len(piece) // MEL_PER_TOKEN)
-        silence = np.full((tokens * MEL_PER_TOKEN - len(piece) + TAIL, mel.shape[1]), floor, dtype=mel.dtype)
-        pieces.append((np.concatenate([piece, silence]), tokens))
+        pairs = -(-len(piece) // MEL_PER_PAIR)
+        silence = np.full((pairs * MEL_PER_PAIR - len(piece) + TAIL, mel.shape[1]), floor, dtype=mel.dtype)
+        pieces.append((np.concatenate([piece, silence]), 2 * pairs))
     return pieces
 
 
@@ -216,4 +216,4 @@ def encoder_features(samples: np.ndarray, encoder: WhisperEncoder) -> np.ndarray
     pieces = mel_pieces(log_mel(samples))
     if not pieces:
         return np.zeros((0, encoder.cfg.dim), dtype=np.float32)
-    return np.concatenate([encoder(torch.from_numpy(piece)[None])[0, :2 * tokens].numpy() for piece, tokens in pieces])
+    return np.concatenate([encoder(torch.from_numpy(piece)[None])[0, :n].numpy() for piece, n in pieces])

@@ -98,7 +98,8 @@ def validate(model: Codec, items: list[dict], listener: Listener | None = None,
             batch = collate([item])
             if references:
                 rng = np.random.default_rng([seed, i])
-                batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng)])
+                batch.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng,
+                                                                     model.cfg.frames_per_token)])
             for k, v in model.loss(batch, listener.ctc if listener else None, calibrate, perceiver).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if phone_head:
@@ -125,7 +126,7 @@ class CodecTask(Task):
     def batch(self, step: int, process: Process) -> Batch:
         rank = [process.rank] if process.rank else []  # rank 0 draws what a single process draws
         return sample_batch(self.train, self.cfg.batch, np.random.default_rng([self.cfg.seed, step, *rank]),
-                            self.speakers)
+                            self.speakers, self.model.cfg.frames_per_token)
 
     def at_step(self, step: int) -> None:
         # fixed codes: the phone loss has no use

@@ -1,11 +1,12 @@
 """Corpus -> what the codec and its phone listener train on: each clip's frames, voice and phones.
 
 The WORLD analysis is the slow part (about 0.04 CPU-s per audio-s), so every utterance is analysed once
-into OUT/cache/<id>.npz (frames padded to whole tokens + its SpeakerEncoder embedding), in parallel and
+into OUT/cache/<id>.npz (frames padded to whole 40 ms + its SpeakerEncoder embedding), in parallel and
 skipping what exists: an interrupted cache build resumes where it stopped. Training then runs from memory
 on whole clips (the phone CTC loss needs a clip's whole transcript), batched by similar length and padded.
 A codec whose tokenizer reads the Whisper encoder (`CodecConfig.source == "whisper"`) also gets each clip's
-encoder output, once, into OUT/cache/whisper/<id>.npz (float16, two frames per token: 50/s).
+encoder output, once, into OUT/cache/whisper/<id>.npz (float16, 50/s: one frame per two vocoder frames). The
+cache does not depend on the token rate: codecs at 25 and 50 tokens/s share one.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 
 from tldr_core.codec.features import analyze
-from tldr_core.codec.model import Batch, CodecConfig, Reference, phone_targets, reference_stats
+from tldr_core.codec.model import Batch, Reference, phone_targets, reference_stats
 from tldr_core.corpus import cache_utterances, read_split, similar_length_batch
 from tldr_core.errors import CorpusError
 from tldr_core.files import atomic_path
 
+FRAME_MULTIPLE = 4  # cached frames come in whole 40 ms, which every token rate (4 or 2 frames per token) divides
 
 # ----------------------------------------------------------------------------------------------- cache
 
@@ -41,7 +43,7 @@ def _cache_one(job: tuple[str, str]) -> None:
     wav, out = job
     samples = to_model_rate(*read_audio(wav))
     frames = analyze(samples)
-    pad = -len(frames) % CodecConfig.frames_per_token  # whole tokens: repeat the last frame
+    pad = -len(frames) % FRAME_MULTIPLE  # repeat the last frame
     frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     embedding = _speaker_encoder().embed(samples)
     with atomic_path(out) as tmp:
@@ -140,33 +142,36 @@ def collate(items: list[dict]) -> Batch:
 
 
 def sample_batch(items: list[dict], batch: int, rng: np.random.Generator,
-                 speakers: dict[str, list[dict]] | None = None) -> Batch:
+                 speakers: dict[str, list[dict]] | None = None, frames_per_token: int = 0) -> Batch:
     """`batch` whole clips of similar length (clips run from under 1 s to 16 s; a random mix would be mostly
-    padding); given the items `by_speaker`, each with a piece of another clip of its speaker (`reference_piece`)."""
+    padding); given the items `by_speaker` (and the codec's `frames_per_token`), each with a piece of another clip
+    of its speaker (`reference_piece`)."""
     chosen = [items[i] for i in similar_length_batch(np.array([len(it["frames"]) for it in items]), batch, rng)]
     out = collate(chosen)
     if speakers is not None:
-        out.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng) for item in chosen])
+        out.reference = collate_references([reference_piece(item, speakers[item["speaker"]], rng, frames_per_token)
+                                            for item in chosen])
     return out
 
 
 # a voice sample is 3-15 s: references in training are as long, so the decoder learns from what users give it
-REFERENCE_TOKENS = (75, 375)
+REFERENCE_FRAMES = (300, 1500)
 
 
-def reference_piece(item: dict, same_speaker: list[dict], rng: np.random.Generator) -> dict:
+def reference_piece(item: dict, same_speaker: list[dict], rng: np.random.Generator, frames_per_token: int) -> dict:
     """A random 3-15 s piece (whole tokens) of another clip of the item's speaker (of the item itself only when the
     speaker has no other), with that clip's embedding and its own statistics."""
     others = [other for other in same_speaker if other["id"] != item["id"]] or [item]
     source = others[int(rng.integers(len(others)))]
-    fpt = CodecConfig.frames_per_token
-    n_tokens = len(source["frames"]) // fpt
-    want = min(n_tokens, int(rng.integers(REFERENCE_TOKENS[0], REFERENCE_TOKENS[1] + 1)))
-    start = int(rng.integers(0, n_tokens - want + 1))
-    frames = source["frames"][start * fpt:(start + want) * fpt]
+    n_tokens = len(source["frames"]) // frames_per_token
+    low, high = (n // frames_per_token for n in REFERENCE_FRAMES)
+    want = min(n_tokens, int(rng.integers(low, high + 1)))
+    start = int(rng.integers(0, n_tokens - want + 1)) * frames_per_token
+    end = start + want * frames_per_token
+    frames = source["frames"][start:end]
     piece = {"frames": frames, "embedding": source["embedding"], "stats": reference_stats(frames)}
-    if "features" in source:
-        piece["features"] = fit_length(source["features"], n_tokens * 2)[start * 2:(start + want) * 2]
+    if "features" in source:  # Whisper's frames: one per two vocoder frames
+        piece["features"] = fit_length(source["features"], len(source["frames"]) // 2)[start // 2:end // 2]
     return piece
 
 

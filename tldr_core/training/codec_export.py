@@ -39,8 +39,8 @@ class _Tokenizer(nn.Module):
 
 
 class _WhisperTokenizer(nn.Module):
-    """Log-mel (1, T, 80), T a multiple of 4 up to 3000 -> token ids (1, T / 4): the Whisper encoder and the codec's
-    quantiser in one graph."""
+    """Log-mel (1, T, 80), T a multiple of 4 up to 3000 -> token ids (1, T / frames_per_token): the Whisper encoder
+    and the codec's quantiser in one graph."""
 
     def __init__(self, codec: Codec, whisper: WhisperEncoder):
         super().__init__()
@@ -101,7 +101,7 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
     meta = {"lookahead": cfg.lookahead, "window_margin": list(codec.window_margin),
             "state_shapes": [list(state.tokens.shape[1:]), list(state.frames.shape[1:])],
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
-            "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": 25,
+            "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": cfg.tokens_per_second,
             "config": cfg.to_dict(),  # what `load_codec` needs to rebuild the network from the two graphs
             "fingerprint": tokenizer_fingerprint(codec)}  # what the tokens mean: a speech model is paired by it
     write_text(out_dir / "codec.json", json.dumps(meta, indent=2) + "\n")

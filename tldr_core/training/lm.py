@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from tldr_core.errors import CorpusError, ModelError
 from tldr_core.files import file_sha256
-from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig, Tldr, TldrConfig
+from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig, max_prompt_tokens
 from tldr_core.model_store import load_backbone, load_weights, read_checkpoint
 from tldr_core.training import lm_data
 from tldr_core.training.objectives import AlignerObjective, BackboneObjective, TldrObjective
@@ -30,7 +30,7 @@ class TrainConfig:
 
     steps: int = 2000
     batch: int = 8                 # utterances per process and step
-    max_prompt: int = MAX_PROMPT_TOKENS
+    max_prompt: int = 0            # prompt tokens at most; 0: PROMPT_MILLISECONDS at the tokens' rate
     alignment_prior: float = 0.0   # backbone: fraction of the steps over which the alignment prior fades to zero
     lr: float = 1e-3
     warmup: int = 100
@@ -141,6 +141,8 @@ def prepare_run(corpus: Path, codec: Path | None, out: Path, cfg: TrainConfig, r
         lm_data.tokenize_corpus(corpus, codec, tokens, ("train", "validation"), cfg.shippable_only, jobs)
     if process.world > 1:
         dist.barrier()
+    if not cfg.max_prompt:  # resolved here, where the tokens' rate is known; the checkpoint records the number
+        cfg.max_prompt = max_prompt_tokens(lm_data.tokens_per_second(tokens))
     train = lm_data.load_utterances(corpus, tokens, "train", cfg.shippable_only)
     valid = lm_data.load_utterances(corpus, tokens, "validation", cfg.shippable_only)
     state = (read_checkpoint(out / CHECKPOINT, "training checkpoint",

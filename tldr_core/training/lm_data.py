@@ -22,13 +22,15 @@ from tldr_core.codec.store import codec_fingerprint
 from tldr_core.files import atomic_path, write_text
 from tldr_core.model import PROMPT_MULTIPLE
 
+RATE = "tokens_per_second"  # beside codec.sha256 in a tokens folder: prompts are measured in seconds
+
 
 @dataclass
 class Utterance:
     id: str
     speaker: str
     text_ids: np.ndarray   # [BOS, phonemes..., EOS]
-    tokens: np.ndarray     # codec token ids, 25 per second
+    tokens: np.ndarray     # codec token ids (the codec's rate, 25 or 50 per second)
     embedding: np.ndarray  # (256,) SpeakerEncoder embedding of this utterance
     durations: np.ndarray | None = None  # tokens per text position (alignment.py), for a model with hints
 
@@ -65,8 +67,18 @@ def tokenize_corpus(corpus: Path, codec_path: Path | None, folder: Path, splits:
         write_text(stamp, fingerprint + "\n")  # atomic: runs sharing the folder (adapters of one backbone) read it
     elif stamp.read_text().strip() != fingerprint:
         raise CorpusError(f"'{folder}' holds tokens of another codec: use a new --out folder for this codec.")
+    if not (folder / RATE).exists():
+        write_text(folder / RATE, f"{_codec(str(codec_path or '')).tokens_per_second}\n")
     rows = [r for split in splits for r in read_split(corpus, split, shippable_only)]
     cache_utterances(corpus, rows, folder, _tokenize_one, jobs, "tokenizing corpus", str(codec_path or ""))
+
+
+def tokens_per_second(folder: Path) -> int:
+    """The rate of the tokens in a folder `tokenize_corpus` filled."""
+    if not (Path(folder) / RATE).is_file():
+        raise CorpusError(f"'{folder}' does not say its tokens' rate: tokenize the corpus again (a training run "
+                          f"with --codec does it into RUN/tokens).")
+    return int((Path(folder) / RATE).read_text())
 
 
 def default_codec() -> Path:

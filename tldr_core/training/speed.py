@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tldr_core.errors import CorpusError
-from tldr_core.model import MAX_PROMPT_TOKENS, Backbone, ModelConfig
+from tldr_core.model import Backbone, ModelConfig, max_prompt_tokens
 from tldr_core.training import lm_data
 from tldr_core.training.trainer import Optimisation, autocast, make_optimiser, train_step
 from tldr_core.training.objectives import BackboneObjective
@@ -55,6 +55,7 @@ def measure_training_speed(corpus: Path, tokens: Path, model_cfg: ModelConfig, b
     if len(items) < batch:
         raise CorpusError(f"'{tokens}' holds {len(items)} training utterances, fewer than one batch of {batch}.")
     index = lm_data.speakers_index(items)
+    max_prompt = max_prompt_tokens(lm_data.tokens_per_second(tokens))
     torch.manual_seed(seed)
     model_cfg = replace(model_cfg, speech_vocab=1 + max(int(it.tokens.max()) for it in items if len(it.tokens)))
     target = torch.device(device)
@@ -68,7 +69,7 @@ def measure_training_speed(corpus: Path, tokens: Path, model_cfg: ModelConfig, b
     for step in range(warmup + steps):
         for precision, similar in SETTINGS:
             rng = np.random.default_rng([seed, step])  # the random-mix settings train on the same batches
-            sample = lm_data.sample_batch(items, index, batch, MAX_PROMPT_TOKENS, rng, similar_length=similar)
+            sample = lm_data.sample_batch(items, index, batch, max_prompt, rng, similar_length=similar)
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
             start = time.perf_counter()
