@@ -29,7 +29,7 @@ MEMORY_STEPS=${MEMORY_STEPS:-3000}; MEMORY_DIM=${MEMORY_DIM:-128}
 DECODER_STEPS=${DECODER_STEPS:-1500}; DECODER_LR=${DECODER_LR:-1e-3}
 DECODER_LISTENER_WEIGHT=${DECODER_LISTENER_WEIGHT:-0.5}
 DECODER_LISTENER_STEPS=${DECODER_LISTENER_STEPS:-1500}  # the listener's own training, on the originals
-# ... then with a new listener that also hears the frames as the voice calibration corrects them (k neighbours)
+# ... then with that listener also hearing the frames as the voice calibration corrects them (k neighbours)
 CALIBRATE_STEPS=${CALIBRATE_STEPS:-800}; CALIBRATE_LR=${CALIBRATE_LR:-5e-4}; CALIBRATE_K=${CALIBRATE_K:-16}
 # ... then Whisper tiny.en's encoder hearing the decoded frames too, beside that listener (training/perceiver.py)
 PERCEIVER_STEPS=${PERCEIVER_STEPS:-800}; PERCEIVER_WEIGHT=${PERCEIVER_WEIGHT:-2}
@@ -77,13 +77,15 @@ stage "codec listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_d
   "$WORK/codec_memory/checkpoint.pt" --cache "$CODEC/cache" --steps "$DECODER_STEPS" --lr "$DECODER_LR" --batch 12 \
   --threads "$THREADS" \
   --listener-weight "$DECODER_LISTENER_WEIGHT" --listener-steps "$DECODER_LISTENER_STEPS" $(RESUME "$WORK/codec_decoder")
+# the later stages listen with the same phone listener, already trained (it hears the originals only, so training
+# it again would give the same file)
+for later in codec_calibrated codec_perceiver; do
+  mkdir -p "$WORK/$later"; [ -f "$WORK/$later/listener.pt" ] || cp "$WORK/codec_decoder/listener.pt" "$WORK/$later/"
+done
 stage "codec calibrated listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_calibrated" --decoder-only \
   "$WORK/codec_decoder/checkpoint.pt" --cache "$CODEC/cache" --steps "$CALIBRATE_STEPS" --lr "$CALIBRATE_LR" \
-  --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" \
-  --listener-steps "$DECODER_LISTENER_STEPS" --calibrate "$CALIBRATE_K" --validate-every 400 \
-  $(RESUME "$WORK/codec_calibrated")
-mkdir -p "$WORK/codec_perceiver"  # beside the same phone listener, already trained
-[ -f "$WORK/codec_perceiver/listener.pt" ] || cp "$WORK/codec_calibrated/listener.pt" "$WORK/codec_perceiver/"
+  --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" --calibrate "$CALIBRATE_K" \
+  --validate-every 400 $(RESUME "$WORK/codec_calibrated")
 stage "codec whisper listener" $PY -m tldr_core train codec "$DATA" --out "$WORK/codec_perceiver" --decoder-only \
   "$WORK/codec_calibrated/checkpoint.pt" --cache "$CODEC/cache" --steps "$PERCEIVER_STEPS" --lr "$CALIBRATE_LR" \
   --batch 12 --threads "$THREADS" --listener-weight "$DECODER_LISTENER_WEIGHT" --calibrate "$CALIBRATE_K" \
