@@ -161,9 +161,9 @@ class _OnnxBackend:
         self.decoder, _ = open_session(folder / "decoder.onnx", "cpu", "codec decoder", restore)
         self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
         self.frames_per_token, self.vocab_size = meta["frames_per_token"], meta["vocab_size"]
-        self.whisper = meta["config"].get("source", "world") == "whisper"
-        self.source_per_token = CodecConfig.from_dict(meta["config"]).source_per_token
-        self.has_memory = meta["config"].get("memory_dim", 0) > 0
+        cfg = CodecConfig.from_dict(meta["config"])  # an older export's missing fields read as their defaults
+        self.whisper, self.source_per_token, self.has_memory = (cfg.source == "whisper", cfg.source_per_token,
+                                                                cfg.memory_dim > 0)
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         return tuple(np.zeros((1, *shape), dtype=np.float32) for shape in self.state_shapes)
