@@ -85,10 +85,10 @@ def test_speakers_unplugged_mid_sound_end_it_with_a_message_and_nothing_waits_on
         player.push(tone(600))  # ten minutes: still playing when the speakers go
         player.finish()
     assert failure.args == [DEVICE_LOST] and unpluggable_speakers.is_set() and not player.is_playing
-    started = time.perf_counter()
+    more, started = tone(0.1), time.perf_counter()
     with pytest.raises(AudioDeviceError, match="stopped working"):
-        player.push(tone(0.1))  # more of the same sound is refused at once, not queued for a dead device
-    assert time.perf_counter() - started < 0.1
+        player.push(more)  # more of the same sound is refused at once, not queued for a dead device
+    assert time.perf_counter() - started < 1.0  # no wait on the device (generous: the CI machine is shared)
     player.stop()
 
 

@@ -15,7 +15,7 @@ from tldr_core.model import Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.model_store import read_checkpoint
 from tldr_core.training import lm_data
 from tldr_core.training.lm import TrainConfig, run
-from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective
+from tldr_core.training.objectives import OFF_TEXT, BackboneObjective, TldrObjective, token_sequences
 from tldr_core.training.schedule import warmup_cosine
 from tldr_core.training.trainer import CHECKPOINT, Process, autocast
 
@@ -34,14 +34,14 @@ def items(n: int = 24, seed: int = 0) -> list[lm_data.Utterance]:
     return out
 
 
-def train_backbone(out, steps, resume_state=None, process=Process(0, 1, torch.device("cpu"))):
+def train_backbone(out, steps, resume_state=None, process=Process(0, 1, torch.device("cpu")), self_feed=0.0):
     torch.manual_seed(0)
     bb = Backbone(CFG)
     if resume_state is not None:
         bb.load_state_dict(resume_state["model"])
-    cfg = TrainConfig(steps=steps, batch=4, max_prompt=24, lr=3e-3, warmup=5, validate_every=10)
+    cfg = TrainConfig(steps=steps, batch=4, max_prompt=24, lr=3e-3, warmup=5, validate_every=10, self_feed=self_feed)
     describe = {"kind": "backbone", "model_config": CFG.to_dict()}
-    history = run(BackboneObjective(bb), bb, describe, items(), items(8, seed=1), cfg, out,
+    history = run(BackboneObjective(bb, self_feed=self_feed), bb, describe, items(), items(8, seed=1), cfg, out,
                   process, resume_state, "test")
     return bb, history
 
@@ -67,6 +67,33 @@ def test_the_alignment_prior_makes_one_head_per_layer_read_the_text_along_its_di
     assert torch.isinf(bias[:, 3, 4:]).all() and not torch.isinf(bias[:, 4, :5]).any()
 
 
+def test_self_feeding_gives_the_inputs_that_share_of_the_models_own_samples_and_keeps_the_targets():
+    utterances = items()
+    batch = lm_data.sample_batch(utterances, lm_data.speakers_index(utterances), 4, 8, np.random.default_rng(0))
+    objective = BackboneObjective(Backbone(CFG), self_feed=0.5)
+    x, target, spans = token_sequences(objective.backbone, batch)
+    fed = objective.own_samples(x, spans, batch)
+    assert [len(f) for f in fed] == [len(s) for s in batch.speech]
+    changed = torch.cat([f != s for f, s in zip(fed, batch.speech)]).float().mean()
+    assert 0.3 < changed < 0.65  # half swapped; an untrained model's sample is rarely the true token
+    assert all(torch.equal(a, b) for a, b in zip(fed, objective.own_samples(x, spans, batch)))  # one seed, one draw
+    _, fed_target, _ = token_sequences(objective.backbone, batch, fed)
+    assert torch.equal(fed_target, target)
+
+
+@pytest.mark.parametrize("self_feed", [0.0, 0.5])
+def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch, self_feed):
+    straight, _ = train_backbone(tmp_path / "a", steps=20, self_feed=self_feed)
+    real_sample = interrupt_at_step_13(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(tmp_path / "b", steps=20, self_feed=self_feed)
+    monkeypatch.setattr(lm_data, "sample_batch", real_sample)
+    state = read_checkpoint(tmp_path / "b" / CHECKPOINT, "checkpoint")
+    resumed, _ = train_backbone(tmp_path / "b", steps=20, resume_state=state, self_feed=self_feed)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def interrupt_at_step_13(monkeypatch):
     """Ctrl+C while the 13th training batch is drawn, after the checkpoint of step 10; returns the real sampler."""
     calls, real_sample = [], lm_data.sample_batch
@@ -79,18 +106,6 @@ def interrupt_at_step_13(monkeypatch):
 
     monkeypatch.setattr(lm_data, "sample_batch", interrupted)
     return real_sample
-
-
-def test_an_interrupted_run_resumes_into_the_same_weights(tmp_path, monkeypatch):
-    straight, _ = train_backbone(tmp_path / "a", steps=20)
-    real_sample = interrupt_at_step_13(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        train_backbone(tmp_path / "b", steps=20)
-    monkeypatch.setattr(lm_data, "sample_batch", real_sample)
-    state = read_checkpoint(tmp_path / "b" / CHECKPOINT, "checkpoint")
-    resumed, _ = train_backbone(tmp_path / "b", steps=20, resume_state=state)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_tldr_training_learns_and_leaves_the_backbone_identical(tmp_path):

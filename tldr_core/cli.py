@@ -131,7 +131,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn,
                             alignment_hints=args.aligner is not None)
-    cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior)
+    cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior, self_feed=args.self_feed)
     _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec, resume=args.resume,
                            jobs=args.jobs, device=args.device, init=args.init, aligner=args.aligner), args.out)
 
@@ -643,6 +643,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--alignment-prior", type=float, default=0.0, metavar="FRACTION",
                    help="guide one attention head per layer along the text for this fraction of the steps, fading "
                         "(0: off)")
+    p.add_argument("--self-feed", type=float, default=0.0, metavar="SHARE",
+                   help="replace this share of the input tokens by the backbone's own samples, as inference feeds "
+                        "it (0: off, pure teacher forcing)")
     p.add_argument("--aligner", type=Path, metavar="CODEC_CHECKPOINT",
                    help="a new backbone with alignment hints: every speech token is told the phoneme it says, from "
                         "this codec checkpoint's phone alignment (the codec of --codec), and the backbone learns "

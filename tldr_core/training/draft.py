@@ -67,7 +67,6 @@ def train_draft(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, 
     draft.to(process.device)
     describe = {"kind": "draft", "model_config": model_cfg.to_dict(), "backbone_sha256": file_sha256(backbone_path),
                 "codec_sha256": codec_sha256, "init": started_from, "loss": {"distill": distill, "data": data}}
-    task = DraftTask(DraftObjective(backbone, draft, distill, data), draft, describe, train, valid, cfg,
-                     process.device)
+    task = DraftTask(DraftObjective(backbone, draft, distill, data), draft, describe, train, valid, cfg, process)
     return run_task(task, cfg, Path(out), process, state, "training draft")
 

@@ -32,6 +32,7 @@ class TrainConfig:
     batch: int = 8                 # utterances per process and step
     max_prompt: int = 0            # prompt tokens at most; 0: PROMPT_MILLISECONDS at the tokens' rate
     alignment_prior: float = 0.0   # backbone: fraction of the steps over which the alignment prior fades to zero
+    self_feed: float = 0.0         # backbone: share of its input tokens replaced by its own samples (objectives.py)
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -85,9 +86,10 @@ class LmTask(Task):
 
     def __init__(self, objective: torch.nn.Module, weights: torch.nn.Module, describe: dict,
                  train_items: list[lm_data.Utterance], valid_items: list[lm_data.Utterance], cfg: TrainConfig,
-                 device: torch.device):
+                 process: Process):
         self.objective, self.model, self.trainable = objective, weights, list(weights.parameters())
-        self.train_items, self.valid_items, self.cfg, self.device = train_items, valid_items, cfg, device
+        self.train_items, self.valid_items, self.cfg = train_items, valid_items, cfg
+        self.device, self.rank = process.device, process.rank
         self.index = lm_data.speakers_index(train_items)
         self._describe = {**describe, "train_config": asdict(cfg)}
 
@@ -97,8 +99,9 @@ class LmTask(Task):
                                     similar_length=self.cfg.batches == "similar").to(process.device)
 
     def at_step(self, step: int) -> None:
-        if hasattr(self.objective, "prior"):
+        if isinstance(self.objective, BackboneObjective):
             self.objective.prior = _prior(self.cfg, step)
+            self.objective.seed = int(np.random.default_rng([self.cfg.seed, step, self.rank, 1]).integers(2 ** 62))
 
     def validate(self) -> dict[str, float]:
         return validate(self.objective, self.valid_items, self.cfg, self.device)
@@ -111,7 +114,7 @@ def run(objective: torch.nn.Module, weights: torch.nn.Module, describe: dict, tr
         cfg: TrainConfig, out: Path, process: Process, state: dict | None, desc: str) -> list[dict]:
     """Train `weights` (the backbone, or one Tldr) through `objective` with the Trainer; `describe` goes into
     every checkpoint next to them."""
-    return run_task(LmTask(objective, weights, describe, train_items, valid_items, cfg, process.device), cfg, out,
+    return run_task(LmTask(objective, weights, describe, train_items, valid_items, cfg, process), cfg, out,
                     process, state, desc)
 
 
@@ -200,8 +203,8 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     backbone.to(process.device)
     describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "codec_sha256": codec_sha256,
                 "init": started_from}
-    return run(BackboneObjective(backbone), backbone, describe, train, valid, cfg, Path(out), process, state,
-               "training backbone")
+    return run(BackboneObjective(backbone, self_feed=cfg.self_feed), backbone, describe, train, valid, cfg, Path(out),
+               process, state, "training backbone")
 
 
 def train_tldr(corpus: Path, backbone_path: Path, out: Path, cfg: TrainConfig, tldr_cfg: TldrConfig,
@@ -243,6 +246,6 @@ def train_aligner(corpus: Path, codec_path: Path | None, out: Path, cfg: TrainCo
         codec.load_state_dict(state["model"])
     codec.to(process.device)
     describe = {"kind": "codec", "codec_config": codec.cfg.to_dict(), "aligner_of": str(codec_path)}
-    task = LmTask(AlignerObjective(codec), codec, describe, train, valid, cfg, process.device)
+    task = LmTask(AlignerObjective(codec), codec, describe, train, valid, cfg, process)
     task.trainable = list(codec.ctc_head.parameters())
     return run_task(task, cfg, Path(out), process, state, "training aligner")

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tldr_core.codec.model import Codec, phone_error_rate
 from tldr_core.model import Backbone, Tldr
+from tldr_core.settings import TEMPERATURE
 from tldr_core.training.alignment import phone_positions
 from tldr_core.training.lm_data import Batch
 
@@ -30,14 +31,17 @@ def duration_loss(model: Backbone, batch: Batch) -> torch.Tensor:
     return torch.cat(errors).mean()
 
 
-def token_sequences(model: Backbone, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+def token_sequences(model: Backbone, batch: Batch, fed: list[torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
     """The token-level sequences of a batch embedded by `model`: (B, T, dim) inputs, (B, T) next-token targets
     (IGNORE outside the speech; the last speech position predicts STOP) and per utterance (phonemes, position of
-    SOS, speech tokens)."""
+    SOS, speech tokens). `fed`: per utterance, the tokens the inputs embed instead of the true ones (the targets
+    stay the true tokens)."""
     rows, targets, spans = [], [], []
     for i, speech in enumerate(batch.speech):
         prefix = model.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
-        units = torch.cat([model.sos(1)[0], model.speech_embed(speech)])  # unit j predicts token j (then STOP)
+        said = speech if fed is None else fed[i]
+        units = torch.cat([model.sos(1)[0], model.speech_embed(said)])  # unit j predicts token j (then STOP)
         if model.hints is not None:
             units = units + model.hints(batch.text_ids[i], batch.durations[i], len(units))
         rows.append(torch.cat([prefix, model.speech_embed(batch.prompt[i]), units]))
@@ -54,17 +58,25 @@ class BackboneObjective(nn.Module):
     heads of every layer read the text from each speech position, around the phoneme that an even pace through
     the text would be at: an alignment prior in the manner of Neekhara et al. (2024), added to the attention
     logits. On a few hours of speech a decoder-only model otherwise learns to continue the prompt's voice long
-    before it learns to read. Evaluation (eval mode) and inference never use it."""
+    before it learns to read. Evaluation (eval mode) and inference never use it.
 
-    def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5):
+    With `self_feed` > 0 (training only), that share of the input tokens is replaced by the model's own samples
+    (`own_samples`): inference feeds the model nothing but its own samples, teacher forcing never does, and at 50
+    tokens/s that difference alone cost about 10 WER points (docs/EXPERIMENTS.md, "Fed its own samples")."""
+
+    def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5, self_feed: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.prior, self.prior_heads, self.prior_width = 0.0, prior_heads, prior_width
+        self.self_feed = self_feed
+        self.seed = 0  # of this step's draws, set by the training task: a resumed run draws what it would have
         self.figures: dict[str, float] = {}  # the parts of the last loss
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
         x, target, spans = token_sequences(bb, batch)
+        if self.training and self.self_feed > 0:
+            x, _, _ = token_sequences(bb, batch, self.own_samples(x, spans, batch))
         bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
         tokens = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
@@ -73,6 +85,21 @@ class BackboneObjective(nn.Module):
         durations = duration_loss(bb, batch)
         self.figures = {"tokens": float(tokens.detach()), "durations": float(durations.detach())}
         return tokens + durations
+
+    @torch.no_grad()
+    def own_samples(self, x: torch.Tensor, spans: list[tuple[int, int, int]], batch: Batch) -> list[torch.Tensor]:
+        """Per utterance, its speech tokens with a `self_feed` share of them replaced by what the model samples at
+        each from the true history, at the app's temperature: parallel scheduled sampling (Duckworth et al.,
+        2019), one extra pass without gradients instead of a token-by-token rollout."""
+        logits = self.backbone.logits(self.backbone(x))[..., :self.backbone.cfg.stop].float()
+        draws = torch.Generator(device=x.device).manual_seed(self.seed)
+        fed = []
+        for i, (_, sos, n_speech) in enumerate(spans):
+            own = torch.multinomial(torch.softmax(logits[i, sos:sos + n_speech] / TEMPERATURE, -1), 1,
+                                    generator=draws)[:, 0]
+            swap = torch.rand(n_speech, generator=draws, device=x.device) < self.self_feed
+            fed.append(torch.where(swap, own, batch.speech[i]))
+        return fed
 
     def alignment_bias(self, spans: list[tuple[int, int, int]], length: int, device: torch.device) -> torch.Tensor:
         """(B, heads, T, T): the causal mask, plus on the prior heads, from the query predicting speech token j,
