@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the shipped codec and default model from a fresh machine: real-speech corpus -> codec (Whisper tiny.en
 # tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> Whisper
-# hearing them too -> codec export -> backbone with alignment hints -> TLDR adapters -> SSD draft -> resources/.
+# hearing them too -> codec export -> backbone with alignment hints -> (that backbone fed its own samples) -> TLDR
+# adapters -> SSD draft -> resources/.
 # Every stage is resumable (rerun the script after an interruption); each prints its wall time, and the times go into
 # the model's manifest. Sizes come from the environment; the defaults are what the 2-core CPU of the project's
 # machine allows and what the shipped files were trained with (docs/EXPERIMENTS.md).
 #
 #   bash packaging/train_default_model.sh                    # CPU defaults (about 5 CPU-hours, 2 threads)
 #   DEVICE=cuda NPROC=8 BACKBONE_STEPS=40000 TLDR_STEPS=8000 DIM=512 bash packaging/train_default_model.sh
+#   CODEC_RATE=50 SELF_FEED_STEPS=1000 WORK=/tmp/r50 OUT=/tmp/r50/out bash packaging/train_default_model.sh  # 50/s
 #   WORK=/tmp/try OUT=/tmp/try/out REAL_PER_SPEAKER=1 CODEC_STEPS=3 ... EVAL_LIMIT=0   # a trial; resources/ stays
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,9 @@ CALIBRATE_STEPS=${CALIBRATE_STEPS:-800}; CALIBRATE_LR=${CALIBRATE_LR:-5e-4}; CAL
 PERCEIVER_STEPS=${PERCEIVER_STEPS:-800}; PERCEIVER_WEIGHT=${PERCEIVER_WEIGHT:-2}
 PERCEIVER_CLIPS=${PERCEIVER_CLIPS:-8}; PERCEIVER_FRAMES=${PERCEIVER_FRAMES:-800}  # it hears 8 s of 8 clips per batch
 BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
+# ... then continued on its own samples (scheduled sampling), as inference feeds it: at 50/s 600 steps took 9 WER
+# points off; at 25/s 1000 steps took none, so the shipped 25/s model has no such stage (0 steps: none)
+SELF_FEED=${SELF_FEED:-0.9}; SELF_FEED_STEPS=${SELF_FEED_STEPS:-0}; SELF_FEED_LR=${SELF_FEED_LR:-5e-4}
 TLDR_STEPS=${TLDR_STEPS:-1000}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DRAFT_STEPS=${DRAFT_STEPS:-1200}      # SSD's draft model, distilled from the backbone (0: none)
@@ -112,6 +117,14 @@ BACKBONE=$WORK/backbone
 stage "backbone" $LAUNCH train backbone "$DATA" --codec "$OUT/codec" --aligner "$CODEC/checkpoint.pt" --out "$BACKBONE" \
   --steps "$BACKBONE_STEPS" --batch "$BATCH" --batches "$BACKBONE_BATCHES" --dim "$DIM" --layers "$LAYERS" \
   --heads "$HEADS" --ffn "$FFN" --threads "$THREADS" --device "$DEVICE" $(RESUME "$BACKBONE")
+if [ "$SELF_FEED_STEPS" -gt 0 ]; then
+  # a new run folder beside the first: it starts from its weights and reads its tokens and durations (copied)
+  FED=$WORK/backbone_fed; mkdir -p "$FED"; [ -d "$FED/tokens" ] || cp -r "$BACKBONE/tokens" "$FED/"
+  stage "backbone self-fed" $LAUNCH train backbone "$DATA" --codec "$OUT/codec" --out "$FED" --steps "$SELF_FEED_STEPS" \
+    --lr "$SELF_FEED_LR" --self-feed "$SELF_FEED" --batch "$BATCH" --batches "$BACKBONE_BATCHES" --threads "$THREADS" --device "$DEVICE" \
+    $([ -f "$FED/checkpoint.pt" ] && echo --resume || echo --init "$BACKBONE/checkpoint.pt")
+  BACKBONE=$FED
+fi
 ADAPTERS=()
 for K in $PATCH_SIZES; do
   stage "TLDR k=$K" $LAUNCH train tldr "$DATA" --codec "$OUT/codec" --backbone "$BACKBONE/checkpoint.pt" --patch-size "$K" \
@@ -130,7 +143,8 @@ SECONDS_JSON=$(awk -F'\t' '{printf "%s\"%s\": %s", (NR > 1 ? ", " : ""), $1, $2}
 cat > "$WORK/recipe.json" <<JSON
 {"script": "packaging/train_default_model.sh", "real_speech": "$SPEECH", "real_per_speaker": "${REAL_PER_SPEAKER:-all}",
  "synthetic_hours": $SYNTH_HOURS, "corpus_seed": 0, "codec": "resources/codec (its manifest's recipe)",
- "aligner": "the codec's phone CTC head (stage codec)", "backbone_steps": $BACKBONE_STEPS, "tldr_steps": $TLDR_STEPS,
+ "aligner": "the codec's phone CTC head (stage codec)", "backbone_steps": $BACKBONE_STEPS,
+ "self_feed": $SELF_FEED, "self_feed_steps": $SELF_FEED_STEPS, "self_feed_lr": $SELF_FEED_LR, "tldr_steps": $TLDR_STEPS,
  "patch_sizes": [${PATCH_SIZES// /, }], "dim": $DIM, "layers": $LAYERS, "heads": $HEADS, "ffn": $FFN, "batch": $BATCH,
  "backbone_batches": "$BACKBONE_BATCHES", "tldr_batches": "$TLDR_BATCHES", "draft_steps": $DRAFT_STEPS,
  "draft_dim": $DRAFT_DIM, "draft_layers": $DRAFT_LAYERS, "processes": $NPROC, "device": "$DEVICE", "threads": $THREADS,

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow,  # the whole recipe, every stage at toy size: mi
 TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_RATE": "50",
        "CODEC_PHONE_WARMUP": "2", "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2",
        "DECODER_LISTENER_STEPS": "3", "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
-       "BACKBONE_STEPS": "3", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
+       "BACKBONE_STEPS": "3", "SELF_FEED_STEPS": "2", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
        "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
        "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
 
@@ -47,12 +47,12 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     stdout, work, out = recipe
     stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec calibrated listener",
               "codec whisper listener", "codec export",
-              "backbone", "TLDR k=4", "draft", "pack", "bench")
+              "backbone", "backbone self-fed", "TLDR k=4", "draft", "pack", "bench")
     for stage in stages:
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     recipe = manifest["recipe"]
-    assert set(manifest["tldr"]) == {"4"} and manifest["training"]["backbone"]["steps"] == 3
+    assert set(manifest["tldr"]) == {"4"}
     assert set(recipe["stage_seconds"]) == set(stages) - {"pack", "bench"}  # every stage before the model is made
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
@@ -78,6 +78,11 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     backbone = read_checkpoint(work / "backbone" / "checkpoint.pt", "checkpoint")
     adapter = read_checkpoint(work / "tldr4" / "checkpoint.pt", "checkpoint")
     assert backbone["model_config"]["alignment_hints"]  # the backbone reads, told each token's phoneme
+    # then it is continued on its own samples, and the adapters and the draft are trained on that continuation
+    fed = read_checkpoint(work / "backbone_fed" / "checkpoint.pt", "checkpoint")
+    assert fed["train_config"]["self_feed"] == 0.9 and fed["init"]["path"] == str(work / "backbone" / "checkpoint.pt")
+    assert adapter["backbone_sha256"] == file_sha256(work / "backbone_fed" / "checkpoint.pt")
+    assert recipe["self_feed_steps"] == 2 and manifest["training"]["backbone"]["steps"] == 2
     # its prompts are as long in seconds as at 25 tokens/s (2.88 s): 144 tokens at 50/s
     assert lm_data.tokens_per_second(work / "backbone" / "tokens") == 50
     assert backbone["train_config"]["max_prompt"] == 144
