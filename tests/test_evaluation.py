@@ -68,6 +68,33 @@ def test_the_evaluation_encoder_finds_a_voice_closer_to_itself_than_to_another(j
     assert same > 0.8 and same > different + 0.1
 
 
+def _run(path, heard: list[str], similarity: list[float], mode: str = "baseline", ids=("a-0", "b-0")) -> None:
+    """An `evaluate --json` run of one mode, as far as pairing reads it."""
+    samples = [{"id": i, "reference": i[:-1] + "1", "text": "the cat sat on the mat", "heard": h, "similarity": s}
+               for i, h, s in zip(ids, heard, similarity)]
+    path.write_text(json.dumps([{"mode": mode, "patch_size": 1 if mode == "baseline" else 4, "speculation": None,
+                                 "samples": samples}]))
+
+
+def test_compare_pairs_two_runs_utterance_by_utterance_and_refuses_runs_that_do_not_pair(tmp_path):
+    _run(tmp_path / "shipped.json", ["the cat sat on the mat"] * 2, [0.70, 0.80])
+    _run(tmp_path / "new.json", ["the cat sat on the mat", "the cat sat on a hat"], [0.75, 0.85])
+    done = run_cli("compare", tmp_path / "shipped.json", tmp_path / "new.json")
+    assert done.returncode == 0, done.stderr
+    # two errors in 12 words, both in the second run: +16.7 points; every clip's voice 0.05 closer
+    assert "WER 0.00 % -> 16.67 %" in done.stdout and "above the first's +16.7 points" in done.stdout
+    assert "similarity of the second above the first's +0.050" in done.stdout
+
+    _run(tmp_path / "other_voices.json", ["the cat sat on the mat"] * 2, [0.7, 0.8], ids=("a-0", "c-0"))
+    _run(tmp_path / "k4.json", ["the cat sat on the mat"] * 2, [0.7, 0.8], mode="tldr")
+    (tmp_path / "broken.json").write_text('[{"mode": "baseline"')
+    for other, says in [("other_voices.json", "said different utterances"), ("k4.json", "no mode in common"),
+                        ("broken.json", "is not a run written by `tldr-voice evaluate --json`"),
+                        ("missing.json", "Cannot read")]:
+        refused = run_cli("compare", tmp_path / "shipped.json", tmp_path / other)
+        assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr
+
+
 @pytest.mark.slow
 def test_evaluate_says_held_out_sentences_in_their_speakers_voices_and_reports_every_mode(tmp_path):
     corpus = tmp_path / "corpus"

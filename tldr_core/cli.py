@@ -368,6 +368,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from tldr_core.evaluation.model_eval import compare_runs, read_run
+
+    print("\n".join(compare_runs(read_run(args.first), read_run(args.second))))
+
+
 def cmd_model_pack(args: argparse.Namespace) -> None:
     from tldr_core.model_store import pack_model
 
@@ -528,6 +534,11 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     calibration_option(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
+    p = commands.add_parser("compare", help="two `evaluate --json` runs on the same utterances (e.g. a new model "
+                                            "against the shipped one): WER and similarity paired, mode by mode")
+    p.add_argument("first", type=Path)
+    p.add_argument("second", type=Path)
+    p.set_defaults(run=cmd_compare)
 
 
 def add_tool_commands(commands: argparse._SubParsersAction) -> None:

@@ -199,12 +199,13 @@ class FSQ(nn.Module):
         self.register_buffer("radix", torch.tensor(radix), persistent=False)
 
     def quantise(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., d) -> values in [-1, 1] on the level grid; straight-through gradient."""
+        """(..., d) -> values in [-1, 1] on the level grid; straight-through gradient. The value is exactly the
+        grid's (q plus an exact zero), so that from_index(to_index(q)) gives it back bit for bit."""
         half = (self.levels - 1) / 2
         offset = 1.0 - self.levels % 2 * 1.0  # even levels sit between integers: shift by one half
         bounded = torch.tanh(z) * half
         q = torch.round(bounded - offset / 2) + offset / 2
-        return (bounded + (q - bounded).detach()) / half
+        return (q + (bounded - bounded.detach())) / half
 
     def to_index(self, q: torch.Tensor) -> torch.Tensor:
         digits = torch.round(q * (self.levels - 1) / 2 + (self.levels - 1) / 2).long()

@@ -1,4 +1,5 @@
-"""`tldr-voice evaluate`: word error rate, speaker similarity and stopping of a model on held-out voices.
+"""`tldr-voice evaluate`: word error rate, speaker similarity and stopping of a model on held-out voices; and
+`tldr-voice compare`: two such runs (e.g. a new model against the shipped one) paired utterance by utterance.
 
 For each utterance of a split (spread over its speakers), the voice is prepared from *another* utterance of
 the same speaker, and the utterance's text is said in it. Judges (judges.py): Whisper base WER (`--asr tiny.en`:
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import json
 
 import numpy as np
 from tqdm import tqdm
@@ -172,3 +175,43 @@ def _paired(refs: list[str], a: ModelReport, b: ModelReport) -> tuple[WerDiffere
     """How much B's WER and similarity are above A's, utterance by utterance."""
     return (WerDifference.paired(refs, [x["heard"] for x in a.samples], [x["heard"] for x in b.samples]),
             SimilarityDifference.paired([x["similarity"] for x in a.samples], [x["similarity"] for x in b.samples]))
+
+
+def read_run(path: Path) -> list[ModelReport]:
+    """The reports `evaluate --json` wrote, with what pairing needs: modes, utterances and transcripts."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        reports = [ModelReport(r["mode"], r["patch_size"], Speculation(**r["speculation"]) if r["speculation"]
+                               else None, samples=r["samples"]) for r in rows]
+        if any(f not in x for r in reports for x in r.samples for f in ("id", "reference", "text", "heard",
+                                                                          "similarity")):
+            raise KeyError("an utterance without its id, voice, text, transcript or similarity")
+    except OSError as err:
+        raise CorpusError(f"Cannot read '{path}' ({err.strerror}): name a file written by `tldr-voice evaluate "
+                          f"--json`.") from err
+    except (ValueError, TypeError, KeyError) as err:
+        raise CorpusError(f"'{path}' is not a run written by `tldr-voice evaluate --json` ({err}): name such a "
+                          f"file.") from err
+    return reports
+
+
+def compare_runs(a: list[ModelReport], b: list[ModelReport]) -> list[str]:
+    """How much run B's WER and similarity are above run A's, for every mode both ran, utterance by utterance.
+    Two runs pair only on the same utterances in the same voices (same corpus, split and --limit)."""
+    common = [(x, y) for x in a for y in b if x.name == y.name]
+    if not common:
+        raise CorpusError(f"The two runs have no mode in common (first: {', '.join(r.name for r in a)}; second: "
+                          f"{', '.join(r.name for r in b)}): compare runs of the same modes.")
+    lines = []
+    for x, y in common:
+        if [(s["id"], s["reference"]) for s in x.samples] != [(s["id"], s["reference"]) for s in y.samples]:
+            raise CorpusError(f"{x.name}: the two runs said different utterances or used different voices: compare "
+                              f"runs of the same corpus, split and --limit.")
+        refs = [s["text"] for s in x.samples]
+        words_a = WordErrors.score(refs, [s["heard"] for s in x.samples])
+        words_b = WordErrors.score(refs, [s["heard"] for s in y.samples])
+        wer, similarity = _paired(refs, x, y)
+        lines += [f"{x.name}: {len(refs)} utterances", f"  WER {words_a.wer:.2f} % -> {words_b.wer:.2f} %",
+                  f"  WER of the second above the first's {wer.text()}",
+                  f"  similarity of the second above the first's {similarity.text()}"]
+    return lines
