@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.slow,  # the whole recipe, every stage at toy size: mi
 TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CODEC_RATE": "50",
        "CODEC_PHONE_WARMUP": "2", "MEMORY_STEPS": "2", "MEMORY_DIM": "16", "DECODER_STEPS": "2",
        "DECODER_LISTENER_STEPS": "3", "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
-       "BACKBONE_STEPS": "3", "SELF_FEED_STEPS": "2", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random", "PATCH_SIZES": "4", "DRAFT_STEPS": "2",
-       "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2", "FFN": "128", "BATCH": "2", "THREADS": "1",
-       "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
+       "BACKBONE_STEPS": "3", "SELF_FEED_STEPS": "2", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random",
+       "PATCH_SIZES": "4", "DRAFT_STEPS": "2", "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2",
+       "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ round trip is about the best it can score, and the model's WER above it is what 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import json
 
 import numpy as np
 from tqdm import tqdm
