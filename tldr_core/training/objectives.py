@@ -74,9 +74,12 @@ class BackboneObjective(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
-        x, target, spans = token_sequences(bb, batch)
+        fed = None
         if self.training and self.self_feed > 0:
-            x, _, _ = token_sequences(bb, batch, self.own_samples(x, spans, batch))
+            with torch.no_grad():  # the true history only chooses the samples: no graph to build for it
+                true_x, _, true_spans = token_sequences(bb, batch)
+                fed = self.own_samples(true_x, true_spans, batch)
+        x, target, spans = token_sequences(bb, batch, fed)
         bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
         tokens = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
