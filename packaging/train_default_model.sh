@@ -57,12 +57,14 @@ if [ "$NPROC" -gt 1 ]; then LAUNCH="$PY -m torch.distributed.run --nproc_per_nod
 else LAUNCH="$PY -m tldr_core"; fi
 RESUME() { [ -f "$1/checkpoint.pt" ] && echo --resume || true; }
 mkdir -p "$WORK"
-# each stage's wall time of its last run, "name<TAB>seconds" lines, kept across reruns for the manifest
+# each stage's wall time, "name<TAB>seconds" lines for the manifest, summed over reruns: an interrupted stage's
+# runs add up (a finished stage, rerun, adds the seconds it takes to see there is nothing left to do)
 TIMES=$WORK/stage_seconds.tsv; touch "$TIMES"
 stage() {
   local name=$1; shift; local t0=$SECONDS; echo "== $name"; "$@"; local took=$((SECONDS - t0))
   echo "== $name took $took s"
-  { awk -F'\t' -v n="$name" '$1 != n' "$TIMES"; printf '%s\t%s\n' "$name" "$took"; } > "$TIMES.new"
+  local before; before=$(awk -F'\t' -v n="$name" '$1 == n {print $2}' "$TIMES")
+  { awk -F'\t' -v n="$name" '$1 != n' "$TIMES"; printf '%s\t%s\n' "$name" "$((took + ${before:-0}))"; } > "$TIMES.new"
   mv "$TIMES.new" "$TIMES"
 }
 

@@ -37,6 +37,8 @@ def recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe")
     env = {**os.environ, **TOY, "WORK": str(root / "work"), "OUT": str(root / "out"), "PY": sys.executable,
            "PYTHONPATH": str(REPO_ROOT), "SPEECH": str(SPEECH)}
+    (root / "work").mkdir()  # as if an earlier run of the codec stage had taken 1000 s before it was interrupted
+    (root / "work" / "stage_seconds.tsv").write_text("codec\t1000\n")
     done = subprocess.run(["bash", "packaging/train_default_model.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -54,6 +56,7 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     recipe = manifest["recipe"]
     assert set(manifest["tldr"]) == {"4"}
     assert set(recipe["stage_seconds"]) == set(stages) - {"pack", "bench"}  # every stage before the model is made
+    assert recipe["stage_seconds"]["codec"] >= 1000  # a resumed stage's time adds to its earlier runs
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
     assert codec["codec_config"]["frames_per_token"] == 2  # CODEC_RATE 50: tokens at 50 per second
