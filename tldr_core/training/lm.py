@@ -89,7 +89,7 @@ class LmTask(Task):
                  process: Process):
         self.objective, self.model, self.trainable = objective, weights, list(weights.parameters())
         self.train_items, self.valid_items, self.cfg = train_items, valid_items, cfg
-        self.device, self.rank = process.device, process.rank
+        self.process = process
         self.index = lm_data.speakers_index(train_items)
         self._describe = {**describe, "train_config": asdict(cfg)}
 
@@ -101,10 +101,11 @@ class LmTask(Task):
     def at_step(self, step: int) -> None:
         if isinstance(self.objective, BackboneObjective):
             self.objective.prior = _prior(self.cfg, step)
-            self.objective.seed = int(np.random.default_rng([self.cfg.seed, step, self.rank, 1]).integers(2 ** 62))
+            draws = np.random.default_rng([self.cfg.seed, step, self.process.rank, 1])
+            self.objective.seed = int(draws.integers(2 ** 62))
 
     def validate(self) -> dict[str, float]:
-        return validate(self.objective, self.valid_items, self.cfg, self.device)
+        return validate(self.objective, self.valid_items, self.cfg, self.process.device)
 
     def describe(self) -> dict:
         return self._describe
