@@ -595,7 +595,7 @@ def add_corpus_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
-    """train codec | backbone | tldr | draft | speed."""
+    """train codec | backbone | tldr | draft | aligner | speed."""
     train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
                                                                                   required=True)
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
