@@ -63,8 +63,8 @@ TIMES=$WORK/stage_seconds.tsv; touch "$TIMES"
 stage() {
   local name=$1; shift; local t0=$SECONDS; echo "== $name"; "$@"; local took=$((SECONDS - t0))
   echo "== $name took $took s"
-  local before; before=$(awk -F'\t' -v n="$name" '$1 == n {print $2}' "$TIMES")
-  { awk -F'\t' -v n="$name" '$1 != n' "$TIMES"; printf '%s\t%s\n' "$name" "$((took + ${before:-0}))"; } > "$TIMES.new"
+  awk -F'\t' -v n="$name" -v t="$took" '$1 == n {t += $2; next} {print} END {printf "%s\t%s\n", n, t}' "$TIMES" \
+    > "$TIMES.new"
   mv "$TIMES.new" "$TIMES"
 }
 
