@@ -46,6 +46,7 @@ class _Relay(QObject):
 
     model_progress = Signal(int, str)  # load number, what the loader is doing
     first_sound = Signal(int, float)   # speak number, seconds from the click to the first chunk played
+    voice_tuning = Signal(int, float)  # speak number, fraction of the voice's tuning done
 
 
 class MainWindow(QMainWindow):
@@ -72,6 +73,7 @@ class MainWindow(QMainWindow):
         self._relay = _Relay(self)
         self._relay.model_progress.connect(self._model_progress)
         self._relay.first_sound.connect(self._first_sound)
+        self._relay.voice_tuning.connect(self._voice_tuning)
         self._voice_jobs = Background(self)  # embedding new voices
         self._sound_jobs = Background(self)  # producing sound chunk by chunk (speech or a sample)
         self._model_jobs = Background(self)  # loading the speech model
@@ -414,7 +416,7 @@ class MainWindow(QMainWindow):
             return
         self.stop()  # a sound still playing (an earlier speech, a sample) is replaced
         request = SpeakRequest(self.editor.toPlainText(), voice, decoding, self.settings.temperature,
-                               self.settings.voice_match, self.settings.seed, clicked)
+                               self.settings.voice_match, self.settings.voice_tuning, self.settings.seed, clicked)
         self._speak_number += 1
         number, relay, synth, player, prepared, library = (self._speak_number, self._relay, self.synth, self.player,
                                                            self._prepared, self.library)
@@ -423,9 +425,14 @@ class MainWindow(QMainWindow):
         self.show_status(f"Generating speech in the voice '{voice.name}'…", kind="speaking")
         self._sound_jobs.start(
             lambda: speak(synth, request, prepared, player, session,
-                          lambda seconds: relay.first_sound.emit(number, seconds), library),
+                          lambda seconds: relay.first_sound.emit(number, seconds), library,
+                          lambda done: relay.voice_tuning.emit(number, done)),
             self._speech_made, self._speech_failed)
         self._update_buttons()
+
+    def _voice_tuning(self, number: int, done: float) -> None:
+        if number == self._speak_number and self._speaking and self.status_kind == "speaking":
+            self.show_status(f"Learning this voice (once per voice, Stop cancels): {done:.0%}…", kind="speaking")
 
     def _first_sound(self, number: int, seconds: float) -> None:
         if number == self._speak_number and self._speaking and self.status_kind == "speaking":

@@ -8,11 +8,12 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 
 from app.audio_io import device_names
 from tldr_core.settings import (DECODING_MODES, DEVICES, MAX_SEED, PATCH_MODES, PATCH_SIZES, SPECULATIVE_MODES,
-                                TEMPERATURE_RANGE, VOICE_MATCHES, Settings)
+                                TEMPERATURE_RANGE, VOICE_MATCHES, VOICE_TUNINGS, Settings)
 
 PATCH_LABELS = {2: "2 tokens per step", 4: "4 tokens per step (default)", 6: "6 tokens per step",
                 8: "8 tokens per step"}
 VOICE_MATCH_LABELS = {32: "Light (default)", 16: "Strong", 0: "Off"}
+VOICE_TUNING_LABELS = {0: "Off (default)", 100: "Quick", 300: "Close"}
 MODE_LABELS = {"tldr": "TLDR patches", "baseline": "Token by token (baseline)", "ssd": "Speculative (SSD)",
                "tldr-ssd": "TLDR patches + speculation"}
 NO_DRAFT_TIP = ("This model has no draft model, so speculative decoding is unavailable: train one with "
@@ -93,6 +94,10 @@ class SettingsDialog(QDialog):
         self.voice_match.setToolTip("How closely the speech follows the voice sample's own sound. Light: like the "
                                     "voice, with the clearest words; Strong: a little more like the voice, a few more "
                                     "words unclear; Off: a voice only partly the sample's.")
+        self.voice_tuning = _combo({v: VOICE_TUNING_LABELS[v] for v in VOICE_TUNINGS}, settings.voice_tuning)
+        self.voice_tuning.setToolTip("Whether the speech codec first learns each voice sample (once per voice). Quick "
+                                     "(about 10 s on a CPU): more like the voice, a few more words unclear; Close "
+                                     "(about 30 s): more of both; Off: no wait, the clearest words.")
         self.fixed_seed = QCheckBox("Fixed")
         self.fixed_seed.setToolTip("With a fixed seed the same text and voice give the same speech every time.")
         self.seed = QSpinBox()
@@ -115,6 +120,7 @@ class SettingsDialog(QDialog):
         form.addRow("Microphone:", self.input_device)
         form.addRow("Speakers:", self.output_device)
         form.addRow("Voice match:", self.voice_match)
+        form.addRow("Voice tuning:", self.voice_tuning)
         form.addRow("Temperature:", self.temperature)
         form.addRow("Seed:", seed_row)
         form.addRow(buttons)
@@ -128,5 +134,6 @@ class SettingsDialog(QDialog):
                         device=self.device.currentData(), input_device=self.input_device.currentData(),
                         output_device=self.output_device.currentData(),
                         temperature=round(self.temperature.value(), 2), voice_match=self.voice_match.currentData(),
+                        voice_tuning=self.voice_tuning.currentData(),
                         seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                         last_voice=self._base.last_voice)

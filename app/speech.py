@@ -19,6 +19,7 @@ import numpy as np
 from app.audio_io import Player
 from app.worker import stream_to_player
 from tldr_core import paths
+from tldr_core.codec.tuning import Tuning
 from tldr_core.decoding import Sampling
 from tldr_core.errors import ModelError
 from tldr_core.settings import SPECULATIVE_MODES, Settings
@@ -86,6 +87,7 @@ class SpeakRequest:
     decoding: Decoding
     temperature: float
     voice_match: int  # the codec's calibration (tldr_core.settings.VOICE_MATCHES)
+    voice_tuning: int  # the codec's tuning steps per voice (tldr_core.settings.VOICE_TUNINGS)
     seed: int | None
     clicked: float  # time.perf_counter() when Speak was clicked
 
@@ -101,13 +103,23 @@ class SpeakOutcome:
 
 def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, VoicePrompt], player: Player,
           session: int, on_first_sound: Callable[[float], None] | None = None,
-          library: VoiceLibrary | None = None) -> SpeakOutcome:
+          library: VoiceLibrary | None = None, on_tuning: Callable[[float], None] | None = None) -> SpeakOutcome:
     """Generate and play; runs in a background job. `voices` caches VoicePrompt per voice id; the
-    library (when given) keeps its prompt tokens and statistics across restarts."""
+    library (when given) keeps its prompt tokens and statistics across restarts. A voice spoken with for the first
+    time is tuned first (seconds; `on_tuning` hears the fraction done), and Stop cancels that too."""
+
+    def cancelled() -> bool:  # Stop, or a newer Speak
+        return player.session != session
+
+    synth.codec.tuning = Tuning(steps=request.voice_tuning)
     prepared = voices.get(request.voice.id)
     if prepared is None:
-        prepared = voices[request.voice.id] = synth.saved_voice_prompt(request.voice, library)
-    if player.session != session:  # stopped while the voice was being prepared
+        prepared = synth.saved_voice_prompt(request.voice, library, on_tuning, cancelled)
+        if prepared is not None:
+            voices[request.voice.id] = prepared
+    elif synth.codec.prepare(prepared.timbre, on_tuning, cancelled) is None:  # tuned again after a settings change
+        prepared = None
+    if prepared is None or cancelled():  # stopped while the voice was being prepared
         return SpeakOutcome(np.zeros(0, np.float32), None, None, None, stopped=True)
     first_sound: list[float] = []
 
@@ -118,7 +130,7 @@ def speak(synth: Synthesizer, request: SpeakRequest, voices: dict[str, VoiceProm
 
     chunks = synth.stream(request.text, prepared, mode=request.decoding.mode,
                           patch_size=request.decoding.patch_size, sampling=Sampling(temperature=request.temperature),
-                          seed=request.seed, cancel=lambda: player.session != session,
+                          seed=request.seed, cancel=cancelled,
                           calibration=request.voice_match)
     try:
         audio, problem = stream_to_player(chunks, player, session, on_first_push=pushed)

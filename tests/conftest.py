@@ -18,6 +18,18 @@ def isolated_user_dirs(platformdirs_isolated):
     return platformdirs_isolated
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_voice_tuning(tmp_path_factory):
+    """Decoders tuned to a voice are kept for the whole session (the same clip tunes to the same weights), so the
+    starter voice that most tests speak with is tuned once, not in every test."""
+    from tldr_core import paths
+
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("voice_tuning")
+        patch.setattr(paths, "voice_tuning_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory):
     """A few seconds of clear synthetic speech (espeak-ng, 22.05 kHz WAV): a voice sample anyone can make."""

@@ -227,13 +227,14 @@ def test_the_settings_dialog_saves_what_it_shows(qtbot, window):
         dialog.device.setCurrentIndex(dialog.device.findData("cpu"))
         dialog.temperature.setValue(0.7)
         dialog.voice_match.setCurrentIndex(dialog.voice_match.findData(0))
+        dialog.voice_tuning.setCurrentIndex(dialog.voice_tuning.findData(100))
         dialog.fixed_seed.setChecked(True)
         dialog.seed.setValue(99)
         dialog.accept()
 
     QTimer.singleShot(0, choose_and_save)
     window.settings_button.click()
-    expected = Settings(patch_size=8, device="cpu", temperature=0.7, voice_match=0, seed=99)
+    expected = Settings(patch_size=8, device="cpu", temperature=0.7, voice_match=0, voice_tuning=100, seed=99)
     assert load_settings() == (expected, []) and window.settings == expected
     assert window.library.device == "cpu" and window.status.text() == "Settings saved."
     assert window.engine.text() == "TLDR, patch size 8 · cpu"

@@ -51,10 +51,10 @@ def window(qtbot, tiny_model):
     window.close()
 
 
-def speak_and_wait(qtbot, window, words: str = SHORT) -> None:
+def speak_and_wait(qtbot, window, words: str = SHORT, timeout: int = 20000) -> None:
     window.editor.setPlainText(words)
     window.speak()
-    qtbot.waitUntil(lambda: not window._speaking, timeout=20000)
+    qtbot.waitUntil(lambda: not window._speaking, timeout=timeout)
     qtbot.waitUntil(lambda: not window.player.is_playing, timeout=20000)
     window.player.stop()  # closes the stream, so ALSA writes out its last period
 
@@ -131,6 +131,30 @@ def test_stop_halts_generation_and_sound_within_a_patch(qtbot, window, alsa_tap)
     assert window.last_outcome.stopped and stats.sentences < 30
     assert window.status.text().startswith("Stopped after") and not window.stop_button.isEnabled()
     assert len(window.last_audio) > 0 and window.export_button.isEnabled()  # what was made is kept
+
+
+def test_a_voice_is_tuned_before_its_first_speech_with_progress_and_stop_cancels_that(qtbot, tiny_model, alsa_tap):
+    """With voice tuning on, the first Speak in a voice says how far the tuning has got; Stop ends it at once with
+    nothing made. The next Speak tunes it and speaks; once tuned, a voice speaks without tuning again."""
+    save_settings(Settings(device="cpu", seed=7, voice_tuning=100))
+    window = open_window(qtbot, tiny_model)
+    qtbot.waitUntil(lambda: window.synth is not None, timeout=20000)
+    window.editor.setPlainText(SHORT)
+    window.speak()
+    qtbot.waitUntil(lambda: "Learning this voice" in window.status.text(), timeout=20000)
+    window.stop()
+    qtbot.waitUntil(lambda: not window._speaking, timeout=5000)
+    assert window.last_outcome.stopped and window.last_outcome.stats is None
+    kept = len(list(paths.voice_tuning_dir().glob("*.npz")))
+    seen = []
+    window._relay.voice_tuning.connect(lambda number, done: seen.append(done))
+    speak_and_wait(qtbot, window, timeout=120000)  # 100 tuning steps: ~10 s on 2 cores
+    assert seen and seen[-1] == 1.0 and window.status.text().startswith("Spoke")
+    assert len(list(paths.voice_tuning_dir().glob("*.npz"))) == kept + 1
+    seen.clear()
+    speak_and_wait(qtbot, window)
+    assert not seen and window.status.text().startswith("Spoke")
+    window.close()
 
 
 def test_a_new_speak_replaces_the_one_playing(qtbot, window, alsa_tap):

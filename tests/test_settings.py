@@ -27,7 +27,8 @@ def test_the_app_speaks_at_the_temperature_its_figures_were_measured_at():
 
 def test_settings_persist_in_the_user_config_folder():
     saved = Settings(patch_size=8, decoding_mode="baseline", device="cpu", input_device="USB Mic",
-                     output_device="Speakers", temperature=0.7, voice_match=32, seed=1234, last_voice="abc123")
+                     output_device="Speakers", temperature=0.7, voice_match=32, voice_tuning=300, seed=1234,
+                     last_voice="abc123")
     save_settings(saved)
     assert settings_path().parent == paths.user_config_dir()
     assert load_settings() == (saved, [])
@@ -61,6 +62,7 @@ def test_unknown_keys_are_ignored_and_known_ones_kept():
                                         ("device", "tpu"), ("temperature", 0),
                                         ("temperature", "hot"), ("seed", -1), ("seed", 2.5),
                                         ("voice_match", 8), ("voice_match", "strong"),
+                                        ("voice_tuning", 50), ("voice_tuning", "close"),
                                         ("output_device", ""), ("last_voice", 7)])
 def test_an_invalid_value_falls_back_to_its_default_alone(key, value):
     settings_path().write_text(json.dumps({"seed": 42, key: value} if key != "seed" else {key: value}),

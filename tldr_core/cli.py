@@ -189,8 +189,9 @@ def cmd_train_speed(args: argparse.Namespace) -> None:
 def cmd_codec_roundtrip(args: argparse.Namespace) -> None:
     from tldr_core import audio
     from tldr_core.codec.runtime import CodecRuntime
+    from tldr_core.codec.tuning import Tuning
 
-    codec = CodecRuntime(args.model, calibration=args.calibration)
+    codec = CodecRuntime(args.model, calibration=args.calibration, tuning=Tuning(steps=args.tuning))
     samples = audio.to_model_rate(*audio.read_audio(args.input))
     voice = audio.to_model_rate(*audio.read_audio(args.voice)) if args.voice else None
     result = codec.roundtrip(samples, stream_tokens=args.stream, reference=voice)
@@ -210,13 +211,16 @@ def cmd_codec_evaluate(args: argparse.Namespace) -> None:
 
     from tldr_core.codec.features import analyze
     from tldr_core.codec.runtime import CodecRuntime
+    from tldr_core.codec.tuning import Tuning
     from tldr_core.codec.vocoder import synthesize
     from tldr_core.evaluation.codec_eval import evaluate_split
     from tldr_core.evaluation.judges import Judges
     from tldr_core.files import write_text
 
-    codecs = {(str(path) if path else "shipped") + (f" calibration {k}" if len(args.calibration) > 1 else ""):
-              CodecRuntime(path, calibration=k) for path in args.model or [None] for k in args.calibration}
+    codecs = {(str(path) if path else "shipped") + (f" calibration {k}" if len(args.calibration) > 1 else "")
+              + (f" tuning {steps}" if len(args.tuning) > 1 else ""):
+              CodecRuntime(path, calibration=k, tuning=Tuning(steps=steps))
+              for path in args.model or [None] for k in args.calibration for steps in args.tuning}
 
     def roundtrip(codec: CodecRuntime):
         return lambda samples, reference: codec.roundtrip(samples, args.stream, reference).audio
@@ -259,8 +263,12 @@ def cmd_codec_export(args: argparse.Namespace) -> None:
 def _synthesizer(args: argparse.Namespace):
     from tldr_core.synthesis import Synthesizer
 
+    from tldr_core.codec.tuning import Tuning
+
     torch_threads(args.threads)
-    return Synthesizer(args.model, device=args.device, codec_dir=args.codec)
+    steps = getattr(args, "tuning", None)  # speak and evaluate choose it; bench and soak speak as the app does
+    return Synthesizer(args.model, device=args.device, codec_dir=args.codec,
+                       tuning=Tuning() if steps is None else Tuning(steps=steps))
 
 
 def torch_threads(threads: int) -> None:
@@ -465,15 +473,21 @@ def asr_option(p: argparse.ArgumentParser) -> None:
                    help="the Whisper model that judges words (tiny.en: the judge of the figures before 2026-12-04)")
 
 
-def calibration_option(p: argparse.ArgumentParser, several: bool = False) -> None:
+def voice_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """--calibration and --tuning: how the codec renders the voice sample's voice (the app's defaults)."""
+    from tldr_core.codec.tuning import Tuning
     from tldr_core.settings import VOICE_MATCHES
 
-    default = VOICE_MATCHES[0]  # the app's default voice match
+    default, steps = VOICE_MATCHES[0], Tuning().steps
+    each = "; several: each judged" if several else ""
     p.add_argument("--calibration", type=int, metavar="K", nargs="+" if several else None,
                    default=[default] if several else default,
                    help=f"voice match: correct each decoded frame by the decoder's errors on the K frames of the voice "
-                        f"sample nearest to it (default {default}; 0: as decoded)" + ("; several: each judged"
-                                                                                      if several else ""))
+                        f"sample nearest to it (default {default}; 0: as decoded){each}")
+    p.add_argument("--tuning", type=int, metavar="STEPS", nargs="+" if several else None,
+                   default=[steps] if several else steps,
+                   help=f"tune the codec's decoder to each voice sample for STEPS steps (default {steps}; 0: not at "
+                        f"all; kept in the user cache){each}")
 
 
 def add_speech_commands(commands: argparse._SubParsersAction) -> None:
@@ -488,7 +502,7 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, choices=[2, 4, 6, 8], default=4)
     speculation_options(p)
     temperature_option(p)
-    calibration_option(p)
+    voice_options(p)
     model_options(p)
     p.set_defaults(run=cmd_speak)
 
@@ -531,7 +545,7 @@ def add_speech_commands(commands: argparse._SubParsersAction) -> None:
     speculation_options(p, acceptance=False)
     temperature_option(p)
     asr_option(p)
-    calibration_option(p)
+    voice_options(p)
     model_options(p)
     p.set_defaults(run=cmd_evaluate)
     p = commands.add_parser("compare", help="two `evaluate --json` runs on the same utterances (e.g. a new model "
@@ -713,7 +727,7 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
                    help="decode K tokens at a time through the streaming path (0: offline)")
     p.add_argument("--voice", type=Path, metavar="CLIP", help="decode in the voice of this clip, as the app speaks "
                    "in a voice sample's (default: the input's own; the calibration then measures the input itself)")
-    calibration_option(p)
+    voice_options(p)
     p.set_defaults(run=cmd_codec_roundtrip)
     p = codec_cmds.add_parser("evaluate", help="round-trip WER, speaker similarity and DNSMOS on held-out voices")
     p.add_argument("corpus", type=Path)
@@ -725,7 +739,7 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--voice", choices=["other", "own"], default="other",
                    help="decode each clip in the voice of another clip of its speaker (as the app does) or its own")
     asr_option(p)
-    calibration_option(p, several=True)
+    voice_options(p, several=True)
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.set_defaults(run=cmd_codec_evaluate)
     p = codec_cmds.add_parser("export", help="export a codec checkpoint to ONNX for the app")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from tldr_core.errors import ModelError
@@ -28,9 +29,10 @@ def _both_runtimes_installed() -> bool:
     return len(found) == 2
 
 
-def open_session(model_path: Path, device: str, what: str, restore: str,
-                 threads: int = 1) -> tuple[ort.InferenceSession, list[str]]:
-    """(session, notices) for `model_path`; `what` names the model and `restore` says how to get it back."""
+def open_session(model_path: Path, device: str, what: str, restore: str, threads: int = 1,
+                 initializers: dict[str, np.ndarray] | None = None) -> tuple[ort.InferenceSession, list[str]]:
+    """(session, notices) for `model_path`; `what` names the model and `restore` says how to get it back.
+    `initializers`: weights that replace the graph's own of the same names (a decoder tuned to a voice)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     notices: list[str] = []
@@ -50,10 +52,15 @@ def open_session(model_path: Path, device: str, what: str, restore: str,
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    values = [(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+              for name, w in (initializers or {}).items()]
+    for name, value in values:
+        options.add_initializer(name, value)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=providers)
     except Exception as error:  # onnxruntime raises several unrelated types for unreadable models
         raise ModelError(f"The {what} model {model_path} is damaged ({error}). {restore}") from error
+    session.replaced_weights = values  # onnxruntime reads them from these arrays: they live as the session does
     if providers[0] == "CUDAExecutionProvider" and "CUDAExecutionProvider" not in session.get_providers():
         notices.append(f"onnxruntime could not start CUDA (missing CUDA or cuDNN libraries?); the {what} runs on "
                        "the CPU instead.")

@@ -23,6 +23,11 @@ def user_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False, ensure_exists=True))
 
 
+def voice_tuning_dir() -> Path:
+    """The codec's decoder as tuned to each of the user's voices (codec.tuning): made again when missing."""
+    return user_cache_dir() / "voice_tuning"
+
+
 def user_config_dir() -> Path:
     """Settings (created on first use)."""
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False, ensure_exists=True))

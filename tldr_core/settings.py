@@ -30,6 +30,10 @@ DEVICES = ("auto", "cuda", "cpu")
 # fewer keep more of the voice and lose a few more words, 0 is off. The first is the default: 32 (Light) keeps
 # 1.2 points of words more than 16 (Strong) for 0.007 of similarity (docs/EXPERIMENTS.md, run cw2)
 VOICE_MATCHES = (32, 16, 0)
+# Voice tuning: Adam steps that fit the codec's decoder to each voice sample, once per voice (codec.tuning). On held-out
+# voices 100 steps add +0.020 similarity and +1.5 WER points, 300 +0.029 and +2.9 (docs/EXPERIMENTS.md, "Voice
+# tuning"): off, the first, by default, since words come first
+VOICE_TUNINGS = (0, 100, 300)
 # Sampling temperature, the default of the app, the command line and decoding.Sampling: measured, 0.8 read 21.0 % WER
 # on held-out voices, 0.3 18.4 % (docs/EXPERIMENTS.md, "Cooler sampling")
 TEMPERATURE = 0.3
@@ -46,6 +50,7 @@ class Settings:
     output_device: str | None = None
     temperature: float = TEMPERATURE  # the one the model's figures are measured at
     voice_match: int = VOICE_MATCHES[0]
+    voice_tuning: int = VOICE_TUNINGS[0]
     seed: int | None = None  # None: a new random seed every time
     last_voice: str | None = None  # id of the voice picked last (see tldr_core.voices)
 
@@ -69,6 +74,7 @@ _RULES: dict[str, tuple[Any, str]] = {
                     and TEMPERATURE_RANGE[0] <= v <= TEMPERATURE_RANGE[1],
                     f"a number from {TEMPERATURE_RANGE[0]} to {TEMPERATURE_RANGE[1]}"),
     "voice_match": (lambda v: _is_int(v) and v in VOICE_MATCHES, ", ".join(map(str, VOICE_MATCHES))),
+    "voice_tuning": (lambda v: _is_int(v) and v in VOICE_TUNINGS, ", ".join(map(str, VOICE_TUNINGS))),
     "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), f"null or a whole number 0-{MAX_SEED}"),
     "last_voice": (_optional_text, "a voice id or null"),
 }

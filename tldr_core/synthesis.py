@@ -39,6 +39,7 @@ from tldr_core import text
 from tldr_core.audio import SAMPLE_RATE
 from tldr_core.codec.runtime import DEFAULT_CODEC, CodecRuntime, Timbre
 from tldr_core.codec.store import codec_fingerprint
+from tldr_core.codec.tuning import Tuning
 from tldr_core.decoding import (PATCH_SPECULATION, GenerationStats, PatchGenerator, Request, Sampling, Speculation,
                                 SpeculativeGenerator, SpeculativePatchGenerator, StepFigures, TokenGenerator)
 from tldr_core.errors import ModelError, VoiceError
@@ -118,7 +119,8 @@ class Synthesizer:
     """A model folder (backbone + TLDR adapters) and its codec, loaded once."""
 
     def __init__(self, model_dir: Path | None = None, device: str = "auto", codec_dir: Path | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, tuning: Tuning = Tuning()):
+        """`tuning`: how the codec's decoder is tuned to each voice (`codec.tuning`)."""
         say = progress or (lambda message: None)
         say("checking model files")
         self.folder = open_model_folder(model_dir)
@@ -136,7 +138,7 @@ class Synthesizer:
             say("loading the draft model")
             self.draft = load_draft(self.folder.draft_path(), self.backbone).to(self.device)
         say("loading the codec")
-        self.codec = CodecRuntime(codec_dir)
+        self.codec = CodecRuntime(codec_dir, tuning=tuning)
         self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")  # one: pushes in order
         self._generators: dict[int, PatchGenerator] = {}
         self.last_stats: SpeakStats | None = None
@@ -164,37 +166,41 @@ class Synthesizer:
         generator.sampling = sampling
         return generator
 
-    def prepare_voice(self, samples: np.ndarray, embedding: np.ndarray | None = None) -> VoicePrompt:
-        """A 16 kHz mono reference clip (already trimmed and normalised) -> its VoicePrompt; `embedding`: the
-        clip's speaker embedding when it is known already (else it is computed here)."""
+    def prepare_voice(self, samples: np.ndarray, embedding: np.ndarray | None = None,
+                      progress: Callable[[float], None] | None = None,
+                      cancel: Callable[[], bool] | None = None) -> VoicePrompt | None:
+        """A 16 kHz mono reference clip (already trimmed and normalised) -> its VoicePrompt, with the codec tuned to
+        the voice (seconds the first time; `progress` hears the fraction done) and calibrated on it; `embedding`:
+        the clip's speaker embedding when it is known already (else it is computed here). None when cancelled."""
         tokens, timbre = self.codec.encode(samples, embedding)
         length = min(max_prompt_tokens(self.codec.tokens_per_second), len(tokens) // PROMPT_MULTIPLE * PROMPT_MULTIPLE)
         start = (len(tokens) - length) // 2  # the middle: away from breaths and trimmed edges
         reference = (timbre.frames, timbre.tokens) if self.codec.reads_reference else None
-        return self._calibrated(VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64),
-                                            timbre.stats, reference))
+        return self._prepared(VoicePrompt(timbre.embedding, tokens[start:start + length].astype(np.int64),
+                                          timbre.stats, reference), progress, cancel)
 
-    def _calibrated(self, prompt: VoicePrompt) -> VoicePrompt:
-        """The prompt, with the codec's calibration on its voice made now rather than at its first audio."""
-        if self.codec.neighbours > 0:
-            self.codec.calibration(prompt.timbre)
-        return prompt
+    def _prepared(self, prompt: VoicePrompt, progress: Callable[[float], None] | None,
+                  cancel: Callable[[], bool] | None) -> VoicePrompt | None:
+        """The prompt, with the codec prepared for its voice now rather than at its first audio."""
+        return prompt if self.codec.prepare(prompt.timbre, progress, cancel) is not None else None
 
-    def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None) -> VoicePrompt:
+    def saved_voice_prompt(self, voice: SavedVoice, library: VoiceLibrary | None = None,
+                           progress: Callable[[float], None] | None = None,
+                           cancel: Callable[[], bool] | None = None) -> VoicePrompt | None:
         """A saved voice's VoicePrompt: what the library kept for this codec (with the clip's frames and tokens for
         a codec whose decoder reads the clip itself), else made now (and kept when a library is given; a read-only
-        or vanished voice folder only costs making it again next time)."""
+        or vanished voice folder only costs making it again next time). None when cancelled while tuning."""
         kept = voice.prompt_tokens is not None and voice.codec_stats is not None and voice.codec == self.codec_sha256
         reference = voice.codec_reference() if kept and self.codec.reads_reference else None
         if kept and (reference is not None or not self.codec.reads_reference):
-            return self._calibrated(VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
-                                                np.array(voice.codec_stats, dtype=np.float32), reference))
+            return self._prepared(VoicePrompt(voice.embedding(), np.array(voice.prompt_tokens, dtype=np.int64),
+                                              np.array(voice.codec_stats, dtype=np.float32), reference), progress, cancel)
         try:
             clip, embedding = voice.clip(), voice.embedding()
         except (OSError, RuntimeError, ValueError) as error:  # soundfile reports a damaged file as RuntimeError
             raise VoiceError(f"The sample of '{voice.name}' could not be read ({error}).") from None
-        prompt = self.prepare_voice(clip, embedding)
-        if library is not None:
+        prompt = self.prepare_voice(clip, embedding, progress, cancel)
+        if library is not None and prompt is not None:
             try:
                 library.save_prompt(voice.id, prompt.prompt_tokens.tolist(), prompt.stats.tolist(), self.codec_sha256,
                                     prompt.reference)

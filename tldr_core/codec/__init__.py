@@ -4,6 +4,7 @@
   vocoder.py   frames -> audio, streaming
   model.py     the codec network: FSQ tokenizer and causal decoder (`DecoderStream` decodes pushed tokens)
   store.py     a codec from a checkpoint or an exported folder; the fingerprint that pairs a model with it
+  tuning.py    the decoder fine-tuned on a voice sample, once per voice (test-time adaptation)
   runtime.py   `CodecRuntime`: audio -> tokens, tokens + a `Timbre` -> audio (`AudioStream`), on onnxruntime
 Training it lives in tldr_core/training (codec.py, listener.py, codec_export.py).
 """

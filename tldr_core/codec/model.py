@@ -439,6 +439,25 @@ class Codec(nn.Module):
             memory = self.remember(self.fsq.from_index(reference_ids), reference_frames, stats, lengths)
         return self.decode(self.fsq.from_index(ids) * valid[..., None], embedding, stats, state, memory)
 
+    def reconstruction(self, pred: torch.Tensor, frames: torch.Tensor, stats: torch.Tensor, lengths: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """How far (B, T, dim) decoded normalised frames (`decode_normalised`) are from the (B, T, dim) vocoder
+        frames of clips `lengths` long, in the voice of `stats`: each part, and "recon", their weighted sum."""
+        target = normalise(frames, stats) / self.scale
+        mask = (torch.arange(frames.shape[1])[None] < lengths[:, None]).float()
+        n = mask.sum()
+        voiced = frames[..., VUV] * mask
+        vuv = F.binary_cross_entropy_with_logits(pred[..., VUV], frames[..., VUV], reduction="none")
+        parts = {
+            "f0": ((pred[..., LF0] - target[..., LF0]).abs() * voiced).sum() / voiced.sum().clamp(min=1),
+            "vuv": (vuv * mask).sum() / n,
+            "env": ((pred[..., ENV] - target[..., ENV]).abs().mean(-1) * mask).sum() / n,
+            "ap": ((pred[..., AP] - target[..., AP]).abs().mean(-1) * mask).sum() / n,
+        }
+        # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
+        parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
+        return parts
+
     def phone_log_probs(self, q: torch.Tensor) -> torch.Tensor:
         """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
@@ -463,23 +482,11 @@ class Codec(nn.Module):
                 ref_q = self.encode(ref.frames, ref.stats, ref.features)
             if self.memory is not None:
                 memory = self.remember(ref_q, ref.frames, ref.stats, ref.lengths)
-        target = normalise(frames, stats) / self.scale
         pred, _ = self.decode_normalised(self.pad_window(q), self.conditioning(embedding, stats), memory=memory)
-        mask = (torch.arange(frames.shape[1])[None] < batch.lengths[:, None]).float()
-        n = mask.sum()
-        voiced = frames[..., VUV] * mask
-        vuv = F.binary_cross_entropy_with_logits(pred[..., VUV], frames[..., VUV], reduction="none")
+        parts = self.reconstruction(pred, frames, stats, batch.lengths)
         log_probs = self.phone_log_probs(q).transpose(0, 1)  # (N, B, classes), as ctc_loss wants
-        parts = {
-            "f0": ((pred[..., LF0] - target[..., LF0]).abs() * voiced).sum() / voiced.sum().clamp(min=1),
-            "vuv": (vuv * mask).sum() / n,
-            "env": ((pred[..., ENV] - target[..., ENV]).abs().mean(-1) * mask).sum() / n,
-            "ap": ((pred[..., AP] - target[..., AP]).abs().mean(-1) * mask).sum() / n,
-            "ctc": F.ctc_loss(log_probs, batch.phones, batch.lengths // self.cfg.frames_per_token,
-                              batch.phone_lengths, blank=0, zero_infinity=True),
-        }
-        # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
-        parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
+        parts["ctc"] = F.ctc_loss(log_probs, batch.phones, batch.lengths // self.cfg.frames_per_token,
+                                  batch.phone_lengths, blank=0, zero_infinity=True)
         parts["total"] = parts["recon"] + self.cfg.ctc_weight * parts["ctc"]
         if listener is None and perceiver is None:
             return parts

@@ -14,13 +14,18 @@ its analysed ones. Each decoded frame then takes the errors of its nearest decod
 `Calibration.apply`), so a vowel is corrected the way this voice's own vowels needed (kNN-VC swaps whole frames,
 which loses the words on a short reference; adding only the decoder's error keeps what the tokens say). Frame by
 frame, and continuous in the frame: a stream's envelopes equal the offline ones to float rounding.
+
+Voice tuning (`codec.tuning`) goes further, once per voice: the decoder's weights fine-tuned on the reference clip
+itself (seconds; kept in the user cache), run by the same ONNX graph. `CodecRuntime.prepare` does both for a voice.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,8 +35,9 @@ import torch
 
 from tldr_core import paths
 from tldr_core.codec.features import CONFIG as FEATURES, ENV, analyze
-from tldr_core.codec.model import CodecConfig, DecoderStream, numpy_step, reference_stats
+from tldr_core.codec.model import Codec, CodecConfig, DecoderStream, numpy_step, reference_stats
 from tldr_core.codec.store import load_codec
+from tldr_core.codec.tuning import Tuning, keep_tuned, read_tuned, tune
 from tldr_core.codec.vocoder import StreamingVocoder
 from tldr_core.codec.whisper import log_mel, mel_pieces
 from tldr_core.codec.whisper_weights import load_whisper_encoder
@@ -140,8 +146,19 @@ class _TorchBackend:
         return self.model.tokens(torch.from_numpy(frames)[None], torch.from_numpy(stats)[None])[0].numpy()
 
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre, state: tuple[np.ndarray, ...],
-             reference: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        return numpy_step(self.model, ids, valid, timbre.embedding, timbre.stats, state, reference)
+             reference: tuple[np.ndarray, np.ndarray] | None, tuned: Codec | None = None
+             ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        return numpy_step(tuned or self.model, ids, valid, timbre.embedding, timbre.stats, state, reference)
+
+    def torch_codec(self) -> Codec:
+        return self.model
+
+    def with_weights(self, weights: dict[str, np.ndarray]) -> Codec:
+        """A copy of the model with these decoder weights (by initializer name: "codec.<parameter>")."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({name.removeprefix("codec."): torch.from_numpy(w) for name, w in weights.items()},
+                              strict=False)
+        return model
 
 
 class _OnnxBackend:
@@ -149,7 +166,7 @@ class _OnnxBackend:
 
     def __init__(self, folder: Path):
         restore = "Reinstall TLDR Voice, or export a trained codec with `tldr-voice codec export`."
-        verified_manifest(folder, "codec", restore)  # sha256 of every file, before onnxruntime reads one
+        manifest = verified_manifest(folder, "codec", restore)  # sha256 of every file, before onnxruntime reads one
         meta_path = folder / "codec.json"
         if not meta_path.is_file():
             raise ModelError(f"'{folder}' holds no codec (codec.json is missing): {restore}")
@@ -157,6 +174,8 @@ class _OnnxBackend:
         if "state_shapes" not in meta:
             raise ModelError(f"The codec in '{folder}' was exported by an older TLDR Voice (its decoder carries "
                              f"no state): {restore}")
+        self.folder, self.restore = folder, restore
+        self.decoder_sha256 = manifest.get("files", {}).get("decoder.onnx", {}).get("sha256")  # names tuned voices
         self.tokenizer, self.notices = open_session(folder / "tokenizer.onnx", "cpu", "codec tokenizer", restore)
         self.decoder, _ = open_session(folder / "decoder.onnx", "cpu", "codec decoder", restore)
         self.margin, self.state_shapes = tuple(meta["window_margin"]), meta["state_shapes"]
@@ -176,13 +195,26 @@ class _OnnxBackend:
         return self.tokenizer.run(None, {"frames": frames[None].astype(np.float32),
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
+    @cached_property
+    def _codec(self) -> Codec:
+        return load_codec(self.folder)
+
+    def torch_codec(self) -> Codec:
+        """The decoder in torch (its weights read from the ONNX graphs), for tuning it to a voice."""
+        return self._codec
+
+    def with_weights(self, weights: dict[str, np.ndarray]):
+        """A decoder session whose graph runs these weights instead of the shipped ones (by initializer name)."""
+        return open_session(self.folder / "decoder.onnx", "cpu", "codec decoder", self.restore,
+                            initializers=weights)[0]
+
     def step(self, ids: np.ndarray, valid: np.ndarray, timbre: Timbre, state: tuple[np.ndarray, ...],
-             reference: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+             reference: tuple[np.ndarray, np.ndarray] | None, tuned=None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         inputs = {"tokens": ids[None], "valid": valid[None], "embedding": timbre.embedding[None].astype(np.float32),
                   "stats": timbre.stats[None].astype(np.float32), "past_tokens": state[0], "past_frames": state[1]}
         if reference is not None:
             inputs |= {"reference_tokens": reference[0][None], "reference_frames": reference[1][None]}
-        frames, *new = self.decoder.run(None, inputs)
+        frames, *new = (tuned or self.decoder).run(None, inputs)
         return frames[0], tuple(new)
 
 
@@ -205,13 +237,23 @@ class AudioStream:
         return frames if self.calibration is None else self.calibration.apply(frames, self.neighbours)
 
 
+@dataclass
+class PreparedVoice:
+    """What decoding in one voice needs beyond its timbre, made once: the decoder tuned to it (None: the shipped
+    one) and its calibration."""
+
+    tuned: object | None
+    calibration: Calibration | None  # None for a timbre without its clip's frames and tokens
+
+
 class CodecRuntime:
     """A codec loaded once: an exported folder (onnxruntime) or a training checkpoint .pt (torch)."""
 
-    def __init__(self, model_path: Path | None = None, threads: int = 1, calibration: int = CALIBRATION_NEIGHBOURS):
+    def __init__(self, model_path: Path | None = None, threads: int = 1, calibration: int = CALIBRATION_NEIGHBOURS,
+                 tuning: Tuning = Tuning()):
         """`calibration`: how many of the reference's decoded frames correct each decoded frame (`Calibration`;
-        0: none)."""
-        self.neighbours = calibration
+        0: none); `tuning`: how the decoder is tuned to each voice (`codec.tuning`; 0 steps: not at all)."""
+        self.neighbours, self.tuning = calibration, tuning
         path = Path(model_path) if model_path else DEFAULT_CODEC
         if path.suffix == ".pt":
             torch.set_num_threads(threads)
@@ -219,7 +261,7 @@ class CodecRuntime:
         else:
             self.backend = _OnnxBackend(path)
         self.vocab_size = self.backend.vocab_size
-        self._calibrations: dict[str, Calibration] = {}  # the last few voices', by content
+        self._voices: dict[str, PreparedVoice] = {}  # the last few voices', by content
 
     @property
     def tokens_per_second(self) -> int:
@@ -227,9 +269,9 @@ class CodecRuntime:
 
     @property
     def reads_reference(self) -> bool:
-        """Whether decoding reads the reference clip's frames and tokens (a voice memory, or the calibration), not
-        only its timbre."""
-        return self.backend.has_memory or self.neighbours > 0
+        """Whether decoding reads the reference clip's frames and tokens (a voice memory, the calibration or the
+        tuning), not only its timbre."""
+        return self.backend.has_memory or self.neighbours > 0 or self.tuning.steps > 0
 
     @cached_property
     def speaker(self) -> SpeakerEncoder:
@@ -263,26 +305,63 @@ class CodecRuntime:
         return AudioStream(self, timbre, self.neighbours if calibration is None else calibration)
 
     def decoder_stream(self, timbre: Timbre) -> DecoderStream:
-        """Token ids -> vocoder frames, as decoded (no calibration)."""
+        """Token ids -> vocoder frames, as decoded in this voice (tuned to it; no calibration)."""
+        return self._decoder_stream(timbre, self.prepare(timbre).tuned)
+
+    def _decoder_stream(self, timbre: Timbre, tuned: object | None) -> DecoderStream:
         b = self.backend
         reference = timbre.memory(b.frames_per_token) if b.has_memory else None  # read once, not at every push
-        return DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state, reference), b.zero_state(),
-                             b.margin)
+        return DecoderStream(lambda ids, valid, state: b.step(ids, valid, timbre, state, reference, tuned),
+                             b.zero_state(), b.margin)
 
     def calibration(self, timbre: Timbre) -> Calibration:
-        """The voice's `Calibration`: its reference clip (the middle 15 s, as a voice memory reads) decoded from its
-        own tokens once per voice (~0.1 s; preparing a voice does it, so speaking does not wait for it), and kept
-        for the last few voices."""
-        tokens, frames = timbre.memory(self.backend.frames_per_token)
-        key = hashlib.sha1(b"".join(a.tobytes() for a in (tokens, frames, timbre.stats, timbre.embedding))).hexdigest()
-        if key not in self._calibrations:
-            stream = self.decoder_stream(timbre)
-            decoded = np.concatenate([stream.push(tokens), stream.finish()])[:, ENV]
-            self._calibrations[key] = Calibration(decoded.astype(np.float32),
-                                                  (frames[:len(decoded), ENV] - decoded).astype(np.float32))
-            while len(self._calibrations) > 8:
-                del self._calibrations[next(iter(self._calibrations))]
-        return self._calibrations[key]
+        """The voice's `Calibration` (made by `prepare`)."""
+        calibration = self.prepare(timbre).calibration
+        if calibration is None:
+            timbre.memory(self.backend.frames_per_token)  # raises the ModelError that says what is missing
+        return calibration
+
+    def prepare(self, timbre: Timbre, progress: Callable[[float], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> PreparedVoice | None:
+        """Tune the decoder to this voice (`codec.tuning`: seconds; kept on disk, so once per voice and codec) and
+        measure its calibration: its reference clip (the middle 15 s, as a voice memory reads) decoded from its own
+        tokens, ~0.1 s. Preparing a voice does it, so speaking does not wait; kept for the last few voices.
+        `progress` hears the tuning's fraction done; None when `cancel` said so before the end."""
+        voice = hashlib.sha1(b"".join(a.tobytes() for a in (timbre.tokens, timbre.frames, timbre.stats,
+                                                              timbre.embedding) if a is not None)).hexdigest()
+        key = f"{voice}-{self.tuning.key() if self.tuning.steps > 0 else 'untuned'}"
+        if key not in self._voices:
+            tuned, calibration = None, None
+            if self.tuning.steps > 0:
+                weights = self._tuned_weights(timbre, voice, progress, cancel)
+                if weights is None:
+                    return None
+                tuned = self.backend.with_weights(weights)
+            if timbre.tokens is not None and timbre.frames is not None:  # a bare timbre is only decoded, as is
+                tokens, frames = timbre.memory(self.backend.frames_per_token)
+                stream = self._decoder_stream(timbre, tuned)
+                decoded = np.concatenate([stream.push(tokens), stream.finish()])[:, ENV]
+                calibration = Calibration(decoded.astype(np.float32),
+                                          (frames[:len(decoded), ENV] - decoded).astype(np.float32))
+            self._voices[key] = PreparedVoice(tuned, calibration)
+            while len(self._voices) > 8:
+                del self._voices[next(iter(self._voices))]
+        return self._voices[key]
+
+    def _tuned_weights(self, timbre: Timbre, key: str, progress: Callable[[float], None] | None,
+                       cancel: Callable[[], bool] | None) -> dict[str, np.ndarray] | None:
+        """The decoder's weights tuned to this voice: from the user cache when this codec tuned it before."""
+        decoder = getattr(self.backend, "decoder_sha256", None)  # a training checkpoint is not cached
+        path = (paths.voice_tuning_dir() / hashlib.sha1(
+            f"{decoder}-{self.tuning.key()}-{key}".encode()).hexdigest()).with_suffix(".npz") if decoder else None
+        weights = read_tuned(path) if path is not None else None
+        if weights is None:
+            weights = tune(self.backend.torch_codec(), timbre.tokens, timbre.frames,
+                           timbre.memory(self.backend.frames_per_token), timbre.embedding, timbre.stats, self.tuning,
+                           progress, cancel)
+            if weights is not None and path is not None:
+                keep_tuned(path, weights)
+        return weights
 
     def roundtrip(self, samples: np.ndarray, stream_tokens: int = 0, reference: np.ndarray | None = None) -> Roundtrip:
         """Encode and decode a clip in its own timbre, or in a `reference` clip's (as the app speaks in a voice
