@@ -40,7 +40,7 @@ def test_tuning_fits_the_decoder_to_the_voice_sample_and_leaves_the_shipped_weig
     by its ONNX initializer name and shape; the codec tuned from is unchanged; progress climbs to 1."""
     runtime = CodecRuntime(tuning=Tuning(steps=0))
     tokens, timbre = runtime.encode(sample)
-    codec = runtime.backend.torch_codec()
+    codec = runtime.backend.torch_codec
     shipped = {name: p.detach().clone() for name, p in codec.named_parameters()}
     heard = []
     weights = tune(codec, tokens, timbre.frames, timbre.memory(4), timbre.embedding, timbre.stats, QUICK, heard.append)

@@ -261,14 +261,13 @@ def cmd_codec_export(args: argparse.Namespace) -> None:
 
 
 def _synthesizer(args: argparse.Namespace):
+    from tldr_core.codec.tuning import Tuning
     from tldr_core.synthesis import Synthesizer
 
-    from tldr_core.codec.tuning import Tuning
-
     torch_threads(args.threads)
-    steps = getattr(args, "tuning", None)  # speak and evaluate choose it; bench and soak speak as the app does
+    # speak and evaluate choose the tuning; bench and soak speak as the app does by default
     return Synthesizer(args.model, device=args.device, codec_dir=args.codec,
-                       tuning=Tuning() if steps is None else Tuning(steps=steps))
+                       tuning=Tuning(steps=getattr(args, "tuning", Tuning().steps)))
 
 
 def torch_threads(threads: int) -> None:

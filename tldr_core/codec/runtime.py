@@ -132,6 +132,7 @@ class _TorchBackend:
         self.frames_per_token, self.vocab_size = self.model.cfg.frames_per_token, self.model.cfg.vocab_size
         self.whisper = load_whisper_encoder() if self.model.cfg.source == "whisper" else None
         self.has_memory = self.model.memory is not None
+        self.decoder_sha256 = None  # a checkpoint's tuned voices are not kept
 
     def zero_state(self) -> tuple[np.ndarray, ...]:
         state = self.model.zero_state()
@@ -150,6 +151,7 @@ class _TorchBackend:
              ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         return numpy_step(tuned or self.model, ids, valid, timbre.embedding, timbre.stats, state, reference)
 
+    @property
     def torch_codec(self) -> Codec:
         return self.model
 
@@ -196,12 +198,9 @@ class _OnnxBackend:
                                          "stats": stats[None].astype(np.float32)})[0][0]
 
     @cached_property
-    def _codec(self) -> Codec:
-        return load_codec(self.folder)
-
     def torch_codec(self) -> Codec:
-        """The decoder in torch (its weights read from the ONNX graphs), for tuning it to a voice."""
-        return self._codec
+        """The codec in torch (its weights read from the ONNX graphs), for tuning the decoder to a voice."""
+        return load_codec(self.folder)
 
     def with_weights(self, weights: dict[str, np.ndarray]):
         """A decoder session whose graph runs these weights instead of the shipped ones (by initializer name)."""
@@ -351,12 +350,12 @@ class CodecRuntime:
     def _tuned_weights(self, timbre: Timbre, key: str, progress: Callable[[float], None] | None,
                        cancel: Callable[[], bool] | None) -> dict[str, np.ndarray] | None:
         """The decoder's weights tuned to this voice: from the user cache when this codec tuned it before."""
-        decoder = getattr(self.backend, "decoder_sha256", None)  # a training checkpoint is not cached
+        decoder = self.backend.decoder_sha256
         path = (paths.voice_tuning_dir() / hashlib.sha1(
             f"{decoder}-{self.tuning.key()}-{key}".encode()).hexdigest()).with_suffix(".npz") if decoder else None
         weights = read_tuned(path) if path is not None else None
         if weights is None:
-            weights = tune(self.backend.torch_codec(), timbre.tokens, timbre.frames,
+            weights = tune(self.backend.torch_codec, timbre.tokens, timbre.frames,
                            timbre.memory(self.backend.frames_per_token), timbre.embedding, timbre.stats, self.tuning,
                            progress, cancel)
             if weights is not None and path is not None:

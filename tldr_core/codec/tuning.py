@@ -6,8 +6,8 @@ The voice sample is a training pair for this one voice, since its tokens and its
 a few hundred Adam steps on the decoder's weights teach it this speaker's rendering, and, through the decoder's
 shared weights, also of the sounds the sample lacks (test-time adaptation; the calibration only moves each frame by
 its nearest measured errors). Measured on held-out voices, it buys voice at a cost in words (100 steps: similarity
-+0.020, WER +1.5 points), so it is a setting, off by default. The sample is decoded with its middle as the voice memory, as speaking reads it.
-The tuned weights replace the shipped ones in the same ONNX graph (by initializer name), so a tuned voice streams
++0.020, WER +1.5 points), so it is a setting, off by default. The sample is decoded with its middle as the voice
+memory, as speaking reads it. The tuned weights replace the shipped ones in the same ONNX graph (by initializer name), so a tuned voice streams
 through the same graph and still equals an offline decode; they are kept in the user cache, once per voice.
 """
 
