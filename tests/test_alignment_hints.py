@@ -6,11 +6,11 @@ import torch
 
 from tldr_core import text
 from tldr_core.codec.model import Codec, CodecConfig
-from tldr_core.decoding import PatchGenerator, Request, Sampling, SpeculativeGenerator, TokenGenerator, guided
+from tldr_core.decoding import PatchGenerator, Request, Sampling, SpeculativeGenerator, TokenGenerator
 from tldr_core.model import END, Backbone, ModelConfig, Tldr, TldrConfig
 from tldr_core.training.alignment import Aligner, durations, forced_alignment, phone_positions
 from tldr_core.training.lm_data import Batch
-from tldr_core.training.objectives import AlignerObjective, BackboneObjective, TldrObjective, token_sequences
+from tldr_core.training.objectives import AlignerObjective, BackboneObjective, TldrObjective
 
 CFG = ModelConfig(speech_vocab=50, dim=64, layers=2, heads=4, kv_heads=2, ffn=128, max_len=256,
                   alignment_hints=True)
@@ -94,33 +94,6 @@ def test_predicted_durations_give_every_phone_a_token_and_marks_none():
     d = bb.hints.predict(torch.randn(256), torch.from_numpy(TEXT_IDS))
     phones, _ = phone_positions(TEXT_IDS)
     assert (d[phones] >= 1).all() and d[np.setdiff1d(np.arange(len(TEXT_IDS)), phones)].sum() == 0
-
-
-def test_guidance_of_one_says_what_the_hinted_model_says_and_more_pushes_away_from_the_unhinted():
-    bb = hinted_backbone()
-    plain = TokenGenerator(bb, Sampling())
-    tokens = [t for g in plain.generate(request(), torch.Generator().manual_seed(0)) for t in g]
-    nearly_one = TokenGenerator(bb, Sampling(guidance=1 + 1e-6))  # runs the unhinted row beside it
-    assert [t for g in nearly_one.generate(request(), torch.Generator().manual_seed(0)) for t in g] == tokens
-    assert nearly_one.stats.kv_bytes == 2 * plain.stats.kv_bytes
-    hinted, unhinted = torch.randn(2, 51)
-    torch.testing.assert_close(guided(torch.stack([hinted, unhinted]), 3.0), unhinted + 3 * (hinted - unhinted))
-    assert torch.equal(guided(hinted[None], 3.0), hinted)  # one row: nothing to guide by
-
-
-def test_hint_dropout_trains_that_share_of_the_utterances_without_hints():
-    bb = hinted_backbone()
-    hinted, _, _ = token_sequences(bb, batch())
-    bare, _, _ = token_sequences(bb, batch(), unhinted=frozenset({1}))
-    assert torch.equal(bare[0], hinted[0]) and not torch.equal(bare[1], hinted[1])
-    dropped = BackboneObjective(bb, hint_dropout=1.0).train()(batch())
-    kept = BackboneObjective(bb).train()(batch())
-    assert torch.equal(BackboneObjective(bb, hint_dropout=1.0).eval()(batch()), BackboneObjective(bb).eval()(batch()))
-    with torch.no_grad():
-        for table in (bb.hints.now, bb.hints.before, bb.hints.after, bb.hints.into, bb.hints.left):
-            table.weight.zero_()  # hints that say nothing: the durations' loss is untouched
-    assert not torch.equal(dropped, kept)
-    assert torch.equal(dropped, BackboneObjective(bb).train()(batch()))  # validation: always hinted (above)
 
 
 def test_greedy_speculation_with_hints_says_what_the_backbone_says():

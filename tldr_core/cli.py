@@ -131,8 +131,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn,
                             alignment_hints=args.aligner is not None)
-    cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior, self_feed=args.self_feed,
-                  hint_dropout=args.hint_dropout)
+    cfg = replace(_lm_train_config(args), alignment_prior=args.alignment_prior, self_feed=args.self_feed)
     _report(train_backbone(args.corpus_dir, args.out, cfg, model_cfg, codec=args.codec, resume=args.resume,
                            jobs=args.jobs, device=args.device, init=args.init, aligner=args.aligner), args.out)
 
@@ -368,7 +367,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         named[f"{k}+ssd-beta"] = ("tldr-ssd", k, _speculation(args, "tldr-ssd", "ssd"))
     modes = [named.get(mode) or ("tldr", int(mode)) for mode in args.modes]
     reports = evaluate_model(synth, args.corpus, modes, split=args.split, limit=args.limit, seed=args.seed,
-                             sampling=Sampling(temperature=args.temperature, guidance=args.guidance), judges=Judges(asr=args.asr))
+                             sampling=Sampling(temperature=args.temperature), judges=Judges(asr=args.asr))
     for report in reports:
         print("\n".join(report.lines()))
     if args.json:
@@ -466,8 +465,6 @@ def temperature_option(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--temperature", type=float, default=TEMPERATURE,
                    help="sampling temperature (0: greedy; default %(default)s, the app's)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance on the alignment hints, token level (1: none)")
 
 
 def asr_option(p: argparse.ArgumentParser) -> None:
@@ -673,9 +670,6 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--self-feed", type=float, default=0.0, metavar="SHARE",
                    help="replace this share of the input tokens by the backbone's own samples, as inference feeds "
                         "it (0: off, pure teacher forcing)")
-    p.add_argument("--hint-dropout", type=float, default=0.0, metavar="SHARE",
-                   help="train this share of the utterances without their alignment hints, for classifier-free "
-                        "guidance at synthesis (0: off)")
     p.add_argument("--aligner", type=Path, metavar="CODEC_CHECKPOINT",
                    help="a new backbone with alignment hints: every speech token is told the phoneme it says, from "
                         "this codec checkpoint's phone alignment (the codec of --codec), and the backbone learns "

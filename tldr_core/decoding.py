@@ -30,7 +30,6 @@ class Sampling:
     top_p: float = 0.9
     ras_window: int = 10
     ras_threshold: float = 0.2
-    guidance: float = 1.0  # classifier-free guidance on the alignment hints (1: none; `guided`)
 
 
 @dataclass
@@ -185,15 +184,6 @@ def _plan(model: Backbone, request: Request, device: torch.device) -> Plan:
     return Plan((spoken, spoken), text_ids, durations)
 
 
-def guided(logits: torch.Tensor, guidance: float) -> torch.Tensor:
-    """(2, V + 1) logits with and without the alignment hints -> (V + 1,) logits pushed away from the unhinted
-    ones: classifier-free guidance (Ho & Salimans, 2022), which a TTS LM turns into fewer misread words
-    (Koel-TTS, 2025). One row: no guidance."""
-    if len(logits) == 1:
-        return logits[0]
-    return logits[1] + guidance * (logits[0] - logits[1])
-
-
 def _next_token(logits: torch.Tensor, stats: GenerationStats, sampling: Sampling, generator: torch.Generator | None,
                 bounds: tuple[int, int], stop: int) -> int | None:
     """Sample within the length bounds and count the token; None once the utterance has ended."""
@@ -234,22 +224,19 @@ class TokenGenerator:
         device = next(bb.parameters()).device
         plan = _plan(bb, request, device)
         bounds, hints = plan.bounds, plan.hints(bb)
-        rows = 2 if hints is not None and self.sampling.guidance != 1 else 1  # guided: a second row without hints
         x, speech_start = _prefill(bb, request, device)
-        x = torch.cat([_hinted(x, hints, 0), x][:rows])
-        cache = bb.new_cache(batch=rows, max_len=x.shape[1] + bounds[1])
+        x = _hinted(x, hints, 0)
+        cache = bb.new_cache(max_len=x.shape[1] + bounds[1])
         self.stats = stats = GenerationStats()
         while True:
             hidden = bb(x, cache)
             cache.length += x.shape[1]
             stats.backbone_steps += 1
-            logits = guided(bb.logits(hidden[:, -1]), self.sampling.guidance)
-            token = _next_token(logits, stats, self.sampling, generator, bounds, cfg.stop)
+            token = _next_token(bb.logits(hidden[0, -1]), stats, self.sampling, generator, bounds, cfg.stop)
             if token is None:
                 break
             yield [token]
-            x = bb.speech_embed(torch.tensor([[token]], device=device))
-            x = torch.cat([_hinted(x, hints, stats.tokens), x][:rows])
+            x = _hinted(bb.speech_embed(torch.tensor([[token]], device=device)), hints, stats.tokens)
         stats.kv_bytes = cache.bytes()
         stats.kv_speech_bytes = cache.bytes(cache.length - speech_start - 1)  # not the SOS marker
 

@@ -33,7 +33,6 @@ class TrainConfig:
     max_prompt: int = 0            # prompt tokens at most; 0: PROMPT_MILLISECONDS at the tokens' rate
     alignment_prior: float = 0.0   # backbone: fraction of the steps over which the alignment prior fades to zero
     self_feed: float = 0.0         # backbone: share of its input tokens replaced by its own samples (objectives.py)
-    hint_dropout: float = 0.0      # backbone: share of its utterances trained without alignment hints (objectives.py)
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -205,7 +204,7 @@ def train_backbone(corpus: Path, out: Path, cfg: TrainConfig, model_cfg: ModelCo
     backbone.to(process.device)
     describe = {"kind": "backbone", "model_config": model_cfg.to_dict(), "codec_sha256": codec_sha256,
                 "init": started_from}
-    return run(BackboneObjective(backbone, self_feed=cfg.self_feed, hint_dropout=cfg.hint_dropout), backbone, describe, train, valid, cfg, Path(out),
+    return run(BackboneObjective(backbone, self_feed=cfg.self_feed), backbone, describe, train, valid, cfg, Path(out),
                process, state, "training backbone")
 
 

@@ -31,19 +31,18 @@ def duration_loss(model: Backbone, batch: Batch) -> torch.Tensor:
     return torch.cat(errors).mean()
 
 
-def token_sequences(model: Backbone, batch: Batch, fed: list[torch.Tensor] | None = None,
-                    unhinted: frozenset[int] = frozenset()
+def token_sequences(model: Backbone, batch: Batch, fed: list[torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
     """The token-level sequences of a batch embedded by `model`: (B, T, dim) inputs, (B, T) next-token targets
     (IGNORE outside the speech; the last speech position predicts STOP) and per utterance (phonemes, position of
     SOS, speech tokens). `fed`: per utterance, the tokens the inputs embed instead of the true ones (the targets
-    stay the true tokens). `unhinted`: the utterances whose units go without their alignment hints."""
+    stay the true tokens)."""
     rows, targets, spans = [], [], []
     for i, speech in enumerate(batch.speech):
         prefix = model.prefix(batch.speaker[i:i + 1], batch.text_ids[i][None])[0]
         said = speech if fed is None else fed[i]
         units = torch.cat([model.sos(1)[0], model.speech_embed(said)])  # unit j predicts token j (then STOP)
-        if model.hints is not None and i not in unhinted:
+        if model.hints is not None:
             units = units + model.hints(batch.text_ids[i], batch.durations[i], len(units))
         rows.append(torch.cat([prefix, model.speech_embed(batch.prompt[i]), units]))
         ignore = torch.full((len(prefix) + batch.prompt.shape[1],), IGNORE, device=speech.device)
@@ -63,33 +62,24 @@ class BackboneObjective(nn.Module):
 
     With `self_feed` > 0 (training only), that share of the input tokens is replaced by the model's own samples
     (`own_samples`): inference feeds the model nothing but its own samples, teacher forcing never does, and at 50
-    tokens/s that difference alone cost about 10 WER points (docs/EXPERIMENTS.md, "Fed its own samples").
+    tokens/s that difference alone cost about 10 WER points (docs/EXPERIMENTS.md, "Fed its own samples")."""
 
-    With `hint_dropout` > 0 (training only), that share of the utterances goes without its alignment hints, so the
-    model also learns to continue speech without being told what it says: the unguided half of classifier-free
-    guidance (decoding.Sampling.guidance)."""
-
-    def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5, self_feed: float = 0.0,
-                 hint_dropout: float = 0.0):
+    def __init__(self, backbone: Backbone, prior_heads: int = 1, prior_width: float = 1.5, self_feed: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.prior, self.prior_heads, self.prior_width = 0.0, prior_heads, prior_width
-        self.self_feed, self.hint_dropout = self_feed, hint_dropout
+        self.self_feed = self_feed
         self.seed = 0  # of this step's draws, set by the training task: a resumed run draws what it would have
         self.figures: dict[str, float] = {}  # the parts of the last loss
 
     def forward(self, batch: Batch) -> torch.Tensor:
         bb = self.backbone
-        fed, unhinted = None, frozenset()
+        fed = None
         if self.training and self.self_feed > 0:
             with torch.no_grad():  # the true history only chooses the samples: no graph to build for it
                 true_x, _, true_spans = token_sequences(bb, batch)
                 fed = self.own_samples(true_x, true_spans, batch)
-        if self.training and self.hint_dropout > 0:
-            draws = torch.Generator().manual_seed(self.seed + 1)
-            unhinted = frozenset(i for i in range(len(batch.speech))
-                                 if float(torch.rand(1, generator=draws)) < self.hint_dropout)
-        x, target, spans = token_sequences(bb, batch, fed, unhinted)
+        x, target, spans = token_sequences(bb, batch, fed)
         bias = self.alignment_bias(spans, x.shape[1], x.device) if self.training and self.prior > 0 else None
         logits = bb.logits(bb(x, attention_bias=bias))
         tokens = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
