@@ -2,7 +2,7 @@
 # Reproduce the shipped codec and default model from a fresh machine: real-speech corpus -> codec (Whisper tiny.en
 # tokens) -> its voice memory -> its phone listener -> a listener that also hears the calibrated frames -> Whisper
 # hearing them too -> codec export -> backbone with alignment hints -> (that backbone fed its own samples) -> TLDR
-# adapters -> SSD draft -> resources/.
+# adapters -> SSD draft -> the model packed -> the codec's decoder fine-tuned on that model's own tokens -> resources/.
 # Every stage is resumable (rerun the script after an interruption); each prints its wall time, and the times go into
 # the model's manifest. Sizes come from the environment; the defaults are what the 2-core CPU of the project's
 # machine allows and what the shipped files were trained with (docs/EXPERIMENTS.md).
@@ -44,6 +44,9 @@ TLDR_STEPS=${TLDR_STEPS:-1000}
 PATCH_SIZES=${PATCH_SIZES:-"2 4 6 8"}
 DRAFT_STEPS=${DRAFT_STEPS:-1200}      # SSD's draft model, distilled from the backbone (0: none)
 DRAFT_DIM=${DRAFT_DIM:-128}; DRAFT_LAYERS=${DRAFT_LAYERS:-2}
+# the codec's decoder then learns the speech model's own tokens: the model speaks OWN_SENTENCES training sentences
+# (token level and k=4), the phone listener hears them through the voice calibration (0 steps: no such stage)
+OWN_SENTENCES=${OWN_SENTENCES:-300}; OWN_STEPS=${OWN_STEPS:-300}; OWN_LR=${OWN_LR:-1e-4}; OWN_ANCHOR=${OWN_ANCHOR:-2}
 DIM=${DIM:-256}; LAYERS=${LAYERS:-12}; HEADS=${HEADS:-4}; FFN=${FFN:-768}
 BATCH=${BATCH:-8}
 # similar: utterances of similar length (faster steps); random: a random mix (slower steps that learn more each)
@@ -107,7 +110,8 @@ cat > "$WORK/codec_recipe.json" <<JSON
  "decoder_listener_steps": $DECODER_LISTENER_STEPS, "calibrate_steps": $CALIBRATE_STEPS,
  "calibrate_lr": $CALIBRATE_LR, "calibrate_neighbours": $CALIBRATE_K, "perceiver_steps": $PERCEIVER_STEPS,
  "perceiver_weight": $PERCEIVER_WEIGHT, "perceiver_clips": $PERCEIVER_CLIPS, "perceiver_frames": $PERCEIVER_FRAMES,
- "real_speech": "$SPEECH",
+ "own_tokens_sentences": $OWN_SENTENCES, "own_tokens_steps": $OWN_STEPS, "own_tokens_lr": $OWN_LR,
+ "own_tokens_anchor": $OWN_ANCHOR, "real_speech": "$SPEECH",
  "synthetic_hours": $SYNTH_HOURS,
  "corpus_seed": 0}
 JSON
@@ -154,6 +158,22 @@ cat > "$WORK/recipe.json" <<JSON
 JSON
 stage "pack" $PY -m tldr_core model pack --backbone "$BACKBONE/checkpoint.pt" --tldr "${ADAPTERS[@]}" "${DRAFT[@]}" \
   --recipe "$WORK/recipe.json" --out "$OUT/default_model"
+if [ "$OWN_STEPS" -gt 0 ]; then
+  # the tokenizer stays, so the packed model stays paired with the re-exported codec (its fingerprint)
+  stage "codec on own tokens" $PY -m tldr_core train own-tokens "$DATA" --codec "$OUT/codec" \
+    --model "$OUT/default_model" --listener "$WORK/codec_decoder/listener.pt" --out "$WORK/codec_own_tokens" \
+    --sentences "$OWN_SENTENCES" --steps "$OWN_STEPS" --lr "$OWN_LR" --anchor "$OWN_ANCHOR" --threads "$THREADS" \
+    $(RESUME "$WORK/codec_own_tokens")
+  # the codec's recipe, with every stage's seconds so far (the codec's and the speech model's that spoke)
+  $PY - "$WORK/codec_recipe.json" "$TIMES" > "$WORK/codec_own_tokens/recipe.json" <<'PY'
+import json, sys
+recipe = json.load(open(sys.argv[1]))
+recipe["stage_seconds"] = {name: int(s) for name, s in (line.rstrip("\n").split("\t") for line in open(sys.argv[2]))}
+print(json.dumps(recipe, indent=1))
+PY
+  stage "codec export (own tokens)" $PY -m tldr_core codec export "$WORK/codec_own_tokens/checkpoint.pt" "$OUT/codec" \
+    --recipe "$WORK/codec_own_tokens/recipe.json"
+fi
 MODEL=(--model "$OUT/default_model" --codec "$OUT/codec")
 [ "${EVAL_LIMIT:-100}" -gt 0 ] && stage "evaluate" $PY -m tldr_core evaluate "$DATA" --modes baseline 4 \
   --limit "${EVAL_LIMIT:-100}" "${MODEL[@]}" --json "$WORK/evaluate.json"

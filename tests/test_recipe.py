@@ -27,7 +27,8 @@ TOY = {"REAL_PER_SPEAKER": "2", "CODEC_STEPS": "3", "CODEC_LEVELS": "4 4 4", "CO
        "DECODER_LISTENER_STEPS": "3", "CALIBRATE_STEPS": "2", "PERCEIVER_STEPS": "2",
        "BACKBONE_STEPS": "3", "SELF_FEED_STEPS": "2", "TLDR_STEPS": "2", "BACKBONE_BATCHES": "random",
        "PATCH_SIZES": "4", "DRAFT_STEPS": "2", "DRAFT_DIM": "32", "DIM": "64", "LAYERS": "2", "HEADS": "2",
-       "FFN": "128", "BATCH": "2", "THREADS": "1", "EVAL_LIMIT": "0", "BENCH_ROUNDS": "1"}
+       "FFN": "128", "BATCH": "2", "THREADS": "1", "OWN_SENTENCES": "2", "OWN_STEPS": "2", "EVAL_LIMIT": "0",
+       "BENCH_ROUNDS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +50,15 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     stdout, work, out = recipe
     stages = ("corpus", "codec", "codec voice memory", "codec listener", "codec calibrated listener",
               "codec whisper listener", "codec export",
-              "backbone", "backbone self-fed", "TLDR k=4", "draft", "pack", "bench")
+              "backbone", "backbone self-fed", "TLDR k=4", "draft", "pack", "codec on own tokens",
+              "codec export (own tokens)", "bench")
     for stage in stages:
         assert f"== {stage}\n" in stdout and f"== {stage} took " in stdout
     manifest = json.loads((out / "default_model" / "manifest.json").read_text())
     recipe = manifest["recipe"]
     assert set(manifest["tldr"]) == {"4"}
-    assert set(recipe["stage_seconds"]) == set(stages) - {"pack", "bench"}  # every stage before the model is made
+    after = {"pack", "codec on own tokens", "codec export (own tokens)", "bench"}
+    assert set(recipe["stage_seconds"]) == set(stages) - after  # every stage before the model is made
     assert recipe["stage_seconds"]["codec"] >= 1000  # a resumed stage's time adds to its earlier runs
     codec = read_checkpoint(work / "codec" / "checkpoint.pt", "checkpoint")
     assert codec["codec_config"]["source"] == "whisper" and codec["codec_config"]["ctc_weight"] == 1.0
@@ -77,7 +80,12 @@ def test_the_recipe_script_builds_a_loadable_model_and_times_every_stage(recipe)
     codec_manifest = json.loads((out / "codec" / "manifest.json").read_text())
     assert codec_manifest["recipe"]["memory_steps"] == 2 and codec_manifest["recipe"]["decoder_steps"] == 2
     assert codec_manifest["recipe"]["calibrate_steps"] == 2 and codec_manifest["recipe"]["perceiver_steps"] == 2
-    assert codec_manifest["training"]["steps"] == 2
+    # last, the decoder learnt the packed model's own tokens (the model stays paired: the tokenizer is the same)
+    own = read_checkpoint(work / "codec_own_tokens" / "checkpoint.pt", "checkpoint")
+    assert own["frozen_tokenizer"] and own["train_config"]["steps"] == 2 and own["train_config"]["sentences"] == 2
+    assert codec_manifest["training"]["steps"] == 2 and codec_manifest["recipe"]["own_tokens_steps"] == 2
+    assert codec_manifest["recipe"]["stage_seconds"]["codec on own tokens"] >= 0
+    assert len(list((work / "codec_own_tokens" / "spoken").glob("*.npz"))) >= 2
     backbone = read_checkpoint(work / "backbone" / "checkpoint.pt", "checkpoint")
     adapter = read_checkpoint(work / "tldr4" / "checkpoint.pt", "checkpoint")
     assert backbone["model_config"]["alignment_hints"]  # the backbone reads, told each token's phoneme

@@ -107,6 +107,21 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
               f"lowest); checkpoint in {args.out}")
 
 
+def cmd_train_own_tokens(args: argparse.Namespace) -> None:
+    from tldr_core.training.own_tokens import OwnTokensConfig, train_own_tokens
+
+    cfg = OwnTokensConfig(sentences=args.sentences, steps=args.steps, lr=args.lr, anchor=args.anchor,
+                          listener_weight=args.listener_weight, calibrate=args.calibrate, seed=args.seed,
+                          threads=args.threads, shippable_only=not args.all_rows)
+    history = train_own_tokens(args.corpus_dir, args.codec, args.model, args.listener, args.out, cfg,
+                               resume=args.resume)
+    if history:
+        last = history[-1]
+        print(f"step {last['step']}: validation listener loss {last['val_listener']:.4f}, distance to the starting "
+              f"decoder {last['val_anchor']:.4f}; export with `tldr-voice codec export "
+              f"{Path(args.out) / 'checkpoint.pt'} OUT`")
+
+
 def _lm_train_config(args: argparse.Namespace):
     from tldr_core.training.lm import TrainConfig
 
@@ -256,7 +271,7 @@ def cmd_codec_export(args: argparse.Namespace) -> None:
     from tldr_core.training.codec_export import export_codec
 
     meta = export_codec(args.checkpoint, args.out_dir, read_recipe(args.recipe))
-    print(f"wrote tokenizer.onnx, decoder.onnx, codec.json and manifest.json to {args.out_dir} "
+    print(f"the codec in {args.out_dir}: tokenizer.onnx, decoder.onnx, codec.json and manifest.json "
           f"(vocabulary {meta['vocab_size']}, look-ahead {meta['lookahead']} tokens)")
 
 
@@ -608,7 +623,7 @@ def add_corpus_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
-    """train codec | backbone | tldr | draft | aligner | speed."""
+    """train codec | own-tokens | backbone | tldr | draft | aligner | speed."""
     train_cmds = commands.add_parser("train", help="train models").add_subparsers(dest="train_command",
                                                                                   required=True)
     p = train_cmds.add_parser("codec", help="train the speech codec (tokenizer + decoder) on a corpus")
@@ -660,6 +675,32 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                    help="give the decoder a voice memory of width D that attends over the reference clip (trained "
                         "in another clip's voice); with --decoder-only it is added to that codec's decoder")
     p.set_defaults(run=cmd_train_codec)
+
+    p = train_cmds.add_parser("own-tokens", help="fine-tune the codec's decoder on the speech model's own tokens "
+                                                 "(the model speaks the training sentences; a phone listener hears "
+                                                 "them through the voice calibration)")
+    p.add_argument("corpus_dir", type=Path)
+    p.add_argument("--codec", type=Path, required=True,
+                   help="the exported codec the model speaks (e.g. resources/codec)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="the model folder that speaks (e.g. resources/default_model)")
+    p.add_argument("--listener", type=Path, required=True,
+                   help="the frozen phone listener of the codec's training (its listener.pt)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the spoken sentences and the checkpoint")
+    p.add_argument("--sentences", type=int, default=300, help="training sentences the model speaks (a few seconds "
+                                                              "each on a CPU; kept in OUT/spoken)")
+    p.add_argument("--steps", type=int, default=300, help="one spoken sentence per step")
+    p.add_argument("--lr", type=float, default=1e-4, help="constant learning rate")
+    p.add_argument("--anchor", type=float, default=2.0,
+                   help="weight of the L1 distance to the starting decoder's frames (there is no recording)")
+    p.add_argument("--listener-weight", type=float, default=0.5)
+    p.add_argument("--calibrate", type=int, default=32, metavar="K", help="neighbours of the voice calibration "
+                                                                         "the listener hears through")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    all_rows_option(p)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.set_defaults(run=cmd_train_own_tokens)
 
     p = train_cmds.add_parser("backbone", help="train the token-level backbone (torchrun for several GPUs)")
     lm_options(p, steps=4000)

@@ -216,7 +216,7 @@ class Synthesizer:
         `speculation`: how the speculative modes speculate (default: `default_speculation(mode)`); `calibration`:
         the codec's voice match (CodecRuntime.stream; default: the codec's own)."""
         started = time.perf_counter()
-        sentences = text.split_sentences(text_input)  # raises TextInputError for empty or oversized text
+        requests = self._requests(text_input, voice)
         sampling = sampling or Sampling()
         speculation = (speculation or default_speculation(mode)) if mode in SPECULATIVE_MODES else None
         generator, unit, push_every = self._generator(mode, patch_size, sampling, speculation)
@@ -224,8 +224,6 @@ class Synthesizer:
         rng = torch.Generator(device=self.device).manual_seed(seed)
         stats = self.last_stats = SpeakStats(mode, unit, str(self.device), speculation=speculation)
         audio_stream = self.codec.stream(voice.timbre, calibration)
-        speaker = torch.from_numpy(voice.embedding).float()
-        prompt = torch.from_numpy(voice.prompt_tokens)
         samples_out = 0
         in_codec: deque[Future] = deque()  # pushes handed to the codec thread, oldest first
 
@@ -276,8 +274,7 @@ class Synthesizer:
                     yield chunk.astype(np.float32)
 
         try:
-            for sentence in sentences:
-                request = Request(speaker, torch.tensor(text.text_to_ids(sentence)), prompt)
+            for request in requests:
                 pending: list[int] = []
                 for group in tokens_of(request):
                     pending.extend(group)
@@ -300,6 +297,25 @@ class Synthesizer:
                 push.cancel()
             stats.wall_seconds = time.perf_counter() - started
             stats.audio_seconds = samples_out / SAMPLE_RATE
+
+    def speech_tokens(self, text_input: str, voice: VoicePrompt, mode: str = TLDR, patch_size: int = 4,
+                      seed: int = 0) -> np.ndarray:
+        """The speech token ids `stream` would hand the codec for this text, voice, mode and seed, not decoded: what
+        the codec's decoder is fine-tuned on (training/own_tokens.py)."""
+        speculation = default_speculation(mode) if mode in SPECULATIVE_MODES else None
+        generator = self._generator(mode, patch_size, Sampling(), speculation)[0]
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        made = [token for request in self._requests(text_input, voice)
+                for group in generator.generate(request, rng) for token in group]
+        return np.array(made, dtype=np.int64)
+
+    @staticmethod
+    def _requests(text_input: str, voice: VoicePrompt) -> list[Request]:
+        """One generation request per sentence; raises TextInputError for empty or oversized text."""
+        speaker = torch.from_numpy(voice.embedding).float()
+        prompt = torch.from_numpy(voice.prompt_tokens)
+        return [Request(speaker, torch.tensor(text.text_to_ids(sentence)), prompt)
+                for sentence in text.split_sentences(text_input)]
 
     def _generator(self, mode: str, patch_size: int, sampling: Sampling, speculation: Speculation | None
                    ) -> tuple[TokenGenerator | PatchGenerator | SpeculativeGenerator | SpeculativePatchGenerator,

@@ -458,6 +458,24 @@ class Codec(nn.Module):
         parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
         return parts
 
+    def calibrate(self, pred: torch.Tensor, ref_q: torch.Tensor, ref_frames: torch.Tensor, ref_stats: torch.Tensor,
+                  ref_cond: torch.Tensor, memory: Memory | None, ref_lengths: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, T, dim) decoded normalised frames corrected as the runtime's voice calibration corrects them with k
+        neighbours, measured on the reference clips ((B, M, levels) values, (B, fM, dim) frames, stats, conditioning,
+        real lengths) decoded from their own tokens. The correction itself carries no gradient, as at run time it is
+        a lookup."""
+        with torch.no_grad():
+            ref_pred, _ = self.decode_normalised(self.pad_window(ref_q), ref_cond, memory=memory)
+            ref_target = normalise(ref_frames, ref_stats) / self.scale
+            correction = calibrated(pred[..., ENV].detach(), ref_pred[..., ENV],
+                                    ref_target[..., ENV] - ref_pred[..., ENV], ref_lengths, k)
+        return torch.cat([pred[..., :ENV.start], pred[..., ENV] + correction, pred[..., ENV.stop:]], -1)
+
+    def heard(self, pred: torch.Tensor) -> torch.Tensor:
+        """Decoded normalised frames as a phone listener hears them: voicing as a probability, in the frames' own
+        units (still speaker-normalised, like the listener's training frames)."""
+        return torch.cat([pred[..., :VUV], torch.sigmoid(pred[..., VUV:VUV + 1]), pred[..., VUV + 1:]], -1) * self.scale
+
     def phone_log_probs(self, q: torch.Tensor) -> torch.Tensor:
         """(B, N, levels) quantised values -> (B, N, 1 + len(PHONES)) CTC log-probabilities (0 = blank)."""
         return self.ctc_head(q.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
@@ -492,15 +510,9 @@ class Codec(nn.Module):
             return parts
         heard = [pred]  # the decoded frames, and those the calibration corrects
         if calibrate > 0 and ref is not None:
-            with torch.no_grad():
-                ref_pred, _ = self.decode_normalised(self.pad_window(ref_q), self.conditioning(ref.embedding,
-                                                                                               ref.stats), memory=memory)
-                ref_target = normalise(ref.frames, ref.stats) / self.scale
-                correction = calibrated(pred[..., ENV].detach(), ref_pred[..., ENV],
-                                        ref_target[..., ENV] - ref_pred[..., ENV], ref.lengths, calibrate)
-            heard.append(torch.cat([pred[..., :ENV.start], pred[..., ENV] + correction, pred[..., ENV.stop:]], -1))
-        heard = [torch.cat([y[..., :VUV], torch.sigmoid(y[..., VUV:VUV + 1]), y[..., VUV + 1:]], -1) * self.scale
-                 for y in heard]  # voicing as a probability, in the frames' own units (still speaker-normalised)
+            heard.append(self.calibrate(pred, ref_q, ref.frames, ref.stats, self.conditioning(ref.embedding, ref.stats),
+                                        memory, ref.lengths, calibrate))
+        heard = [self.heard(y) for y in heard]
         if listener is not None:
             parts["listener"] = sum(listener(y, batch) for y in heard) / len(heard)
         if perceiver is not None:

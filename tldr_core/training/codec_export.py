@@ -23,7 +23,7 @@ from tldr_core.codec.model import EMBED_DIM, Codec, DecoderState
 from tldr_core.codec.store import load_codec, tokenizer_fingerprint
 from tldr_core.codec.whisper import WhisperEncoder
 from tldr_core.codec.whisper_weights import load_whisper_encoder
-from tldr_core.files import MANIFEST, file_entries, write_text
+from tldr_core.files import MANIFEST, file_entries, file_sha256, write_text
 from tldr_core.model_store import read_checkpoint
 
 OPSET = 17
@@ -65,7 +65,8 @@ class _Decoder(nn.Module):
 
 def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) -> dict:
     """Write tokenizer.onnx, decoder.onnx, codec.json and manifest.json into out_dir; returns the codec.json
-    content. `recipe` (how the codec was made, what it measured) goes into the manifest as it is."""
+    content. An intact tokenizer.onnx of the same tokenizer already there is kept (a retrained decoder changes only
+    decoder.onnx). `recipe` (how the codec was made, what it measured) goes into the manifest as it is."""
     codec = load_codec(checkpoint)
     cfg = codec.cfg
     out_dir = Path(out_dir)
@@ -76,12 +77,14 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
     tokens = torch.randint(0, cfg.vocab_size, (1, n))
     embedding = torch.randn(1, EMBED_DIM)
     state = codec.zero_state()
+    fingerprint = tokenizer_fingerprint(codec)
+    same_tokenizer = _same_tokenizer(out_dir, fingerprint)  # a decoder retrained under a frozen tokenizer
     with torch.no_grad():
-        if cfg.source == "whisper":
+        if cfg.source == "whisper" and not same_tokenizer:
             torch.onnx.export(_WhisperTokenizer(codec, load_whisper_encoder()), (torch.randn(1, 4 * n, 80),),
                               out_dir / "tokenizer.onnx", dynamo=False, opset_version=OPSET, input_names=["mel"],
                               output_names=["tokens"], dynamic_axes={"mel": {1: "mel"}, "tokens": {1: "tokens"}})
-        else:
+        elif not same_tokenizer:
             torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
                               opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
                               dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})
@@ -103,12 +106,23 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
             "frames_per_token": cfg.frames_per_token, "vocab_size": cfg.vocab_size,
             "levels": list(cfg.levels), "feature_dim": cfg.feature_dim, "tokens_per_second": cfg.tokens_per_second,
             "config": cfg.to_dict(),  # what `load_codec` needs to rebuild the network from the two graphs
-            "fingerprint": tokenizer_fingerprint(codec)}  # what the tokens mean: a speech model is paired by it
+            "fingerprint": fingerprint}  # what the tokens mean: a speech model is paired by it
     write_text(out_dir / "codec.json", json.dumps(meta, indent=2) + "\n")
     manifest = {"format": 1, "files": file_entries(out_dir, ["tokenizer.onnx", "decoder.onnx", "codec.json"]),
                 "training": _training(Path(checkpoint)), "recipe": recipe or {}}
     write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return meta
+
+
+def _same_tokenizer(folder: Path, fingerprint: str) -> bool:
+    """Whether `folder` already holds an intact export of the tokenizer with this fingerprint (its tokenizer.onnx
+    as its manifest recorded it): re-exporting it would only rewrite 39 MB as other bytes of the same graph."""
+    try:
+        meta = json.loads((folder / "codec.json").read_text())
+        recorded = json.loads((folder / MANIFEST).read_text())["files"]["tokenizer.onnx"]["sha256"]
+        return meta.get("fingerprint") == fingerprint and file_sha256(folder / "tokenizer.onnx") == recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _training(source: Path) -> dict:
