@@ -27,20 +27,23 @@ from tldr_core.training.own_tokens import SPOKEN, OwnTokensConfig, speak_sentenc
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Could you repair my mirror before Tuesday?",
              "Tara checked the strange guitar near the airport.", "A ticket, an envelope and a clock.",
              "Please call Stella and ask her to bring these things.", "We also need a small plastic snake."]
-QUICK = OwnTokensConfig(sentences=2, valid_sentences=2, steps=4, lr=1e-3, validate_every=2, threads=1)
+QUICK = OwnTokensConfig(sentences=2, valid_sentences=2, kinds=(0, 1, 4), steps=4, lr=1e-3, validate_every=2, threads=1)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Two espeak-ng voices with two training sentences each, and a third voice with two validation sentences."""
+    """Two espeak-ng voices with two training sentences each; in validation a third voice with two sentences and a
+    fourth whose second clip is one word, too little speech to be a voice sample."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     root = tmp_path_factory.mktemp("corpus")
+    said = [(f"{text} {SENTENCES[(i + 1) % len(SENTENCES)]}",  # two sentences: a voice sample of 3 s or more
+             *((["en-us", "en+f3"][i % 2], "train") if i < 4 else ("en+m3", "validation")))
+            for i, text in enumerate(SENTENCES)]
+    said += [(f"{SENTENCES[0]} {SENTENCES[1]}", "en+f4", "validation"), ("Yes.", "en+f4", "validation")]
     rows = []
-    for i, text in enumerate(SENTENCES):
-        voice, split = (["en-us", "en+f3"][i % 2], "train") if i < 4 else ("en+m3", "validation")
+    for i, (text, voice, split) in enumerate(said):
         raw = tmp_path_factory.mktemp("raw") / "raw.wav"
-        text = f"{text} {SENTENCES[(i + 1) % len(SENTENCES)]}"  # two sentences: a voice sample of 3 s or more
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True)
         samples = to_model_rate(*read_audio(raw))
         write_wav(root / f"audio/u{i}.wav", samples, 16000)
@@ -71,7 +74,7 @@ def test_the_tokens_spoken_for_training_are_those_speaking_decodes(tiny_model, c
         assert np.array_equal(tokens, synth.speech_tokens(SENTENCES[1], voice, mode, k, seed=3))
 
 
-def test_sentences_are_spoken_once_each_in_another_clip_of_their_speaker(tiny_model, corpus, tmp_path):
+def test_sentences_are_spoken_once_each_in_another_clip_of_their_speaker(tiny_model, corpus, tmp_path, capsys):
     synth = Synthesizer(tiny_model, device="cpu")
     paths = speak_sentences(synth, corpus, "train", 3, tmp_path, QUICK)
     assert [p.stem for p in paths] == ["u1", "u0", "u3"]  # round-robin over the speakers, as `evaluate` picks
@@ -87,6 +90,10 @@ def test_sentences_are_spoken_once_each_in_another_clip_of_their_speaker(tiny_mo
     assert speak_sentences(synth, corpus, "train", 3, tmp_path, QUICK) == paths
     assert [p.stat().st_mtime_ns for p in paths] == made  # kept, not spoken again
 
+    # a sentence whose speaker has no other clip that makes a voice sample is left out, with a word why
+    assert [p.stem for p in speak_sentences(synth, corpus, "validation", 4, tmp_path, QUICK)] == ["u4", "u7", "u5"]
+    assert "left out u6" in capsys.readouterr().out
+
     # a kind added to the recipe later is made for the kept sentences, and what they hold stays
     fewer = OwnTokensConfig(**{**asdict(QUICK), "kinds": (1,)})
     other = speak_sentences(synth, corpus, "train", 1, tmp_path / "fewer", fewer)[0]
@@ -101,7 +108,7 @@ def test_the_decoder_learns_from_its_own_tokens_and_the_tokenizer_stays(tiny_mod
     history = train_own_tokens(corpus, DEFAULT_CODEC, tiny_model, listener, tmp_path / "run", QUICK)
     assert [h["step"] for h in history] == [2, 4]
     assert all(np.isfinite(h["val_listener"]) for h in history) and history[-1]["val_anchor"] > 0
-    assert len(list((tmp_path / "run" / SPOKEN).glob("*.npz"))) == 4
+    assert len(list((tmp_path / "run" / SPOKEN).glob("*.npz"))) == 3  # 2 train, 2 validation but u6 left out
 
     tuned, shipped = load_codec(tmp_path / "run" / "checkpoint.pt"), load_codec(DEFAULT_CODEC)
     changed = {name for name, p in tuned.state_dict().items() if not torch.equal(p, shipped.state_dict()[name])}

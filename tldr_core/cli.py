@@ -110,9 +110,9 @@ def cmd_train_codec(args: argparse.Namespace) -> None:
 def cmd_train_own_tokens(args: argparse.Namespace) -> None:
     from tldr_core.training.own_tokens import OwnTokensConfig, train_own_tokens
 
-    cfg = OwnTokensConfig(sentences=args.sentences, steps=args.steps, lr=args.lr, anchor=args.anchor,
-                          listener_weight=args.listener_weight, calibrate=args.calibrate, seed=args.seed,
-                          threads=args.threads, shippable_only=not args.all_rows)
+    cfg = OwnTokensConfig(sentences=args.sentences, kinds=tuple(args.kinds), steps=args.steps, lr=args.lr,
+                          anchor=args.anchor, listener_weight=args.listener_weight, calibrate=args.calibrate,
+                          seed=args.seed, threads=args.threads, shippable_only=not args.all_rows)
     history = train_own_tokens(args.corpus_dir, args.codec, args.model, args.listener, args.out, cfg,
                                resume=args.resume)
     if history:
@@ -689,6 +689,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the spoken sentences and the checkpoint")
     p.add_argument("--sentences", type=int, default=300, help="training sentences the model speaks (a few seconds "
                                                               "each on a CPU; kept in OUT/spoken)")
+    p.add_argument("--kinds", type=int, nargs="+", default=[1, 4], metavar="K",
+                   help="how each sentence is said: 1 the model token by token, 2-8 TLDR patches of that size, 0 the "
+                        "recording's own tokens (default 1 4)")
     p.add_argument("--steps", type=int, default=300, help="one spoken sentence per step")
     p.add_argument("--lr", type=float, default=1e-4, help="constant learning rate")
     p.add_argument("--anchor", type=float, default=2.0,
