@@ -7,9 +7,11 @@ speaker), and the decoder learns to make those tokens heard: each sentence is de
 corrected by the voice calibration as the app corrects it, and the frozen phone listener of the decoder's training
 (training/listener.py) reads the sentence's phones in the frames, half as decoded and half as corrected. There is
 no frame target for the model's tokens, so an L1 anchor holds the frames near the starting decoder's. The
-recording's own tokens can be a third kind of each sentence (`kinds` 0), heard the same way. The tokenizer stays as it
-is, so the speech model that spoke stays valid (its codec fingerprint is the tokenizer's); the checkpoint is a
-codec checkpoint, exported by `tldr-voice codec export` like any other (docs/EXPERIMENTS.md, "own tokens").
+recording's own tokens can be a third kind of each sentence (`kinds` 0), heard the same way (measured: it keeps the
+codec's round trip and gives back most of the gain). The tokenizer stays as it is, so the speech model that spoke
+stays valid (its codec fingerprint is the tokenizer's); the checkpoint is a codec checkpoint, exported by
+`tldr-voice codec export` like any other (docs/EXPERIMENTS.md, "The decoder fine-tuned on the speech model's own
+tokens").
 
 Two steps, both resumable: `speak_sentences` keeps one file per sentence in OUT/spoken (tokens, phones and the
 voice they were spoken in: a few seconds each on a CPU), then the Trainer runs the decoder's fine-tuning.
@@ -18,8 +20,8 @@ voice they were spoken in: a few seconds each on a CPU), then the Trainer runs t
 from __future__ import annotations
 
 import copy
-import sys
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,12 +49,11 @@ SPOKEN = "spoken"  # OUT/spoken/<utterance id>.npz: one sentence as the speech m
 
 @dataclass
 class OwnTokensConfig:
-    """The recipe; stored in the checkpoint (its defaults are the measured trial's, docs/EXPERIMENTS.md)."""
+    """The recipe; stored in the checkpoint (the defaults made the shipped decoder, run ot1: docs/EXPERIMENTS.md)."""
 
     sentences: int = 300          # training sentences spoken (round-robin over the train speakers)
     valid_sentences: int = 8      # validation speakers' sentences, for the validation figures
     # how each sentence is said: 1 = the model token by token, k = TLDR patches of k, 0 = the recording's own tokens
-    # (the codec's round trip heard too: it keeps the round trip and gives back most of the gain, EXPERIMENTS.md)
     kinds: tuple[int, ...] = (1, 4)
     min_voice_seconds: float = 3.0  # the other clip that gives the voice is at least this long
     steps: int = 300              # one sentence in one way per step
@@ -159,7 +160,7 @@ class Sentence:
 # ---------------------------------------------------------------------------------- the decoder learns
 
 class OwnTokensObjective(nn.Module):
-    """(a sentence, the patch size it was said with) -> listener loss + anchor, for the decoder being trained."""
+    """(a sentence, the kind it was said in) -> listener loss + anchor, for the decoder being trained."""
 
     def __init__(self, codec: Codec, start: Codec, listener: nn.Module, cfg: OwnTokensConfig):
         super().__init__()
@@ -173,9 +174,9 @@ class OwnTokensObjective(nn.Module):
         pred = self._decode(self.codec, sentence.said[k], sentence)
         with torch.no_grad():
             anchor_frames = self._decode(start, sentence.said[k], sentence)
-        voice = self.codec.conditioning(sentence.embedding, sentence.stats)
+        cond = self.codec.conditioning(sentence.embedding, sentence.stats)
         corrected = self.codec.calibrate(pred, self.codec.fsq.from_index(sentence.memory_tokens),
-                                         sentence.memory_frames, sentence.stats, voice,
+                                         sentence.memory_frames, sentence.stats, cond,
                                          self._memory(self.codec, sentence), sentence.memory_lengths,
                                          self.cfg.calibrate)
         heard = Batch(frames=pred, embedding=sentence.embedding, stats=sentence.stats,
@@ -223,8 +224,7 @@ class OwnTokensTask(Task):
 
     def describe(self) -> dict:
         # what a codec checkpoint holds, so `codec export` and `load_codec` read this one like any other
-        return {"codec_config": self.model.cfg.to_dict(), "train_config": asdict(self.cfg), "frozen_tokenizer": True,
-                "own_tokens": True}
+        return {"codec_config": self.model.cfg.to_dict(), "train_config": asdict(self.cfg), "frozen_tokenizer": True}
 
 
 def train_own_tokens(corpus: Path, codec_dir: Path, model_dir: Path, listener_path: Path, out: Path,
