@@ -78,13 +78,14 @@ def export_codec(checkpoint: Path, out_dir: Path, recipe: dict | None = None) ->
     embedding = torch.randn(1, EMBED_DIM)
     state = codec.zero_state()
     fingerprint = tokenizer_fingerprint(codec)
-    same_tokenizer = _same_tokenizer(out_dir, fingerprint)  # a decoder retrained under a frozen tokenizer
     with torch.no_grad():
-        if cfg.source == "whisper" and not same_tokenizer:
+        if _same_tokenizer(out_dir, fingerprint):
+            pass  # a decoder retrained under a frozen tokenizer: the folder's tokenizer.onnx stays as it is
+        elif cfg.source == "whisper":
             torch.onnx.export(_WhisperTokenizer(codec, load_whisper_encoder()), (torch.randn(1, 4 * n, 80),),
                               out_dir / "tokenizer.onnx", dynamo=False, opset_version=OPSET, input_names=["mel"],
                               output_names=["tokens"], dynamic_axes={"mel": {1: "mel"}, "tokens": {1: "tokens"}})
-        elif not same_tokenizer:
+        else:
             torch.onnx.export(_Tokenizer(codec), (frames, stats), out_dir / "tokenizer.onnx", dynamo=False,
                               opset_version=OPSET, input_names=["frames", "stats"], output_names=["tokens"],
                               dynamic_axes={"frames": {1: "frames"}, "tokens": {1: "tokens"}})

@@ -171,14 +171,13 @@ class OwnTokensObjective(nn.Module):
     def forward(self, item: tuple[Sentence, int]) -> torch.Tensor:
         sentence, k = item
         start, listener = self.frozen
-        pred = self._decode(self.codec, sentence.said[k], sentence)
+        cond, memory = self._voice(self.codec, sentence)
+        pred = self._decode(self.codec, sentence.said[k], cond, memory)
         with torch.no_grad():
-            anchor_frames = self._decode(start, sentence.said[k], sentence)
-        cond = self.codec.conditioning(sentence.embedding, sentence.stats)
+            anchor_frames = self._decode(start, sentence.said[k], *self._voice(start, sentence))
         corrected = self.codec.calibrate(pred, self.codec.fsq.from_index(sentence.memory_tokens),
-                                         sentence.memory_frames, sentence.stats, cond,
-                                         self._memory(self.codec, sentence), sentence.memory_lengths,
-                                         self.cfg.calibrate)
+                                         sentence.memory_frames, sentence.stats, cond, memory,
+                                         sentence.memory_lengths, self.cfg.calibrate)
         heard = Batch(frames=pred, embedding=sentence.embedding, stats=sentence.stats,
                       lengths=torch.tensor([pred.shape[1]]), phones=sentence.phones,
                       phone_lengths=torch.tensor([sentence.phones.shape[1]]))
@@ -188,15 +187,16 @@ class OwnTokensObjective(nn.Module):
         return self.cfg.listener_weight * listened + self.cfg.anchor * anchor
 
     @staticmethod
-    def _memory(codec: Codec, sentence: Sentence) -> Memory:
-        return codec.remember(codec.fsq.from_index(sentence.memory_tokens), sentence.memory_frames, sentence.stats,
-                              sentence.memory_lengths)
+    def _voice(codec: Codec, sentence: Sentence) -> tuple[torch.Tensor, Memory]:
+        """The sentence's voice as `codec` reads it: its conditioning and its voice memory of the voice clip."""
+        memory = codec.remember(codec.fsq.from_index(sentence.memory_tokens), sentence.memory_frames,
+                                sentence.stats, sentence.memory_lengths)
+        return codec.conditioning(sentence.embedding, sentence.stats), memory
 
-    def _decode(self, codec: Codec, tokens: torch.Tensor, sentence: Sentence) -> torch.Tensor:
+    @staticmethod
+    def _decode(codec: Codec, tokens: torch.Tensor, cond: torch.Tensor, memory: Memory) -> torch.Tensor:
         """A whole sentence's normalised frames, decoded in its voice as the app decodes it."""
-        cond = codec.conditioning(sentence.embedding, sentence.stats)
-        return codec.decode_normalised(codec.pad_window(codec.fsq.from_index(tokens)), cond,
-                                       memory=self._memory(codec, sentence))[0]
+        return codec.decode_normalised(codec.pad_window(codec.fsq.from_index(tokens)), cond, memory=memory)[0]
 
 
 class OwnTokensTask(Task):
