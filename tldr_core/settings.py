@@ -31,8 +31,9 @@ DEVICES = ("auto", "cuda", "cpu")
 # 1.2 points of words more than 16 (Strong) for 0.007 of similarity (docs/EXPERIMENTS.md, run cw2)
 VOICE_MATCHES = (32, 16, 0)
 # Voice tuning: Adam steps that fit the codec's decoder to each voice sample, once per voice (codec.tuning). On held-out
-# voices 100 steps add +0.020 similarity and +1.5 WER points, 300 +0.029 and +2.9 (docs/EXPERIMENTS.md, "Voice
-# tuning"): off, the first, by default, since words come first
+# voices 300 steps add +0.031 similarity at Light with the words within the noise, and with the voice match off reach
+# 0.824 for +2.3 WER points (docs/EXPERIMENTS.md, "Voice tuning"): off, the first, by default, since it costs the
+# words something and a wait before a new voice's first sentence
 VOICE_TUNINGS = (0, 100, 300)
 # Sampling temperature, the default of the app, the command line and decoding.Sampling: measured, 0.8 read 21.0 % WER
 # on held-out voices, 0.3 18.4 % (docs/EXPERIMENTS.md, "Cooler sampling")

@@ -171,6 +171,16 @@ def reference_stats(frames: np.ndarray) -> np.ndarray:
     return np.concatenate([[lf0.mean(), max(float(lf0.std()), 0.01)], ref[:, ENV].mean(axis=0)]).astype(np.float32)
 
 
+# the reconstruction's parts and their weights: the envelope carries the words (measured: a decoded envelope alone
+# ruins WER, decoded F0 does not)
+RECON_WEIGHTS = {"f0": 1.0, "vuv": 0.5, "env": 2.0, "ap": 0.5}
+
+
+def weighted(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reconstruction loss from its parts (`Codec.reconstruction`; voice tuning replaces the envelope's)."""
+    return sum(weight * parts[name] for name, weight in RECON_WEIGHTS.items())
+
+
 def normalise(frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """Remove the voice: (B, T, dim) frames minus the reference F0 mean and mean envelope."""
     out = frames.clone()
@@ -454,8 +464,7 @@ class Codec(nn.Module):
             "env": ((pred[..., ENV] - target[..., ENV]).abs().mean(-1) * mask).sum() / n,
             "ap": ((pred[..., AP] - target[..., AP]).abs().mean(-1) * mask).sum() / n,
         }
-        # the envelope carries the words (measured: a decoded envelope alone ruins WER, decoded F0 does not)
-        parts["recon"] = parts["f0"] + 0.5 * parts["vuv"] + 2.0 * parts["env"] + 0.5 * parts["ap"]
+        parts["recon"] = weighted(parts)
         return parts
 
     def calibrate(self, pred: torch.Tensor, ref_q: torch.Tensor, ref_frames: torch.Tensor, ref_stats: torch.Tensor,

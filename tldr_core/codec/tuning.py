@@ -1,14 +1,17 @@
 """Voice tuning: the codec's decoder fine-tuned on the voice sample itself, once per voice.
 
 Trained on 23 real speakers, the decoder renders each sound of a new voice the way its training voices make it, and
-the voice is in exactly that: how this speaker shapes each sound (EXPERIMENTS.md, "where the voice is missing").
-The voice sample is a training pair for this one voice, since its tokens and its analysed frames are both known, so
-a few hundred Adam steps on the decoder's weights teach it this speaker's rendering, and, through the decoder's
-shared weights, also of the sounds the sample lacks (test-time adaptation; the calibration only moves each frame by
-its nearest measured errors). Measured on held-out voices, it buys voice at a cost in words (100 steps: similarity
-+0.020, WER +1.5 points), so it is a setting, off by default. The sample is decoded with its middle as the voice
-memory, as speaking reads it. The tuned weights replace the shipped ones in the same ONNX graph (by initializer name), so a tuned voice streams
-through the same graph and still equals an offline decode; they are kept in the user cache, once per voice.
+the voice is in exactly that: how this speaker shapes each sound, the slow part of the envelope (EXPERIMENTS.md,
+"where the voice is missing"). The voice sample is a training pair for this one voice, since its tokens and its
+analysed frames are both known, so a few hundred Adam steps on the decoder's weights teach it this speaker's
+rendering, and, through the decoder's shared weights, also of the sounds the sample lacks (test-time adaptation; the
+calibration only moves each frame by its nearest measured errors). The loss is the training reconstruction with the
+envelope split in two: its slow part (a 5-frame average) is pulled to the sample's, its fast part held at the
+untuned decoder's, so the fit learns the voice rather than the sample's frame-by-frame detail by heart (measured:
+more voice for the words it costs than the whole reconstruction). It still buys voice with words, so it is a
+setting, off by default. The sample is decoded with its middle as the voice memory, as speaking reads it. The tuned
+weights replace the shipped ones in the same ONNX graph (by initializer name), so a tuned voice streams through the
+same graph and still equals an offline decode; they are kept in the user cache, once per voice.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from tldr_core.codec.model import Codec
+from tldr_core.codec.features import ENV
+from tldr_core.codec.model import Codec, normalise, weighted
 from tldr_core.errors import SaveError
 from tldr_core.files import atomic_path
 
 # every module the decoder graph runs (the tokenizer and the training-only phone head stay as they are)
 DECODER_PARTS = ("dec_in", "cond", "memory", "dec_blocks", "up", "frame_cond", "frame_blocks", "out")
 KEPT_VOICES = 32  # tuned decoders kept in the user cache (~9 MB each), the least recently used go first
+SLOW_FRAMES = 5  # the envelope's slow part: its average over 50 ms, where the voice is
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,11 @@ class Tuning:
     buys voice with words (EXPERIMENTS.md, "Voice tuning"), so it is the user's choice (settings.VOICE_TUNINGS)."""
 
     steps: int = 0
-    lr: float = 1e-4
+    lr: float = 3e-4
     max_frames: int = 3000  # 30 s of sample; a step then takes about 0.1 s on one CPU core
 
     def key(self) -> str:
-        return f"{self.steps}-{self.lr:g}-{self.max_frames}"
+        return f"slow{SLOW_FRAMES}-{self.steps}-{self.lr:g}-{self.max_frames}"
 
 
 def tune(codec: Codec, tokens: np.ndarray, frames: np.ndarray, memory: tuple[np.ndarray, np.ndarray],
@@ -61,6 +67,16 @@ def tune(codec: Codec, tokens: np.ndarray, frames: np.ndarray, memory: tuple[np.
     cond = model.conditioning(torch.from_numpy(embedding.astype(np.float32))[None], stats_t)
     memory_q = model.fsq.from_index(torch.from_numpy(memory[0].astype(np.int64))[None])
     memory_frames = torch.from_numpy(memory[1].astype(np.float32))[None]
+
+    def decoded() -> torch.Tensor:
+        memory_read = (model.remember(memory_q, memory_frames, stats_t, torch.tensor([memory_frames.shape[1]]))
+                       if model.memory is not None else None)
+        return model.decode_normalised(q, cond, memory=memory_read)[0]
+
+    with torch.no_grad():
+        untuned = decoded()[..., ENV]
+    slow_target = slow((normalise(target, stats_t) / model.scale)[..., ENV])
+    untuned_fast = untuned - slow(untuned)
     decoder = {name: p for name, p in model.named_parameters() if name.split(".")[0] in DECODER_PARTS}
     for name, p in model.named_parameters():
         p.requires_grad_(name in decoder)
@@ -69,16 +85,24 @@ def tune(codec: Codec, tokens: np.ndarray, frames: np.ndarray, memory: tuple[np.
         for step in range(tuning.steps):
             if cancel is not None and cancel():
                 return None
-            memory_read = (model.remember(memory_q, memory_frames, stats_t, torch.tensor([memory_frames.shape[1]]))
-                           if model.memory is not None else None)
-            pred, _ = model.decode_normalised(q, cond, memory=memory_read)
-            loss = model.reconstruction(pred, target, stats_t, torch.tensor([target.shape[1]]))["recon"]
+            pred = decoded()
+            parts = model.reconstruction(pred, target, stats_t, torch.tensor([target.shape[1]]))
+            envelope = pred[..., ENV]
+            smooth = slow(envelope)
+            parts["env"] = (smooth - slow_target).abs().mean() + (envelope - smooth - untuned_fast).abs().mean()
+            loss = weighted(parts)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             if progress is not None:
                 progress((step + 1) / tuning.steps)
     return {f"codec.{name}": p.detach().numpy().copy() for name, p in decoder.items()}
+
+
+def slow(frames: torch.Tensor) -> torch.Tensor:
+    """(B, T, dim) frames -> their average over SLOW_FRAMES frames around each (fewer at the ends)."""
+    return F.avg_pool1d(frames.transpose(1, 2), SLOW_FRAMES, 1, SLOW_FRAMES // 2,
+                        count_include_pad=False).transpose(1, 2)
 
 
 def read_tuned(path: Path) -> dict[str, np.ndarray] | None:
