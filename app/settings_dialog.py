@@ -96,8 +96,9 @@ class SettingsDialog(QDialog):
                                     "words unclear; Off: a voice only partly the sample's.")
         self.voice_tuning = _combo({v: VOICE_TUNING_LABELS[v] for v in VOICE_TUNINGS}, settings.voice_tuning)
         self.voice_tuning.setToolTip("Whether the speech codec first learns each voice sample (once per voice). Quick "
-                                     "(about 10 s on a CPU): more like the voice, a few more words unclear; Close "
-                                     "(about 30 s): more of both; Off: no wait, the clearest words.")
+                                     "(about 10 s on a CPU): more like the voice; Close (about 30 s): more so, and "
+                                     "with Voice match Off the closest to the voice, a few more words unclear; "
+                                     "Off: no wait.")
         self.fixed_seed = QCheckBox("Fixed")
         self.fixed_seed.setToolTip("With a fixed seed the same text and voice give the same speech every time.")
         self.seed = QSpinBox()
