@@ -64,8 +64,9 @@ def test_tuning_fits_the_decoder_to_the_voice_sample_and_leaves_the_shipped_weig
 def test_a_tuned_voice_streams_as_offline_sounds_different_and_is_kept_for_next_time(sample, tmp_path, monkeypatch):
     """The tuned decoder runs in the shipped ONNX graph: pushed k tokens at a time it equals the offline decode (its
     frames to float rounding; where that rounding moves a pitch pulse across a sample boundary, the pulse sounds one
-    sample apart, so the audio is compared by its error's energy), and it differs from the untuned one. Its weights are kept in the user cache, so a new start decodes the same without
-    tuning again; a damaged cache file is tuned again."""
+    sample apart, so the audio is compared by its error's energy), and it differs from the untuned one. Its weights
+    are kept in the user cache, so a new start decodes the same without tuning again; a damaged cache file is tuned
+    again."""
     monkeypatch.setattr(paths, "voice_tuning_dir", lambda: tmp_path)
     runtime = CodecRuntime(tuning=QUICK)
     tokens, timbre = runtime.encode(sample)

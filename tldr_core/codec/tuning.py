@@ -11,7 +11,7 @@ untuned decoder's, so the fit learns the voice rather than the sample's frame-by
 more voice for the words it costs than the whole reconstruction). It still buys voice with words, so it is a
 setting, off by default. The sample is decoded with its middle as the voice memory, as speaking reads it. The tuned
 weights replace the shipped ones in the same ONNX graph (by initializer name), so a tuned voice streams through the
-same graph and still equals an offline decode; they are kept in the user cache, once per voice.
+same graph and its frames equal an offline decode's; they are kept in the user cache, once per voice.
 """
 
 from __future__ import annotations
